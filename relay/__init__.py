@@ -1,0 +1,3 @@
+"""relay: a durable message relay for AI agents, on Twisted."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,6 @@
+"""Allow ``python -m relay.cli``."""
+import sys
+
+from relay.cli import main
+
+sys.exit(main())
