@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="relay",
@@ -7,7 +7,7 @@ setup(
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
     python_requires=">=3.9",
-    packages=["relay", "relay.cli", "relay.client", "relay.sync", "relay.ingest", "twisted.plugins"],
+    packages=find_packages(include=["relay", "relay.*"]) + ["twisted.plugins"],
     package_data={
         "relay": ["schema/*.sql"],
         "relay.ingest": ["migrations/*.sql"],
