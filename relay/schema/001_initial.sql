@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS messages (
     expires_at   INTEGER NOT NULL          -- ms since epoch
 );
 CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts);
+CREATE INDEX IF NOT EXISTS messages_expires ON messages (expires_at);
 
 -- One row per (message, recipient).
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -37,6 +38,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_open
     ON deliveries (recipient, message_seq)
     WHERE status IN ('pending', 'delivered');
+
+-- The last DELIVER seq given on each (recipient, topic, sender) stream, so
+-- that seq keeps counting up across restarts.
+CREATE TABLE IF NOT EXISTS streams (
+    recipient TEXT NOT NULL,
+    topic     TEXT NOT NULL,               -- the topic, or 'default'
+    sender    TEXT NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    PRIMARY KEY (recipient, topic, sender)
+) WITHOUT ROWID;
 
 -- Messages the sync target refused for good (HTTP 400 naming them).
 CREATE TABLE IF NOT EXISTS dead_letters (
