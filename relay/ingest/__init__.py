@@ -1,0 +1,4 @@
+"""
+The ingest service: receives sync batches from relay daemons over HTTP and
+bulk-inserts them into PostgreSQL (``twistd relay-ingest``).
+"""

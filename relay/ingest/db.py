@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.test_ingest_store -*-
+"""
+Connections to PostgreSQL.
+
+L{TxPostgresPool} is a pool of asynchronous txpostgres connections, each with
+its own L{DeadConnectionDetector}: when PostgreSQL goes away a connection
+fails fast with L{ConnectionDead} while it reconnects in the background with
+a capped backoff.  L{threadPool} makes the blocking psycopg2 pool (through
+L{twisted.enterprise.adbapi}) that the COPY strategy and migrations use.
+
+L{isUnavailable} tells the HTTP layer which failures mean "PostgreSQL is not
+available right now" (answered 503 with Retry-After) rather than a bug.
+"""
+
+import psycopg2
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+from txpostgres import reconnection, retrying, txpostgres
+
+DEFAULT_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+_log = Logger()
+
+
+def isUnavailable(failure):
+    """
+    Whether C{failure} means the database cannot be reached or went away.
+    """
+    return failure.check(
+        psycopg2.OperationalError,
+        psycopg2.InterfaceError,
+        reconnection.ConnectionDead,
+        txpostgres.RollbackFailed,
+        adbapi.ConnectionLost,
+        ConnectionDone,
+        ConnectionLost,
+        defer.TimeoutError,
+        defer.CancelledError,
+    ) is not None
+
+
+def _backoff():
+    return retrying.simpleBackoffIterator(
+        initialDelay=0.25, maxDelay=5.0, factor=2.0, maxRetries=0, now=True
+    )
+
+
+class TxPostgresPool:
+    """
+    A fixed-size pool of reconnecting txpostgres connections.
+
+    Interactions prefer a live connection; when every connection is dead
+    they fail at once with L{reconnection.ConnectionDead}.
+    """
+
+    def __init__(self, dsn, size, reactor):
+        self.dsn = dsn
+        self.reactor = reactor
+        self._idle = []
+        self._all = []
+        for _ in range(size):
+            detector = reconnection.DeadConnectionDetector(
+                reconnectionIterator=_backoff, reactor=reactor
+            )
+            conn = txpostgres.Connection(reactor=reactor, detector=detector)
+            self._all.append(conn)
+            self._idle.append(conn)
+        self._semaphore = defer.DeferredSemaphore(size)
+        self._closed = False
+
+    def start(self):
+        """
+        Connect every connection.  A connection that cannot connect starts
+        reconnecting in the background; the returned Deferred fires once
+        every connection has either connected or started retrying.
+        """
+        ds = []
+        for conn in self._all:
+            d = conn.connect(self.dsn)
+            d.addErrback(self._initialFailure, conn)
+            ds.append(d)
+        return defer.gatherResults(ds)
+
+    def _initialFailure(self, failure, conn):
+        _log.warn("PostgreSQL connection failed, will retry: {error}",
+                  error=failure.getErrorMessage())
+        conn.detector.checkForDeadConnection(failure)
+
+    def isAlive(self):
+        return any(self._usable(c) for c in self._all)
+
+    def runInteraction(self, interaction, *args, **kwargs):
+        """
+        Run C{interaction(cursor, ...)} inside one transaction.
+        """
+        return self._semaphore.run(self._run, "runInteraction", interaction, *args, **kwargs)
+
+    def runQuery(self, *args, **kwargs):
+        return self._semaphore.run(self._run, "runQuery", *args, **kwargs)
+
+    def _run(self, method, *args, **kwargs):
+        if self._closed:
+            return defer.fail(reconnection.ConnectionDead())
+        live = [c for c in self._idle if self._usable(c)]
+        if not live:
+            return defer.fail(reconnection.ConnectionDead())
+        conn = live[0]
+        self._idle.remove(conn)
+
+        def putBack(result):
+            self._idle.append(conn)
+            return result
+
+        d = defer.maybeDeferred(getattr(conn, method), *args, **kwargs)
+        return d.addBoth(putBack)
+
+    @staticmethod
+    def _usable(conn):
+        return not conn.detector.connectionIsDead and conn._connection is not None
+
+    def close(self):
+        self._closed = True
+        for conn in self._all:
+            # stop any reconnection attempt as well
+            conn.detector.reconnectionIterator = lambda: iter(())
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def _onThreadConnect(connection):
+    # The COPY strategy stages rows in a temporary table; let it stay in
+    # memory (this only takes effect before the session's first temp table).
+    with connection.cursor() as cursor:
+        cursor.execute("SET temp_buffers = '64MB'")
+    connection.commit()
+
+
+def threadPool(dsn, size, reactor):
+    """
+    A blocking psycopg2 pool on threads, for COPY and migrations.
+    """
+    return adbapi.ConnectionPool(
+        "psycopg2",
+        dsn,
+        cp_min=1,
+        cp_max=size,
+        cp_reconnect=True,
+        cp_noisy=False,
+        cp_openfun=_onThreadConnect,
+        cp_reactor=reactor,
+    )

@@ -1,0 +1,277 @@
+# -*- test-case-name: tests.test_ingest_store -*-
+"""
+The bulk insert strategies, behind one interface, L{IBulkInserter}.
+
+ - L{MultiRowInserter}: txpostgres, multi-row C{INSERT ... VALUES (...), (...)
+   ON CONFLICT (workspace_id, original_id) DO NOTHING} in chunks of
+   C{chunkSize} rows, all chunks in one transaction.
+ - L{UnnestInserter}: txpostgres, one C{INSERT ... SELECT ... FROM unnest(...)}
+   over one array per column, in one transaction.
+ - L{CopyInserter}: psycopg2 C{copy_expert} on an adbapi thread: the rows are
+   streamed in chunks into C{COPY ... FROM STDIN} into a C{TEMP} staging
+   table (C{ON COMMIT DROP}), then C{INSERT INTO agent_messages SELECT ...
+   FROM staging ON CONFLICT DO NOTHING}, in one transaction.  (txpostgres
+   cannot COPY: psycopg2's asynchronous mode refuses it.)
+ - L{ThresholdInserter}: picks the first strategy up to C{copyThreshold} rows
+   and the COPY strategy above it.
+
+Every value reaches PostgreSQL as a bound parameter or as COPY data; no value
+is ever formatted into SQL text.  Each returns a Deferred firing with
+C{(synced, duplicates)}: rows newly inserted and rows that were already
+present, repeats inside the batch included.
+"""
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import Attribute, Interface, implementer
+
+_TARGET_COLUMNS = (
+    "workspace_id, daemon_id, original_id, from_agent, to_agent, body, kind,"
+    " topic, thread, channel, is_broadcast, is_urgent, data, payload_meta,"
+    " message_ts, expires_at"
+)
+
+_CONFLICT = " ON CONFLICT (workspace_id, original_id) DO NOTHING"
+
+# One row of the multi-row VALUES list: workspace and daemon, then the 14
+# columns of relay.ingest.validate.ROW_COLUMNS.
+_VALUES_ROW = (
+    "(%s::uuid,%s::uuid,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s::jsonb,%s::jsonb,"
+    "'epoch'::timestamptz + %s::bigint * interval '1 millisecond',"
+    "'epoch'::timestamptz + %s::bigint * interval '1 millisecond')"
+)
+
+_UNNEST_SQL = (
+    "INSERT INTO agent_messages (" + _TARGET_COLUMNS + ")"
+    " SELECT %s::uuid, %s::uuid, u.original_id, u.from_agent, u.to_agent,"
+    " u.body, u.kind, u.topic, u.thread, u.channel, u.is_broadcast,"
+    " u.is_urgent, u.data::jsonb, u.payload_meta::jsonb,"
+    " 'epoch'::timestamptz + u.message_ts * interval '1 millisecond',"
+    " 'epoch'::timestamptz + u.expires_at * interval '1 millisecond'"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[], %s::boolean[], %s::boolean[],"
+    " %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+    " AS u(original_id, from_agent, to_agent, body, kind, topic, thread,"
+    " channel, is_broadcast, is_urgent, data, payload_meta, message_ts,"
+    " expires_at)" + _CONFLICT
+)
+
+_STAGING_SQL = (
+    "CREATE TEMP TABLE ingest_staging ("
+    " original_id text, from_agent text, to_agent text, body text, kind text,"
+    " topic text, thread text, channel text, is_broadcast boolean,"
+    " is_urgent boolean, data jsonb, payload_meta jsonb, message_ts bigint,"
+    " expires_at bigint) ON COMMIT DROP"
+)
+
+_COPY_SQL = "COPY ingest_staging FROM STDIN"
+
+_FROM_STAGING_SQL = (
+    "INSERT INTO agent_messages (" + _TARGET_COLUMNS + ")"
+    " SELECT %s::uuid, %s::uuid, original_id, from_agent, to_agent, body,"
+    " kind, topic, thread, channel, is_broadcast, is_urgent, data,"
+    " payload_meta,"
+    " 'epoch'::timestamptz + message_ts * interval '1 millisecond',"
+    " 'epoch'::timestamptz + expires_at * interval '1 millisecond'"
+    " FROM ingest_staging" + _CONFLICT
+)
+
+
+class IBulkInserter(Interface):
+    """
+    Inserts a validated batch into C{agent_messages}, in one transaction.
+    """
+
+    name = Attribute("A short name for metrics and benchmarks.")
+
+    def insert(workspaceId, daemonId, rows):
+        """
+        Insert C{rows} (tuples in L{relay.ingest.validate.ROW_COLUMNS} order)
+        for one workspace and daemon, skipping rows whose
+        C{(workspace_id, original_id)} already exists.
+
+        @return: a Deferred firing with C{(synced, duplicates)}.
+        """
+
+
+def _counts(inserted, total):
+    return inserted, total - inserted
+
+
+@implementer(IBulkInserter)
+class MultiRowInserter:
+    """
+    Multi-row C{INSERT ... VALUES} in chunks, on txpostgres.
+    """
+
+    name = "multirow"
+
+    def __init__(self, pool, chunkSize=100):
+        if chunkSize < 1:
+            raise ValueError("chunkSize must be at least 1")
+        self.pool = pool
+        self.chunkSize = chunkSize
+        self._sql = {}
+
+    def _statement(self, n):
+        sql = self._sql.get(n)
+        if sql is None:
+            sql = self._sql[n] = (
+                "INSERT INTO agent_messages (" + _TARGET_COLUMNS + ") VALUES "
+                + ",".join([_VALUES_ROW] * n) + _CONFLICT
+            )
+        return sql
+
+    def insert(self, workspaceId, daemonId, rows):
+        if not rows:
+            return succeed((0, 0))
+        return self.pool.runInteraction(self._interaction, workspaceId, daemonId, rows)
+
+    async def _run(self, cursor, workspaceId, daemonId, rows):
+        inserted = 0
+        prefix = (workspaceId, daemonId)
+        size = self.chunkSize
+        for start in range(0, len(rows), size):
+            chunk = rows[start:start + size]
+            params = []
+            for row in chunk:
+                params += prefix
+                params += row
+            await cursor.execute(self._statement(len(chunk)), params)
+            inserted += cursor.rowcount
+        return _counts(inserted, len(rows))
+
+    def _interaction(self, cursor, workspaceId, daemonId, rows):
+        return Deferred.fromCoroutine(self._run(cursor, workspaceId, daemonId, rows))
+
+
+@implementer(IBulkInserter)
+class UnnestInserter:
+    """
+    One C{INSERT ... SELECT ... FROM unnest(arrays)} statement, on txpostgres.
+    """
+
+    name = "unnest"
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def insert(self, workspaceId, daemonId, rows):
+        if not rows:
+            return succeed((0, 0))
+        return self.pool.runInteraction(self._interaction, workspaceId, daemonId, rows)
+
+    def _interaction(self, cursor, workspaceId, daemonId, rows):
+        params = [workspaceId, daemonId]
+        params += [list(column) for column in zip(*rows)]
+        d = cursor.execute(_UNNEST_SQL, params)
+        d.addCallback(lambda _: _counts(cursor.rowcount, len(rows)))
+        return d
+
+
+def _escape(value):
+    """
+    Escape a string for COPY's text format.
+    """
+    return (value.replace("\\", "\\\\").replace("\n", "\\n")
+            .replace("\r", "\\r").replace("\t", "\\t"))
+
+
+def encodeCopyRows(rows):
+    """
+    Encode rows as COPY text-format lines (one L{bytes} for all of C{rows}).
+    """
+    esc = _escape
+    lines = []
+    append = lines.append
+    for (mid, sender, to, body, kind, topic, thread, channel,
+         broadcast, urgent, data, meta, ts, expires) in rows:
+        append("\t".join((
+            esc(mid), esc(sender), esc(to), esc(body), kind,
+            "\\N" if topic is None else esc(topic),
+            "\\N" if thread is None else esc(thread),
+            "\\N" if channel is None else esc(channel),
+            "t" if broadcast else "f",
+            "t" if urgent else "f",
+            "\\N" if data is None else esc(data),
+            "\\N" if meta is None else esc(meta),
+            str(ts),
+            "\\N" if expires is None else str(expires),
+        )))
+    append("")
+    return "\n".join(lines).encode("utf-8")
+
+
+class CopyStream:
+    """
+    A file-like object for C{copy_expert}: encodes C{rows} lazily,
+    C{chunkRows} rows at a time, so the whole batch is never one string.
+    """
+
+    def __init__(self, rows, chunkRows=2000):
+        self._rows = rows
+        self._chunkRows = chunkRows
+        self._next = 0
+        self._buffer = b""
+
+    def read(self, size=-1):
+        while (size < 0 or len(self._buffer) < size) and self._next < len(self._rows):
+            chunk = self._rows[self._next:self._next + self._chunkRows]
+            self._next += len(chunk)
+            self._buffer += encodeCopyRows(chunk)
+        if size < 0 or len(self._buffer) <= size:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def readline(self, size=-1):
+        return self.read(size)
+
+
+@implementer(IBulkInserter)
+class CopyInserter:
+    """
+    C{COPY} into a temporary staging table, then one C{INSERT ... SELECT ...
+    ON CONFLICT DO NOTHING}, on an adbapi thread with psycopg2.
+    """
+
+    name = "copy"
+
+    # Bytes handed to psycopg2 per read; rows are encoded a chunk at a time.
+    readSize = 1 << 20
+
+    def __init__(self, threadPool, chunkRows=2000):
+        self.threadPool = threadPool
+        self.chunkRows = chunkRows
+
+    def insert(self, workspaceId, daemonId, rows):
+        if not rows:
+            return succeed((0, 0))
+        return self.threadPool.runInteraction(self._interaction, workspaceId, daemonId, rows)
+
+    def _interaction(self, txn, workspaceId, daemonId, rows):
+        txn.execute(_STAGING_SQL)
+        txn.copy_expert(_COPY_SQL, CopyStream(rows, self.chunkRows), self.readSize)
+        txn.execute(_FROM_STAGING_SQL, (workspaceId, daemonId))
+        return _counts(txn.rowcount, len(rows))
+
+
+@implementer(IBulkInserter)
+class ThresholdInserter:
+    """
+    C{small} for batches up to C{copyThreshold} rows, C{large} above.
+
+    @ivar lastStrategy: the name of the strategy most recently chosen.
+    """
+
+    def __init__(self, small, large, copyThreshold=1000):
+        self.small = small
+        self.large = large
+        self.copyThreshold = copyThreshold
+        self.name = "threshold"
+
+    def choose(self, rows):
+        return self.small if len(rows) <= self.copyThreshold else self.large
+
+    def insert(self, workspaceId, daemonId, rows):
+        return self.choose(rows).insert(workspaceId, daemonId, rows)

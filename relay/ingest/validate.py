@@ -1,0 +1,218 @@
+# -*- test-case-name: tests.test_ingest_validate -*-
+"""
+Validation of a sync batch (the wire contract with the daemon's sync side).
+
+L{parseBatch} turns a decoded JSON body into a L{Batch} whose rows are tuples
+in L{ROW_COLUMNS} order, ready for either insert strategy, or raises
+L{BadRequest} naming the first bad message's index, id and field.
+"""
+
+import uuid
+
+import attr
+import orjson
+
+KINDS = frozenset(["message", "action", "state", "thinking"])
+
+# Column order of a validated row.  message_ts and expires_at are kept as
+# integer milliseconds since the epoch; the SQL converts them exactly.
+ROW_COLUMNS = (
+    "original_id",
+    "from_agent",
+    "to_agent",
+    "body",
+    "kind",
+    "topic",
+    "thread",
+    "channel",
+    "is_broadcast",
+    "is_urgent",
+    "data",
+    "payload_meta",
+    "message_ts",
+    "expires_at",
+)
+
+# Milliseconds since the epoch for 0001-01-01 and 9999-12-31T23:59:59.999Z:
+# the range where every timestamp is also a valid PostgreSQL timestamptz.
+MIN_MS = -62135596800000
+MAX_MS = 253402300799999
+
+MAX_ID_CHARS = 255
+
+
+class BadRequest(Exception):
+    """
+    The request is refused with a 4xx status and a JSON error body.
+    """
+
+    def __init__(self, status, message, index=None, messageId=None, field=None):
+        Exception.__init__(self, message)
+        self.status = status
+        self.message = message
+        self.index = index
+        self.messageId = messageId
+        self.field = field
+
+    def toJSON(self):
+        body = {"error": self.message}
+        if self.index is not None:
+            body["index"] = self.index
+            body["id"] = self.messageId
+            body["field"] = self.field
+        elif self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+@attr.s(frozen=True)
+class Batch:
+    """
+    A validated batch: its daemon, its workspace and its rows.
+    """
+
+    daemon_id = attr.ib()
+    workspace_id = attr.ib()
+    rows = attr.ib()
+
+
+def _bad(index, message, field, text):
+    mid = message.get("id") if isinstance(message, dict) else None
+    if not isinstance(mid, str):
+        mid = None
+    raise BadRequest(
+        400, "message %d: %s" % (index, text), index=index, messageId=mid, field=field
+    )
+
+
+def _hasNul(value):
+    """
+    Whether a decoded JSON value holds a NUL character in any string,
+    including object keys (PostgreSQL text and jsonb cannot store it).
+    """
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _hasNul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_hasNul(v) for v in value)
+    return False
+
+
+def _uuid(body, field):
+    value = body.get(field)
+    if not isinstance(value, str):
+        raise BadRequest(400, "%s must be a UUID string" % (field,), field=field)
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadRequest(400, "%s is not a valid UUID: %r" % (field, value[:64]), field=field)
+
+
+def _text(i, m, field, required, maxChars=None):
+    value = m.get(field)
+    if value is None:
+        if required:
+            _bad(i, m, field, "%s is required and must be a string" % (field,))
+        return None
+    if value.__class__ is not str:
+        _bad(i, m, field, "%s must be a string%s" % (field, "" if required else " or null"))
+    if "\x00" in value:
+        _bad(i, m, field, "%s contains a NUL character, which PostgreSQL cannot store" % (field,))
+    if maxChars is not None and len(value) > maxChars:
+        _bad(i, m, field, "%s is longer than %d characters" % (field, maxChars))
+    return value
+
+
+def _json(i, m, field):
+    value = m.get(field)
+    if value is None:
+        return None
+    if value.__class__ is not dict:
+        _bad(i, m, field, "%s must be an object or null" % (field,))
+    dumped = orjson.dumps(value)
+    # orjson writes NUL as \u0000; only then look closer (a literal
+    # backslash followed by "u0000" in a string also matches the bytes).
+    if b"\\u0000" in dumped and _hasNul(value):
+        _bad(i, m, field, "%s contains a NUL character, which PostgreSQL cannot store" % (field,))
+    return dumped.decode("utf-8")
+
+
+def _ms(i, m, field, required):
+    value = m.get(field)
+    if value is None:
+        if required:
+            _bad(i, m, field, "%s is required (integer milliseconds since the epoch)" % (field,))
+        return None
+    if value.__class__ is not int:
+        _bad(i, m, field, "%s must be an integer number of milliseconds" % (field,))
+    if not MIN_MS <= value <= MAX_MS:
+        _bad(i, m, field, "%s is out of range (years 1 to 9999)" % (field,))
+    return value
+
+
+def _bool(i, m, field):
+    value = m.get(field, False)
+    if value is not True and value is not False:
+        _bad(i, m, field, "%s must be true or false" % (field,))
+    return value
+
+
+def parseMessage(i, m):
+    """
+    Validate message number C{i} and return its row tuple.
+    """
+    if m.__class__ is not dict:
+        raise BadRequest(400, "message %d is not a JSON object" % (i,),
+                         index=i, messageId=None, field="message")
+    mid = m.get("id")
+    if mid.__class__ is not str or not mid:
+        _bad(i, m, "id", "id is required and must be a non-empty string")
+    if len(mid) > MAX_ID_CHARS:
+        _bad(i, m, "id", "id is longer than %d characters" % (MAX_ID_CHARS,))
+    if "\x00" in mid:
+        _bad(i, m, "id", "id contains a NUL character, which PostgreSQL cannot store")
+    ts = _ms(i, m, "ts", True)
+    sender = _text(i, m, "from", True)
+    if not sender:
+        _bad(i, m, "from", "from must not be empty")
+    to = _text(i, m, "to", True)
+    if not to:
+        _bad(i, m, "to", "to must not be empty")
+    kind = m.get("kind")
+    if kind.__class__ is not str or kind not in KINDS:
+        _bad(i, m, "kind", "kind must be one of %s" % (", ".join(sorted(KINDS)),))
+    body = _text(i, m, "body", True)
+    topic = _text(i, m, "topic", False)
+    thread = _text(i, m, "thread", False)
+    channel = _text(i, m, "channel", False)
+    data = _json(i, m, "data")
+    meta = _json(i, m, "payload_meta")
+    broadcast = _bool(i, m, "is_broadcast")
+    urgent = _bool(i, m, "is_urgent")
+    expires = _ms(i, m, "expires_at", False)
+    return (mid, sender, to, body, kind, topic, thread, channel,
+            broadcast, urgent, data, meta, ts, expires)
+
+
+def parseBatch(body, keyWorkspace):
+    """
+    Validate a decoded sync body against the workspace of the caller's key.
+
+    @param body: the value C{orjson.loads} returned.
+    @param keyWorkspace: the L{uuid.UUID} the API key belongs to.
+    @raise BadRequest: 400 for a malformed body or message, 403 when the
+        body claims another workspace than the key's.
+    """
+    if body.__class__ is not dict:
+        raise BadRequest(400, "the body must be a JSON object")
+    messages = body.get("messages")
+    if messages.__class__ is not list:
+        raise BadRequest(400, "the body must hold a \"messages\" list", field="messages")
+    daemon = _uuid(body, "daemon_id")
+    workspace = _uuid(body, "workspace_id")
+    if workspace != keyWorkspace:
+        raise BadRequest(403, "this key does not belong to workspace %s" % (workspace,),
+                         field="workspace_id")
+    rows = [parseMessage(i, m) for i, m in enumerate(messages)]
+    return Batch(daemon_id=str(daemon), workspace_id=str(workspace), rows=rows)

@@ -1,0 +1,307 @@
+"""
+Tests for the bulk insert strategies in L{relay.ingest.inserters}, against
+the real PostgreSQL (see L{tests.ingest_support}).
+"""
+
+import json
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from relay.ingest import db
+from relay.ingest.inserters import (
+    CopyInserter,
+    IBulkInserter,
+    MultiRowInserter,
+    ThresholdInserter,
+    UnnestInserter,
+    encodeCopyRows,
+)
+from tests.ingest_support import (
+    BASE_TS,
+    fetchAll,
+    makeRow,
+    testDatabaseDSN,
+    truncate,
+)
+
+WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
+OTHER_WS = "0b9a1c2e-8d8e-4a53-9a4b-0d5b3f3d6a02"
+DAEMON = "11111111-2222-4333-8444-555555555555"
+
+ODD_TEXT = [
+    "",
+    "tab\there",
+    "new\nline and \r carriage",
+    "back\\slash \\N \\t literally",
+    "quote ' double \" semicolon ; -- comment",
+    "unicode: h\u00e9llo \u4e16\u754c \U0001F600 \u202e rtl",
+    "\\.",
+    "comma, \"csv\" style",
+]
+
+
+class _StrategyMixin:
+    """
+    The behaviour every L{IBulkInserter} must have; subclasses make
+    C{self.inserter}.
+    """
+
+    def setUp(self):
+        self.dsn = testDatabaseDSN(self)
+        truncate(self.dsn)
+        self.starting = []
+        self.inserter = self.makeInserter()
+        return defer.gatherResults(self.starting)
+
+    def txPool(self):
+        pool = db.TxPostgresPool(self.dsn, 2, reactor)
+        self.addCleanup(pool.close)
+        self.starting.append(pool.start())
+        return pool
+
+    def threadPool(self):
+        pool = db.threadPool(self.dsn, 2, reactor)
+        self.addCleanup(pool.close)
+        return pool
+
+    def rows(self):
+        return fetchAll(
+            self.dsn,
+            "SELECT workspace_id::text, daemon_id::text, original_id, from_agent,"
+            " to_agent, body, kind, topic, thread, channel, is_broadcast, is_urgent,"
+            " data, payload_meta,"
+            " (extract(epoch from message_ts) * 1000)::bigint,"
+            " (extract(epoch from expires_at) * 1000)::bigint"
+            " FROM agent_messages ORDER BY original_id",
+        )
+
+    def count(self):
+        return fetchAll(self.dsn, "SELECT count(*) FROM agent_messages")[0][0]
+
+    def test_provides(self):
+        """
+        The strategy provides L{IBulkInserter} and has a name.
+        """
+        self.assertTrue(verifyObject(IBulkInserter, self.inserter))
+        self.assertIsInstance(self.inserter.name, str)
+
+    @defer.inlineCallbacks
+    def assertInsertsBatchSize(self, n):
+        rows = [makeRow(i) for i in range(n)]
+        result = yield self.inserter.insert(WS, DAEMON, rows)
+        self.assertEqual(result, (n, 0))
+        self.assertEqual(self.count(), n)
+        if n:
+            ids = {r[0] for r in fetchAll(self.dsn, "SELECT original_id FROM agent_messages")}
+            self.assertEqual(ids, {"m-%d" % i for i in range(n)})
+        again = yield self.inserter.insert(WS, DAEMON, rows)
+        self.assertEqual(again, (0, n))
+        self.assertEqual(self.count(), n)
+
+    def test_empty(self):
+        """
+        An empty batch inserts nothing and counts (0, 0).
+        """
+        return self.assertInsertsBatchSize(0)
+
+    def test_one(self):
+        """
+        One row is inserted and, sent again, counted as a duplicate.
+        """
+        return self.assertInsertsBatchSize(1)
+
+    def test_999(self):
+        """
+        999 rows (one under the default COPY threshold) are all inserted.
+        """
+        return self.assertInsertsBatchSize(999)
+
+    def test_1000(self):
+        """
+        1000 rows (the default COPY threshold) are all inserted.
+        """
+        return self.assertInsertsBatchSize(1000)
+
+    def test_1001(self):
+        """
+        1001 rows (one over the default COPY threshold) are all inserted.
+        """
+        return self.assertInsertsBatchSize(1001)
+
+    @defer.inlineCallbacks
+    def test_halfDuplicates(self):
+        """
+        With half of a batch already stored, only the new half is inserted,
+        and the counts say so exactly.
+        """
+        first = [makeRow(i) for i in range(0, 400, 2)]
+        yield self.inserter.insert(WS, DAEMON, first)
+        batch = [makeRow(i) for i in range(400)]
+        result = yield self.inserter.insert(WS, DAEMON, batch)
+        self.assertEqual(result, (200, 200))
+        self.assertEqual(self.count(), 400)
+
+    @defer.inlineCallbacks
+    def test_duplicatesInsideBatch(self):
+        """
+        Repeats of an id inside one batch are inserted once and counted as
+        duplicates; the first occurrence wins.
+        """
+        batch = [makeRow(i % 150, body="copy %d" % (i,)) for i in range(450)]
+        result = yield self.inserter.insert(WS, DAEMON, batch)
+        self.assertEqual(result, (150, 300))
+        self.assertEqual(self.count(), 150)
+        bodies = dict(fetchAll(self.dsn, "SELECT original_id, body FROM agent_messages"))
+        self.assertEqual(bodies["m-7"], "copy 7")
+
+    @defer.inlineCallbacks
+    def test_dedupIsPerWorkspace(self):
+        """
+        The same original id in two workspaces is two rows.
+        """
+        rows = [makeRow(i) for i in range(3)]
+        a = yield self.inserter.insert(WS, DAEMON, rows)
+        b = yield self.inserter.insert(OTHER_WS, DAEMON, rows)
+        self.assertEqual((a, b), ((3, 0), (3, 0)))
+        self.assertEqual(self.count(), 6)
+
+    @defer.inlineCallbacks
+    def test_allFieldsRoundTrip(self):
+        """
+        Every field, including odd text, unicode, nested JSON, nulls,
+        booleans and timestamps, is stored exactly as given.
+        """
+        nested = {"a": [1, 2.5, {"b": None, "c": ["x\ty", "\u00e9\\"]}],
+                  "deep": {"er": {"est": True}}, "q": "'); DROP TABLE x; --"}
+        rows = []
+        for i, text in enumerate(ODD_TEXT):
+            rows.append(makeRow(
+                i,
+                id="id %s %d" % (text, i),
+                body=text,
+                topic=text or None,
+                thread="t\\h\nr",
+                channel="#chan" if i % 2 else None,
+                **{"from": "from " + text + "x", "to": "*"},
+                data=nested if i % 2 else None,
+                payload_meta={"k": text},
+                is_broadcast=bool(i % 2),
+                is_urgent=not (i % 3),
+                expires_at=(BASE_TS + 86400000) if i % 2 else None,
+            ))
+        result = yield self.inserter.insert(WS, DAEMON, rows)
+        self.assertEqual(result, (len(rows), 0))
+        stored = {r[2]: r for r in self.rows()}
+        self.assertEqual(len(stored), len(rows))
+        for row in rows:
+            got = stored[row[0]]
+            self.assertEqual(got[:2], (WS, DAEMON))
+            expected = list(row)
+            expected[10] = None if row[10] is None else json.loads(row[10])
+            expected[11] = None if row[11] is None else json.loads(row[11])
+            self.assertEqual(list(got[2:]), expected)
+
+    @defer.inlineCallbacks
+    def test_fiftyThousand(self):
+        """
+        A batch of 50,000 rows, a fifth of them repeats of ids already in the
+        batch, is inserted exactly with the right counts.
+        """
+        rows = [makeRow(i % 40000) for i in range(50000)]
+        result = yield self.inserter.insert(WS, DAEMON, rows)
+        self.assertEqual(result, (40000, 10000))
+        self.assertEqual(self.count(), 40000)
+
+
+class MultiRowInserterTests(_StrategyMixin, unittest.TestCase):
+    """
+    L{MultiRowInserter}, with a chunk size that does not divide the batches.
+    """
+
+    def makeInserter(self):
+        return MultiRowInserter(self.txPool(), chunkSize=97)
+
+    @defer.inlineCallbacks
+    def test_oneTransaction(self):
+        """
+        When a later chunk fails, the earlier chunks of the same batch are
+        rolled back too: nothing of the batch stays behind.
+        """
+        rows = [makeRow(i) for i in range(300)]
+        bad = list(rows[250])
+        bad[12] = 10 ** 30  # message_ts out of bigint range: the chunk fails
+        rows[250] = tuple(bad)
+        yield self.assertFailure(self.inserter.insert(WS, DAEMON, rows), Exception)
+        self.assertEqual(self.count(), 0)
+
+
+class UnnestInserterTests(_StrategyMixin, unittest.TestCase):
+    """
+    L{UnnestInserter}.
+    """
+
+    def makeInserter(self):
+        return UnnestInserter(self.txPool())
+
+
+class CopyInserterTests(_StrategyMixin, unittest.TestCase):
+    """
+    L{CopyInserter}, with a small encoding chunk so streaming is exercised.
+    """
+
+    def makeInserter(self):
+        inserter = CopyInserter(self.threadPool(), chunkRows=128)
+        inserter.readSize = 4096
+        return inserter
+
+    @defer.inlineCallbacks
+    def test_oneTransaction(self):
+        """
+        When the batch fails part-way (a value COPY refuses), nothing of it
+        stays behind and the staging table is gone (the next batch on the
+        same connection works).
+        """
+        rows = [makeRow(i) for i in range(300)]
+        bad = list(rows[250])
+        bad[12] = 10 ** 30
+        rows[250] = tuple(bad)
+        yield self.assertFailure(self.inserter.insert(WS, DAEMON, rows), Exception)
+        self.assertEqual(self.count(), 0)
+        result = yield self.inserter.insert(WS, DAEMON, [makeRow(i) for i in range(5)])
+        self.assertEqual(result, (5, 0))
+
+
+class ThresholdInserterTests(unittest.TestCase):
+    """
+    L{ThresholdInserter} chooses by batch size.
+    """
+
+    def test_choose(self):
+        """
+        Up to the threshold the small strategy is used, above it the large.
+        """
+        t = ThresholdInserter("small", "large", copyThreshold=1000)
+        self.assertEqual(t.choose([None] * 1000), "small")
+        self.assertEqual(t.choose([None] * 1001), "large")
+        self.assertEqual(t.choose([]), "small")
+
+
+class EncodeCopyRowsTests(unittest.TestCase):
+    """
+    L{encodeCopyRows} writes COPY text format.
+    """
+
+    def test_escapes(self):
+        """
+        Backslash, tab, newline and carriage return are escaped; None is
+        \\N; booleans are t/f.
+        """
+        row = ("a\tb", "c\nd", "e\\f", "g\rh", "message", None, None, None,
+               True, False, None, '{"x": "\\\\"}', 5, None)
+        self.assertEqual(
+            encodeCopyRows([row]),
+            b"a\\tb\tc\\nd\te\\\\f\tg\\rh\tmessage\t\\N\t\\N\t\\N\tt\tf\t\\N\t"
+            b'{"x": "\\\\\\\\"}\t5\t\\N\n',
+        )
