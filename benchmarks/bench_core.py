@@ -1,0 +1,300 @@
+#!/usr/bin/env python
+# -*- test-case-name: tests.test_loadgen -*-
+"""
+Core throughput benchmark: the real daemon under relay/loadgen.py.
+
+Starts ``twistd -n relay`` in a temporary directory (this tree first on
+PYTHONPATH), runs the load generator against its socket (defaults: 1 sender,
+1 receiver, 20000 messages of 200 bytes, durable receipts), samples the daemon's
+RSS from /proc/PID/status meanwhile, stops the daemon with SIGTERM (the store
+flushes), checks in the SQLite file that every accepted message was stored, and
+prints a table with the ratio against agent-relay 1.6.0's measured 565 msg/s.
+
+    python benchmarks/bench_core.py
+    python benchmarks/bench_core.py --senders 4 --receivers 4 --messages 50000
+    python benchmarks/bench_core.py --receiver-rate 2000 --open-loop \\
+        --daemon-arg=--batch-delay-ms --daemon-arg=5
+
+Exit status: 0 when nothing was lost and every accepted message was stored,
+1 otherwise, 3 when the daemon did not start.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from relay import loadgen  # noqa: E402  (stdlib-only module)
+
+BASELINE_NAME = "agent-relay 1.6.0"
+BASELINE_MSGS_PER_S = 565.0
+GOAL_MSGS_PER_S = 20000.0
+
+
+def twistd_command():
+    """The twistd next to this Python, else the one on PATH."""
+    candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(candidate):
+        return [candidate]
+    found = shutil.which("twistd")
+    if found:
+        return [found]
+    raise SystemExit("bench_core: twistd not found next to {} nor on PATH".format(
+        sys.executable))
+
+
+class Daemon:
+    """The real ``twistd -n relay`` process in its own temporary directory."""
+
+    def __init__(self, directory, extra_args):
+        self.directory = directory
+        self.socket_path = os.path.join(directory, "relay.sock")
+        self.db_path = os.path.join(directory, "relay.sqlite")
+        self.log_path = os.path.join(directory, "twistd.log")
+        self.extra_args = list(extra_args)
+        self.process = None
+        self.rss_samples = []
+        self._sampling = False
+
+    def start(self, timeout=30.0):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"]
+                                    if env.get("PYTHONPATH") else "")
+        command = twistd_command() + [
+            "-n", "--pidfile", os.path.join(self.directory, "twistd.pid"),
+            "--logfile", self.log_path, "relay",
+            "--listen", "unix:{}:mode=600".format(self.socket_path),
+            "--db", self.db_path] + self.extra_args
+        self.process = subprocess.Popen(command, env=env, cwd=self.directory,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("the daemon exited with {}: {}".format(
+                    self.process.returncode, self.log_tail()))
+            if self._accepts():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the daemon's socket did not accept within {}s: {}".format(
+            timeout, self.log_tail()))
+
+    def _accepts(self):
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.connect(self.socket_path)
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
+    def log_tail(self, lines=15):
+        text = ""
+        if self.process is not None and self.process.stderr is not None and \
+                self.process.poll() is not None:
+            text = self.process.stderr.read().decode("utf-8", "replace")
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                text += f.read()
+        except OSError:
+            pass
+        return "\n".join(text.splitlines()[-lines:])
+
+    def status_kb(self, field):
+        """A ``kB`` field (VmRSS, VmHWM) of /proc/PID/status, or None."""
+        try:
+            with open("/proc/{}/status".format(self.process.pid)) as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def sample_rss(self, interval=0.1):
+        """Sample VmRSS in a thread until ``stop_sampling``."""
+        self._sampling = True
+
+        def loop():
+            while self._sampling:
+                value = self.status_kb("VmRSS")
+                if value is not None:
+                    self.rss_samples.append(value)
+                time.sleep(interval)
+        self._sampler = threading.Thread(target=loop, daemon=True)
+        self._sampler.start()
+
+    def stop_sampling(self):
+        self._sampling = False
+        self._sampler.join()
+
+    def stop(self, timeout=60.0):
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def stored_rows(db_path, prefix):
+    """Rows in ``messages`` sent by this run's agents (read-only open)."""
+    db = sqlite3.connect("file:{}?mode=ro".format(db_path), uri=True)
+    try:
+        (count,) = db.execute(
+            "SELECT count(*) FROM messages WHERE sender >= ? AND sender < ?",
+            (prefix, prefix + "\uffff")).fetchone()
+        return count
+    finally:
+        db.close()
+
+
+def progress_printer(stream):
+    """A progress bar on a terminal, a line every 10% otherwise."""
+    state = {"last": -1}
+
+    def show(done, total):
+        if not total:
+            return
+        fraction = done / total
+        if stream.isatty():
+            width = 40
+            filled = int(width * fraction)
+            stream.write("\r[{}{}] {:6.1%} {}/{}".format(
+                "#" * filled, "." * (width - filled), fraction, done, total))
+            if done >= total:
+                stream.write("\n")
+            stream.flush()
+        else:
+            step = int(fraction * 10)
+            if step > state["last"]:
+                state["last"] = step
+                stream.write("{}/{} settled\n".format(done, total))
+                stream.flush()
+    return show
+
+
+def fmt_ms(value):
+    return "-" if value is None else "{:.2f} ms".format(value)
+
+
+def print_table(rows, out):
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        out.write("{}  {}\n".format(name.ljust(width), value))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Throughput of the real relay daemon under relay/loadgen.py.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--senders", type=int, default=1)
+    parser.add_argument("--receivers", type=int, default=1)
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--size", type=int, default=200, help="body bytes (default 200)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="in-flight messages per sender (default 1000)")
+    parser.add_argument("--open-loop", action="store_true",
+                        help="no window: write as fast as the socket accepts")
+    parser.add_argument("--receiver-rate", type=float, default=None,
+                        help="each receiver reads at most this many msgs/s")
+    parser.add_argument("--no-durable", dest="durable", action="store_false",
+                        help="do not ask for receipts (requires_ack false)")
+    parser.add_argument("--daemon-arg", action="append", default=[],
+                        help="extra argument for `twistd relay` (repeatable)")
+    parser.add_argument("--idle-timeout", type=float, default=20.0)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (db, log)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+
+    directory = tempfile.mkdtemp(prefix="relay-bench-")
+    daemon = Daemon(directory, args.daemon_arg)
+    try:
+        try:
+            daemon.start()
+        except RuntimeError as e:
+            sys.stderr.write("bench_core: {}\n".format(e))
+            return 3
+        daemon.sample_rss()
+        try:
+            result = loadgen.run(
+                daemon.socket_path, senders=args.senders, receivers=args.receivers,
+                messages=args.messages, size=args.size, window=args.window,
+                open_loop=args.open_loop, receiver_rate=args.receiver_rate,
+                durable=args.durable, progress=progress_printer(sys.stderr),
+                idle_timeout=args.idle_timeout)
+        except loadgen.LoadgenError as e:
+            sys.stderr.write("bench_core: {}\n{}\n".format(e, daemon.log_tail()))
+            return 3
+        finally:
+            daemon.stop_sampling()
+            peak_kb = max([daemon.status_kb("VmHWM") or 0] + daemon.rss_samples)
+            daemon.stop()
+        rows = stored_rows(daemon.db_path, result["agent_prefix"])
+    finally:
+        daemon.stop()
+        if args.keep:
+            sys.stderr.write("kept {}\n".format(directory))
+        else:
+            shutil.rmtree(directory, True)
+
+    accepted = result["sent"] - result["rejected"]
+    result["stored_rows"] = rows
+    result["peak_rss_kb"] = peak_kb
+    result["baseline_msgs_per_s"] = BASELINE_MSGS_PER_S
+    result["ratio_vs_baseline"] = result["msgs_per_s"] / BASELINE_MSGS_PER_S
+    ok = result["lost"] == 0 and rows == accepted and result["complete"]
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return 0 if ok else 1
+    out = sys.stdout
+    out.write("relay core benchmark: {} sender(s), {} receiver(s), {} messages of {} B, "
+              "window {}, {}{}\n".format(
+                  result["senders"], result["receivers"], result["messages"],
+                  result["size"], "open loop" if result["window"] is None else
+                  result["window"], "durable receipts" if result["durable"] else
+                  "no receipts", ", receiver rate {}/s".format(args.receiver_rate)
+                  if args.receiver_rate else ""))
+    print_table([
+        ("delivered/sent", "{}/{}".format(result["delivered"], result["sent"])),
+        ("lost", str(result["lost"])),
+        ("duplicates", str(result["duplicates"])),
+        ("out of order", str(result["out_of_order"])),
+        ("receipts", str(result["receipts"])),
+        ("NACK frames", "{} {}".format(result["nacked"], result["nack_codes"] or "")),
+        ("BUSY frames", str(result["busy_frames"])),
+        ("elapsed", "{:.2f} s".format(result["elapsed_s"])),
+        ("msg/s delivered", "{:,.0f}".format(result["msgs_per_s"])),
+        ("latency p50", fmt_ms(result["p50_ms"])),
+        ("latency p99", fmt_ms(result["p99_ms"])),
+        ("latency max", fmt_ms(result["max_ms"])),
+        ("stored rows", "{} (accepted {}) {}".format(
+            rows, accepted, "OK" if rows == accepted else "MISMATCH")),
+        ("peak RSS", "{:.1f} MiB".format(peak_kb / 1024.0)),
+        ("baseline", "{} {:.0f} msg/s (stated, measured on this machine)".format(
+            BASELINE_NAME, BASELINE_MSGS_PER_S)),
+        ("ratio", "{:.1f}x baseline; goal {:,.0f} msg/s {}".format(
+            result["ratio_vs_baseline"], GOAL_MSGS_PER_S,
+            "met" if result["msgs_per_s"] >= GOAL_MSGS_PER_S else "NOT met")),
+    ], out)
+    for error in result["errors"]:
+        out.write("note: {}\n".format(error))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
