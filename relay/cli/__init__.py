@@ -17,7 +17,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = []
+COMMANDS = ["keys"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1

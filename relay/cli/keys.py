@@ -1,0 +1,135 @@
+# -*- test-case-name: tests.test_ingest_keys -*-
+"""
+C{relay keys}: manage the API keys of the ingest service.
+
+  relay keys create --workspace UUID [--postgres DSN]
+  relay keys list [--workspace UUID] [--postgres DSN]
+  relay keys revoke KEY_ID [--postgres DSN]
+
+C{create} prints the new key once, alone on the last line of its output, so
+scripts can take it with C{tail -1}; only its SHA-256 hash is stored.
+"""
+
+import os
+import sys
+import uuid
+
+from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+
+
+def _dsn(args):
+    from relay.ingest.db import DEFAULT_DSN
+    return args.postgres or os.environ.get("RELAY_POSTGRES_DSN") or DEFAULT_DSN
+
+
+def _connect(args):
+    """
+    Connect and bring the schema up to date; return the connection, or
+    L{None} after printing why not.
+    """
+    import psycopg2
+
+    from relay.ingest.schema import migrate
+    try:
+        conn = psycopg2.connect(_dsn(args), connect_timeout=10)
+    except psycopg2.OperationalError as e:
+        print("relay keys: cannot connect to PostgreSQL: %s" % (str(e).strip(),),
+              file=sys.stderr)
+        return None
+    migrate(conn)
+    return conn
+
+
+def _workspace(value):
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        print("relay keys: --workspace must be a UUID, not %r" % (value,), file=sys.stderr)
+        return None
+
+
+def create(args):
+    from relay.ingest.keys import createKey
+    workspace = _workspace(args.workspace)
+    if workspace is None:
+        return EXIT_USAGE
+    conn = _connect(args)
+    if conn is None:
+        return EXIT_UNREACHABLE
+    try:
+        keyId, key = createKey(conn, workspace)
+    finally:
+        conn.close()
+    print("Created key %s for workspace %s." % (keyId, workspace))
+    print("It is shown only this once; store it now. The key:")
+    print(key)
+    return EXIT_OK
+
+
+def list_(args):
+    from relay.ingest.keys import listKeys
+    workspace = None
+    if args.workspace is not None:
+        workspace = _workspace(args.workspace)
+        if workspace is None:
+            return EXIT_USAGE
+    conn = _connect(args)
+    if conn is None:
+        return EXIT_UNREACHABLE
+    try:
+        rows = listKeys(conn, workspace)
+    finally:
+        conn.close()
+    print("%-16s  %-36s  %-25s  %s" % ("KEY ID", "WORKSPACE", "CREATED", "REVOKED"))
+    for keyId, ws, created, revoked in rows:
+        print("%-16s  %-36s  %-25s  %s" % (
+            keyId, ws, created.isoformat(timespec="seconds"),
+            revoked.isoformat(timespec="seconds") if revoked else "-"))
+    return EXIT_OK
+
+
+def revoke(args):
+    from relay.ingest.keys import revokeKey
+    conn = _connect(args)
+    if conn is None:
+        return EXIT_UNREACHABLE
+    try:
+        outcome = revokeKey(conn, args.key_id)
+    finally:
+        conn.close()
+    if outcome == "unknown":
+        print("relay keys: no key with id %r" % (args.key_id,), file=sys.stderr)
+        return EXIT_FAILED
+    if outcome == "already":
+        print("Key %s was already revoked." % (args.key_id,))
+    else:
+        print("Revoked key %s." % (args.key_id,))
+    return EXIT_OK
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "keys", help="manage ingest service API keys",
+        description="Create, list and revoke API keys of the ingest service.",
+    )
+    parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), EXIT_USAGE)[1])
+    sub = parser.add_subparsers(dest="keys_command", metavar="ACTION")
+
+    def common(p):
+        p.add_argument("--postgres", metavar="DSN", default=None,
+                       help="PostgreSQL DSN (default: $RELAY_POSTGRES_DSN, else the local server)")
+
+    p = sub.add_parser("create", help="create a key; prints it once, on the last line")
+    p.add_argument("--workspace", required=True, metavar="UUID")
+    common(p)
+    p.set_defaults(func=create)
+
+    p = sub.add_parser("list", help="list keys (ids, workspaces, revocation)")
+    p.add_argument("--workspace", metavar="UUID", default=None)
+    common(p)
+    p.set_defaults(func=list_)
+
+    p = sub.add_parser("revoke", help="revoke a key by its id (or the key itself)")
+    p.add_argument("key_id", metavar="KEY_ID")
+    common(p)
+    p.set_defaults(func=revoke)

@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.test_ingest_http -*-
+"""
+Prometheus metrics of the ingest service, in a private registry.
+
+Imported by L{relay.ingest.tap.makeService}, never at plugin discovery.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.resource import Resource
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+
+class IngestMetrics:
+    """
+    The service's counters and histograms, in their own
+    L{CollectorRegistry}.
+    """
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "relay_ingest_requests", "Sync requests by HTTP status.",
+            ["status"], registry=self.registry,
+        )
+        self.rowsInserted = Counter(
+            "relay_ingest_rows_inserted", "Message rows newly inserted.",
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "relay_ingest_duplicates", "Message rows skipped as already present.",
+            registry=self.registry,
+        )
+        self.bytesIn = Counter(
+            "relay_ingest_bytes_in", "Request body bytes received, as sent (compressed or not).",
+            registry=self.registry,
+        )
+        self.insertSeconds = Histogram(
+            "relay_ingest_insert_seconds", "Time to insert one batch, by strategy.",
+            ["strategy"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )
+
+    def render(self):
+        return generate_latest(self.registry)
+
+
+class MetricsResource(Resource):
+    """
+    C{GET /metrics}: the registry in the Prometheus text format.
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics):
+        Resource.__init__(self)
+        self.metrics = metrics
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self.metrics.render()

@@ -1,0 +1,190 @@
+# -*- test-case-name: tests.test_ingest_tap -*-
+"""
+C{twistd relay-ingest}: receives sync batches from relay daemons over HTTP
+and bulk-inserts them into PostgreSQL.
+"""
+
+import os
+
+from twisted.application import service, strports
+from twisted.logger import Logger
+from twisted.python import usage
+
+from relay.ingest import db
+
+_log = Logger()
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+MiB = 1024 * 1024
+
+# The strategy for batches up to --copy-threshold rows.  benchmarks/
+# bench_ingest.py measures both; see README.rst for the figures.
+SMALL_STRATEGIES = ("multirow", "unnest")
+DEFAULT_SMALL_STRATEGY = "unnest"
+
+
+def _positiveInt(name):
+    def coerce(value):
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError("%s must be an integer, not %r" % (name, value))
+        if n < 1:
+            raise ValueError("%s must be at least 1, not %d" % (name, n))
+        return n
+    coerce.coerceDoc = "A positive integer."
+    return coerce
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd relay-ingest}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Receive message sync batches from relay daemons on "
+        "POST /api/daemons/messages/sync and store them in PostgreSQL. "
+        "Also serves GET /healthz and GET /metrics."
+    )
+
+    optParameters = [
+        ["postgres", None, None,
+         "PostgreSQL DSN (default: $RELAY_POSTGRES_DSN, else %r)." % (db.DEFAULT_DSN,)],
+        ["pool-size", None, 4, "PostgreSQL connections per pool.", _positiveInt("--pool-size")],
+        ["chunk-size", None, 100, "Rows per multi-row INSERT statement.",
+         _positiveInt("--chunk-size")],
+        ["copy-threshold", None, 1000,
+         "Batches of more rows than this go through COPY.", _positiveInt("--copy-threshold")],
+        ["max-body-bytes", None, 16 * MiB, "Largest request body, as sent.",
+         _positiveInt("--max-body-bytes")],
+        ["max-inflated-bytes", None, 64 * MiB, "Largest request body after gzip inflation.",
+         _positiveInt("--max-inflated-bytes")],
+        ["small-strategy", None, DEFAULT_SMALL_STRATEGY,
+         "Insert strategy up to --copy-threshold rows: %s." % (" or ".join(SMALL_STRATEGIES),)],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["listen"] = []
+
+    def opt_listen(self, description):
+        """
+        A strports description to listen on (repeatable; default %s).
+        """
+        self["listen"].append(description)
+
+    opt_listen.__doc__ = opt_listen.__doc__ % (DEFAULT_LISTEN,)
+
+    def postOptions(self):
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if self["postgres"] is None:
+            self["postgres"] = os.environ.get("RELAY_POSTGRES_DSN") or db.DEFAULT_DSN
+        try:
+            from psycopg2.extensions import parse_dsn
+            parse_dsn(self["postgres"])
+        except Exception as e:
+            raise usage.UsageError("--postgres is not a valid DSN: %s" % (e,))
+        if self["small-strategy"] not in SMALL_STRATEGIES:
+            raise usage.UsageError("--small-strategy must be one of %s"
+                                   % (", ".join(SMALL_STRATEGIES),))
+        for description in self["listen"]:
+            if not description or ":" not in description and not description.isdigit():
+                raise usage.UsageError("--listen %r is not a strports description"
+                                       % (description,))
+
+
+class IngestService(service.Service):
+    """
+    Owns the database pools and insert strategies; creates or upgrades the
+    schema at startup, retrying until PostgreSQL answers.
+
+    @ivar ready: whether the schema is current and requests can be served.
+    """
+
+    name = "relay-ingest-db"
+    migrationRetryDelay = 1.0
+
+    def __init__(self, config, reactor, metrics):
+        self.config = config
+        self.reactor = reactor
+        self.metrics = metrics
+        self.ready = False
+        self.txPool = None
+        self.threadPool = None
+        self.inserter = None
+        self._retry = None
+
+    def startService(self):
+        from relay.ingest import inserters
+        service.Service.startService(self)
+        c = self.config
+        self.txPool = db.TxPostgresPool(c["postgres"], c["pool-size"], self.reactor)
+        self.threadPool = db.threadPool(c["postgres"], c["pool-size"], self.reactor)
+        if c["small-strategy"] == "multirow":
+            small = inserters.MultiRowInserter(self.txPool, c["chunk-size"])
+        else:
+            small = inserters.UnnestInserter(self.txPool)
+        large = inserters.CopyInserter(self.threadPool)
+        self.inserter = inserters.ThresholdInserter(small, large, c["copy-threshold"])
+        self.txPool.start()
+        self._migrate()
+
+    def _migrate(self):
+        from relay.ingest.schema import migrate
+        self._retry = None
+        d = self.threadPool.runWithConnection(migrate)
+
+        def done(applied):
+            if applied:
+                _log.info("Schema upgraded, applied migrations {versions}", versions=applied)
+            else:
+                _log.info("Schema is current")
+            self.ready = True
+
+        def failed(f):
+            if not self.running:
+                return
+            _log.warn("Cannot prepare the schema yet ({error}); retrying in {delay}s",
+                      error=f.getErrorMessage().strip(), delay=self.migrationRetryDelay)
+            self._retry = self.reactor.callLater(self.migrationRetryDelay, self._migrate)
+
+        d.addCallbacks(done, failed)
+        d.addErrback(lambda f: _log.failure("Schema migration", f))
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self.ready = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self.txPool is not None:
+            self.txPool.close()
+        if self.threadPool is not None:
+            self.threadPool.close()
+
+
+def makeService(config, reactor=None):
+    """
+    Build the service tree: the database service and one listener per
+    C{--listen}, under one L{service.MultiService}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    from relay.ingest import metrics as metricsModule
+    from relay.ingest import web
+
+    top = service.MultiService()
+    metrics = metricsModule.IngestMetrics()
+    ingest = IngestService(config, reactor, metrics)
+    ingest.setServiceParent(top)
+    root = web.buildRoot(ingest, metricsModule.MetricsResource(metrics))
+    site = web.IngestSite(
+        root,
+        maxBodyBytes=config["max-body-bytes"],
+        maxInflatedBytes=config["max-inflated-bytes"],
+        metrics=metrics,
+    )
+    for description in config["listen"]:
+        strports.service(description, site, reactor=reactor).setServiceParent(top)
+    return top
