@@ -1,0 +1,243 @@
+# -*- test-case-name: tests.test_sync_options -*-
+"""
+The C{twistd relay} options that configure cloud sync, and their checks.
+
+C{relay.tap.Options} adds L{OPT_PARAMETERS} and L{OPT_FLAGS} to its own and
+calls L{check} from C{postOptions}.  L{check} turns the strings into ints,
+floats and paths in place, reads the API key and raises
+L{usage.UsageError} with a one-line message for anything wrong.
+
+The API key never comes from the command line (C{ps} shows it): it is read
+from C{--sync-key-file} or the C{RELAY_SYNC_KEY} environment variable.
+"""
+
+import ipaddress
+import os
+import uuid
+from urllib.parse import urlsplit
+
+from twisted.python import usage
+
+SYNC_PATH = "/api/daemons/messages/sync"
+
+KEY_ENV = "RELAY_SYNC_KEY"
+
+OPT_PARAMETERS = [
+    ["sync-url", None, None,
+     "Base URL of the ingest service; enables cloud sync (posts to URL" + SYNC_PATH + ")."],
+    ["sync-key-file", None, None,
+     "File holding the ingest API key (else the " + KEY_ENV + " environment variable)."],
+    ["workspace-id", None, None,
+     "Workspace UUID sent with every batch (default: generated once, kept in the store)."],
+    ["daemon-id", None, None,
+     "This daemon's UUID (default: generated once, kept in the store)."],
+    ["sync-max-bytes", None, "16MiB",
+     "Memory bound for messages read for sync; beyond it rows wait in the store."],
+    ["sync-batch-size", None, "100", "Send a batch once it holds this many messages."],
+    ["sync-batch-delay-ms", None, "200", "Send a non-empty batch after this many ms."],
+    ["sync-batch-bytes", None, "512KiB", "Send a batch once its JSON reaches this size."],
+    ["sync-compress-threshold", None, "1024",
+     "Gzip request bodies larger than this many bytes."],
+    ["sync-timeout", None, "30", "Seconds before a sync POST is abandoned and retried."],
+    ["sync-retries", None, "3", "Retries of a failed batch before it is spilled to disk."],
+    ["sync-retry-delay-ms", None, "1000",
+     "First retry delay in ms; doubles each retry, with jitter."],
+    ["spill-dir", None, None,
+     "Directory for batches that could not be sent (default: <db>.sync-spill)."],
+    ["spill-retry-interval", None, "30",
+     "Seconds between attempts to re-send spill files."],
+    ["spill-max-bytes", None, "1GiB",
+     "Stop spilling above this many bytes on disk (rows then wait in the store)."],
+    ["sync-ca-file", None, None,
+     "PEM file of the CA that signed the ingest service's certificate."],
+]
+
+OPT_FLAGS = [
+    ["sync-insecure", None,
+     "Allow plain http to a host that is not loopback (the key travels in clear)."],
+]
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000 ** 2, "mb": 1000 ** 2, "mib": 1024 ** 2,
+    "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3,
+}
+
+_INT_OPTIONS = [
+    # (name, minimum)
+    ("sync-batch-size", 1),
+    ("sync-batch-delay-ms", 0),
+    ("sync-compress-threshold", 0),
+    ("sync-retries", 0),
+    ("sync-retry-delay-ms", 1),
+]
+
+_SIZE_OPTIONS = [
+    ("sync-max-bytes", 1024),
+    ("sync-batch-bytes", 1024),
+    ("spill-max-bytes", 0),
+]
+
+_SECONDS_OPTIONS = [
+    ("sync-timeout", 0.001),
+    ("spill-retry-interval", 0.001),
+]
+
+
+def parse_size(name, text):
+    """
+    Parse C{"512KiB"}, C{"16MiB"}, C{"1000"}, ... into a number of bytes.
+
+    @raise usage.UsageError: when C{text} is not a size.
+    """
+    raw = str(text).strip()
+    digits = raw
+    unit = ""
+    for i, ch in enumerate(raw):
+        if not ch.isdigit():
+            digits, unit = raw[:i], raw[i:].strip().lower()
+            break
+    if not digits or unit not in _UNITS:
+        raise usage.UsageError(
+            "--{}: {!r} is not a size (use bytes, or a KiB/MiB/GiB suffix)".format(name, text))
+    return int(digits) * _UNITS[unit]
+
+
+def is_loopback(host):
+    """
+    Whether C{host} (a name or an address) is this machine's loopback.
+    """
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _int(name, value, minimum):
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise usage.UsageError("--{}: {!r} is not an integer".format(name, value))
+    if number < minimum:
+        raise usage.UsageError("--{}: must be at least {}, got {}".format(name, minimum, number))
+    return number
+
+
+def _seconds(name, value, minimum):
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise usage.UsageError("--{}: {!r} is not a number of seconds".format(name, value))
+    if not number >= minimum or number == float("inf"):
+        raise usage.UsageError("--{}: must be a positive number of seconds, got {!r}".format(name, value))
+    return number
+
+
+def _uuid(name, value):
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(str(value).strip()))
+    except ValueError:
+        raise usage.UsageError("--{}: {!r} is not a UUID".format(name, value))
+
+
+def _read_key(config, environ):
+    path = config.get("sync-key-file")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                key = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise usage.UsageError("--sync-key-file: cannot read {}: {}".format(
+                path, getattr(e, "strerror", None) or e))
+        if not key:
+            raise usage.UsageError("--sync-key-file: {} is empty".format(path))
+        source = path
+    else:
+        key = (environ.get(KEY_ENV) or "").strip()
+        if not key:
+            raise usage.UsageError(
+                "--sync-url needs an API key: give --sync-key-file or set " + KEY_ENV)
+        source = KEY_ENV
+    if any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7e for c in key):
+        raise usage.UsageError("sync API key from {} holds whitespace or non-ASCII characters".format(source))
+    return key
+
+
+def check(config, environ):
+    """
+    Check and normalise the sync options in C{config} (a dict-like
+    C{usage.Options}), in place.
+
+    When C{--sync-url} is absent sync is off and nothing else is looked at.
+    Otherwise this sets C{config["sync-key"]} (the API key) and
+    C{config["sync-endpoint"]} (the full URL posted to), converts numbers
+    and sizes, and fills in the default spill directory next to
+    C{config["db"]}.
+
+    @raise usage.UsageError: a one-line reason for the first bad value.
+    """
+    url = config.get("sync-url")
+    if not url:
+        config["sync-url"] = None
+        return config
+
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise usage.UsageError("--sync-url: {!r} is not an http:// or https:// URL".format(url))
+    if parts.query or parts.fragment:
+        raise usage.UsageError("--sync-url: give the service's base URL, without ?query or #fragment")
+    try:
+        parts.port
+    except ValueError:
+        raise usage.UsageError("--sync-url: {!r} has a bad port".format(url))
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not config.get("sync-insecure"):
+        raise usage.UsageError(
+            "--sync-url: plain http to {} would send the API key in clear; "
+            "use https, or pass --sync-insecure".format(parts.hostname))
+    base = url.strip().rstrip("/")
+    config["sync-url"] = base
+    config["sync-endpoint"] = base + SYNC_PATH
+
+    config["sync-key"] = _read_key(config, environ)
+    config["workspace-id"] = _uuid("workspace-id", config.get("workspace-id"))
+    config["daemon-id"] = _uuid("daemon-id", config.get("daemon-id"))
+
+    for name, minimum in _INT_OPTIONS:
+        config[name] = _int(name, config.get(name), minimum)
+    for name, minimum in _SIZE_OPTIONS:
+        size = parse_size(name, config.get(name))
+        if size < minimum:
+            raise usage.UsageError("--{}: must be at least {} bytes".format(name, minimum))
+        config[name] = size
+    for name, minimum in _SECONDS_OPTIONS:
+        config[name] = _seconds(name, config.get(name), minimum)
+    if config["sync-batch-bytes"] > config["sync-max-bytes"]:
+        raise usage.UsageError("--sync-batch-bytes ({}) must not exceed --sync-max-bytes ({})".format(
+            config["sync-batch-bytes"], config["sync-max-bytes"]))
+
+    spill = config.get("spill-dir")
+    if not spill:
+        db = config.get("db")
+        if not db:
+            raise usage.UsageError("--spill-dir is needed when there is no --db to put it next to")
+        spill = str(db) + ".sync-spill"
+    spill = os.path.abspath(spill)
+    if os.path.exists(spill) and not os.path.isdir(spill):
+        raise usage.UsageError("--spill-dir: {} exists and is not a directory".format(spill))
+    config["spill-dir"] = spill
+
+    ca = config.get("sync-ca-file")
+    if ca:
+        if parts.scheme != "https":
+            raise usage.UsageError("--sync-ca-file only makes sense with an https:// --sync-url")
+        from relay.sync.poster import load_trust_root
+        try:
+            load_trust_root(ca)
+        except ValueError as e:
+            raise usage.UsageError("--sync-ca-file: {}".format(e))
+    return config

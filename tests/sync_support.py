@@ -1,0 +1,273 @@
+# -*- test-case-name: tests.test_sync_service -*-
+"""
+Test support for cloud sync:
+
+  - L{FakeSyncSource}: an in-memory L{ISyncSource} (the store side).
+  - L{IngestStub}: a twisted.web resource that plays the ingest service's
+    C{POST /api/daemons/messages/sync}, records the decoded bodies, and
+    refuses (503, 413, 400, 401, holds the request, ...) on command.
+  - L{IngestServer}: that resource on a real loopback TCP port, which can
+    stop listening (connections refused) and listen again on the same port.
+  - L{wait_until}: poll a condition on a reactor, with a bound.
+"""
+
+import gzip
+
+import orjson
+from twisted.internet import defer, task
+from twisted.protocols.policies import WrappingFactory
+from twisted.web import resource, server
+from zope.interface import implementer
+
+from relay.interfaces import ISyncSource
+from relay.sync.options import SYNC_PATH
+
+WORKSPACE = "2f1c9a4e-5b7d-4c3e-9a10-8e6f2b3c4d5e"
+DAEMON = "7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d"
+KEY = "test-key-0123456789"
+
+
+def make_row(seq, body=None, **extra):
+    """
+    A row as L{ISyncSource.read_messages_after} returns it.
+    """
+    row = {
+        "seq": seq, "id": "msg-{:08d}".format(seq), "ts": 1700000000000 + seq,
+        "from": "alice", "to": "bob", "topic": None, "thread": "t-1", "kind": "message",
+        "body": body if body is not None else
+        "Status update {}: the build passed on linux and macos; next I will look at the "
+        "flaky integration test in tests/test_router.py and report back.".format(seq),
+        "data": {"step": seq % 7, "files": ["relay/router.py", "tests/test_router.py"]},
+        "payload_meta": {"requires_ack": True, "importance": 5},
+        "is_broadcast": False, "is_urgent": False, "expires_at": 1700086400000 + seq,
+    }
+    row.update(extra)
+    return row
+
+
+@implementer(ISyncSource)
+class FakeSyncSource:
+    """
+    An in-memory store.  Its Deferreds fire at once, or, when C{clock} is
+    given, after C{clock} advances by C{delay} (like a thread pool would).
+    """
+
+    def __init__(self):
+        self.rows = []
+        self.meta = {}
+        self.dead = {}
+        self.meta_writes = []
+        self.reads = []
+        self._listeners = []
+
+    def add(self, count, **extra):
+        """
+        Commit C{count} new messages and tell the listeners.
+        """
+        start = self.rows[-1]["seq"] + 1 if self.rows else 1
+        for seq in range(start, start + count):
+            self.rows.append(make_row(seq, **extra))
+        for listener in list(self._listeners):
+            listener(self.rows[-1]["seq"])
+        return [r["id"] for r in self.rows[-count:]]
+
+    def add_commit_listener(self, listener):
+        self._listeners.append(listener)
+
+    def last_seq(self):
+        return defer.succeed(self.rows[-1]["seq"] if self.rows else 0)
+
+    def read_messages_after(self, seq, limit):
+        self.reads.append((seq, limit))
+        out = [dict(r) for r in self.rows if r["seq"] > seq][:limit]
+        return defer.succeed(out)
+
+    def get_meta(self, key):
+        return defer.succeed(self.meta.get(key))
+
+    def set_meta(self, key, value):
+        assert isinstance(value, str)
+        self.meta[key] = value
+        self.meta_writes.append((key, value))
+        return defer.succeed(None)
+
+    def add_dead_letter(self, seq, message_id, reason):
+        assert seq not in self.dead, "seq {} dead-lettered twice".format(seq)
+        self.dead[seq] = (message_id, reason)
+        return defer.succeed(None)
+
+    def dead_letter_count(self):
+        return defer.succeed(len(self.dead))
+
+    @property
+    def cursor(self):
+        return int(self.meta.get("sync_cursor") or 0)
+
+
+class IngestStub(resource.Resource):
+    """
+    The ingest service's sync endpoint, scriptable.
+
+    @ivar script: a list of responses to give, in order, before the default
+        behaviour; each is C{(status, json_body_dict, headers_dict)}, or
+        C{"hold"} (the request is kept open in L{held} and never answered
+        unless the test does).
+    @ivar max_messages: answer 413 to batches with more messages than this.
+    @ivar reject: {message id: field}: answer 400 naming the first such
+        message in a batch.
+    @ivar status: when set, answer every request with this status.
+    @ivar requests: one dict per request: C{headers}, C{raw} (bytes as
+        received), C{doc} (the decoded JSON body), C{status} (answered).
+    @ivar ids: every message id accepted, in arrival order (with repeats).
+    """
+
+    isLeaf = True
+
+    def __init__(self, key=KEY, clock=None):
+        resource.Resource.__init__(self)
+        self.key = key
+        self.clock = clock
+        self.script = []
+        self.max_messages = None
+        self.reject = {}
+        self.status = None
+        self.retry_after = None
+        self.requests = []
+        self.ids = []
+        self.unique = set()
+        self.held = []
+        self._waiters = []
+
+    def render_POST(self, request):
+        if request.path != SYNC_PATH.encode("ascii"):
+            return self._answer(request, 404, {"error": "not found"}, {})
+        raw = request.content.read()
+        headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
+        entry = {"headers": headers, "raw": raw, "doc": None, "status": None}
+        self.requests.append(entry)
+        try:
+            body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
+            doc = orjson.loads(body)
+        except Exception as e:
+            return self._answer(request, 400, {"error": "bad body: {}".format(e)}, {}, entry)
+        entry["doc"] = doc
+        if headers.get("authorization") != "Bearer " + self.key:
+            return self._answer(request, 401, {"error": "bad key"}, {}, entry)
+        if self.script:
+            step = self.script.pop(0)
+            if step == "hold":
+                self.held.append(request)
+                return server.NOT_DONE_YET
+            status, data, extra = step
+            if status == 200:
+                return self._accept(request, doc, entry)
+            return self._answer(request, status, data, extra, entry)
+        if self.status is not None:
+            extra = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+            return self._answer(request, self.status, {"error": "unavailable"}, extra, entry)
+        messages = doc["messages"]
+        if self.max_messages is not None and len(messages) > self.max_messages:
+            return self._answer(request, 413, {"error": "too large"}, {}, entry)
+        for index, message in enumerate(messages):
+            if message["id"] in self.reject:
+                field = self.reject[message["id"]]
+                return self._answer(request, 400, {
+                    "error": "bad {}".format(field), "index": index, "id": message["id"],
+                    "field": field}, {}, entry)
+        return self._accept(request, doc, entry)
+
+    def _accept(self, request, doc, entry):
+        duplicates = 0
+        for message in doc["messages"]:
+            self.ids.append(message["id"])
+            if message["id"] in self.unique:
+                duplicates += 1
+            self.unique.add(message["id"])
+        self._check_waiters()
+        n = len(doc["messages"])
+        return self._answer(request, 200, {"synced": n - duplicates, "duplicates": duplicates}, {}, entry)
+
+    def _answer(self, request, status, data, headers, entry=None):
+        if entry is not None:
+            entry["status"] = status
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        for name, value in headers.items():
+            request.setHeader(name.encode(), value.encode())
+        return orjson.dumps(data)
+
+    def docs(self):
+        return [r["doc"] for r in self.requests if r["doc"] is not None]
+
+    def wait_for_ids(self, ids):
+        """
+        @return: a Deferred that fires once every id in C{ids} was accepted.
+        """
+        want = set(ids)
+        d = defer.Deferred()
+        self._waiters.append((want, d))
+        self._check_waiters()
+        return d
+
+    def _check_waiters(self):
+        for want, d in list(self._waiters):
+            if want <= self.unique:
+                self._waiters.remove((want, d))
+                d.callback(None)
+
+
+class IngestServer:
+    """
+    An L{IngestStub} served by twisted.web on a loopback TCP port.
+    """
+
+    def __init__(self, reactor, stub=None):
+        self.reactor = reactor
+        self.stub = stub if stub is not None else IngestStub()
+        self.site = server.Site(self.stub)
+        self.site.displayTracebacks = False
+        self.factory = WrappingFactory(self.site)
+        self.port = None
+        self.number = 0
+
+    def start(self):
+        """
+        Listen (again, on the same port number after L{refuse}).
+        """
+        self.port = self.reactor.listenTCP(self.number, self.factory, interface="127.0.0.1")
+        self.number = self.port.getHost().port
+        return self
+
+    def refuse(self):
+        """
+        Stop listening: new connections are refused, open ones are cut.
+        """
+        d = defer.maybeDeferred(self.port.stopListening)
+        self.port = None
+        for protocol in list(self.factory.protocols):
+            protocol.transport.abortConnection()
+        self.stub.held.clear()
+        return d
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:{}".format(self.number)
+
+    def stop(self):
+        if self.port is None:
+            return defer.succeed(None)
+        return self.refuse()
+
+
+@defer.inlineCallbacks
+def wait_until(reactor, predicate, timeout=10.0, interval=0.02, what="condition"):
+    """
+    Poll C{predicate()} every C{interval} seconds until it is true; fail the
+    test after C{timeout} seconds.
+    """
+    waited = 0.0
+    while not predicate():
+        if waited >= timeout:
+            raise AssertionError("timed out after {}s waiting for {}".format(timeout, what))
+        yield task.deferLater(reactor, interval, lambda: None)
+        waited += interval
