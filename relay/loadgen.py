@@ -366,7 +366,8 @@ class _Receiver(_Conn):
             return False
         run = self.run
         payload = envelope.get("payload") or {}
-        delivery = payload.get("delivery") or {}
+        # agent-relay puts ``delivery`` at the top of the envelope; accept both.
+        delivery = envelope.get("delivery") or payload.get("delivery") or {}
         self.queue(encode_frame({
             "v": 1, "type": "ACK", "id": "ack-" + str(envelope.get("id")),
             "ts": run.wall_ms, "payload": {"ack_id": envelope.get("id"),

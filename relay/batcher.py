@@ -1,0 +1,255 @@
+# -*- test-case-name: tests.test_batcher -*-
+"""
+Group commit for the store: rows accumulate in an open L{Batch}; a flush
+takes the whole open batch and writes it in one transaction.
+
+Flushes happen every C{delay} seconds (a L{LoopingCall} on the injected
+clock), at once when the open batch reaches C{size} rows or C{max_bytes}
+bytes, and on demand (L{Batcher.flush}).  Only one flush is in flight at a
+time; whatever arrives meanwhile waits in the next batch, so batches grow
+under load instead of queueing many small transactions.  A failed flush
+puts its rows back in front of the open batch and is retried; the loop
+never stops on an error.
+"""
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+# The statements a batch carries, in the order a flush runs them: a message
+# row is on disk before its delivery rows, an insert before its updates.
+STATEMENTS = ("message", "delivery", "status", "stream", "expire", "meta", "dead_letter")
+
+
+class Batch:
+    """
+    Rows waiting for one transaction, grouped by statement.
+
+    @ivar rows: dict statement name -> list of parameter rows.
+    @ivar callbacks: list of (callable, argument) run after the commit.
+    @ivar open: True while rows may still be added or edited in place.
+    """
+
+    def __init__(self):
+        self.rows = {name: [] for name in STATEMENTS}
+        self.count = 0
+        self.nbytes = 0
+        self.callbacks = []
+        self.open = True
+        self.demanded = False
+        self.max_message_seq = 0
+
+    def absorb(self, later):
+        """
+        Append the rows of C{later} (a newer batch) after ours.
+        """
+        for name in STATEMENTS:
+            self.rows[name].extend(later.rows[name])
+        self.count += later.count
+        self.nbytes += later.nbytes
+        self.callbacks.extend(later.callbacks)
+        self.demanded = self.demanded or later.demanded
+        self.max_message_seq = max(self.max_message_seq, later.max_message_seq)
+
+
+class Batcher:
+    """
+    @param clock: an IReactorTime.
+    @param write: callable(batch) -> Deferred firing when the batch's
+        transaction has committed.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock, write, size=50, delay=0.1, max_bytes=1048576,
+                 on_committed=None):
+        self.clock = clock
+        self._write = write
+        self.size = size
+        self.delay = delay
+        self.max_bytes = max_bytes
+        self.on_committed = on_committed
+        self.current = Batch()
+        self._inflight = None
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._retry = None
+        self._running = False
+        self._overload_listeners = []
+        self.overload_bytes = 4 * max_bytes
+        self.overloaded = False
+        self.metrics = {
+            "batches": 0,
+            "rows": 0,
+            "bytes": 0,
+            "flushes_by_cause": {"size": 0, "time": 0, "bytes": 0, "demand": 0, "shutdown": 0},
+            "failures": 0,
+            "last_flush_ms": 0.0,
+            "pending_rows": 0,
+        }
+
+    # -- adding work -----------------------------------------------------
+
+    def add(self, statement, row, nbytes=64):
+        """
+        Queue one row for C{statement}; returns the row (a list, which the
+        caller may edit in place while C{self.current.open}).
+        """
+        batch = self.current
+        batch.rows[statement].append(row)
+        batch.count += 1
+        batch.nbytes += nbytes
+        if batch.count >= self.size:
+            self._kick("size")
+        elif batch.nbytes >= self.max_bytes:
+            self._kick("bytes")
+        return row
+
+    def after_commit(self, fn, arg):
+        """
+        Run C{fn(arg)} once everything queued so far has committed.
+        """
+        self.current.callbacks.append((fn, arg))
+
+    def pending_rows(self):
+        n = self.current.count
+        if self._inflight is not None:
+            n += self._inflight.count
+        return n
+
+    def pending_bytes(self):
+        n = self.current.nbytes
+        if self._inflight is not None:
+            n += self._inflight.nbytes
+        return n
+
+    # -- overload signalling -----------------------------------------------
+
+    def add_overload_listener(self, listener):
+        """
+        Call C{listener(True)} when pending bytes pass C{overload_bytes},
+        C{listener(False)} once a flush brings them back under.
+        """
+        self._overload_listeners.append(listener)
+
+    def check_overload(self):
+        over = self.pending_bytes() > self.overload_bytes
+        if over != self.overloaded:
+            self.overloaded = over
+            if over:
+                self.log.warn("store is behind: {pending} bytes pending, pausing readers",
+                              pending=self.pending_bytes())
+            for listener in self._overload_listeners:
+                listener(over)
+        return over
+
+    # -- flushing ------------------------------------------------------------
+
+    def start(self):
+        self._running = True
+        self._loop.start(self.delay, now=False)
+
+    def stop(self):
+        """
+        Stop the timer and flush everything; fires when all is on disk.
+        """
+        self._running = False
+        if self._loop.running:
+            self._loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+            self._retry = None
+        return self._drain("shutdown")
+
+    @defer.inlineCallbacks
+    def _drain(self, cause):
+        while self._inflight is not None or self.current.count or self.current.callbacks:
+            yield self.flush(cause)
+
+    def flush(self, cause="demand"):
+        """
+        Write everything queued so far.
+
+        @return: Deferred firing once it is committed.
+        """
+        d = defer.Deferred()
+        if not (self.current.count or self.current.callbacks) and self._inflight is None:
+            d.callback(None)
+            return d
+        self.current.callbacks.append((d.callback, None))
+        self.current.demanded = True
+        self._kick(cause)
+        return d
+
+    def _tick(self):
+        if self.current.count or self.current.callbacks:
+            self._kick("time")
+
+    def _kick(self, cause):
+        if self._inflight is not None:
+            return
+        if self._retry is not None:
+            if cause == "shutdown" or cause == "demand":
+                if self._retry.active():
+                    self._retry.cancel()
+                self._retry = None
+            else:
+                return
+        batch = self.current
+        if not (batch.count or batch.callbacks):
+            return
+        self.current = Batch()
+        batch.open = False
+        self._inflight = batch
+        self.metrics["flushes_by_cause"][cause] = self.metrics["flushes_by_cause"].get(cause, 0) + 1
+        started = self.clock.seconds()
+        d = defer.maybeDeferred(self._write, batch)
+        d.addCallbacks(self._committed, self._failed,
+                       callbackArgs=(batch, started), errbackArgs=(batch,))
+        d.addErrback(lambda f: self.log.failure("batch bookkeeping failed", f))
+
+    def _committed(self, _, batch, started):
+        self._inflight = None
+        m = self.metrics
+        m["batches"] += 1
+        m["rows"] += batch.count
+        m["bytes"] += batch.nbytes
+        m["last_flush_ms"] = (self.clock.seconds() - started) * 1000.0
+        m["pending_rows"] = self.current.count
+        if self.on_committed is not None and batch.max_message_seq:
+            self.on_committed(batch.max_message_seq)
+        for fn, arg in batch.callbacks:
+            try:
+                fn(arg)
+            except Exception:
+                self.log.failure("after-commit callback failed")
+        self.check_overload()
+        self._again()
+
+    def _failed(self, failure, batch):
+        self._inflight = None
+        self.metrics["failures"] += 1
+        self.log.failure("batch of {rows} rows failed; keeping it and retrying",
+                         failure, rows=batch.count)
+        # Keep the rows, ahead of anything queued since.
+        batch.absorb(self.current)
+        self.current = batch
+        self.metrics["pending_rows"] = batch.count
+        if self._running:
+            self._retry = self.clock.callLater(max(self.delay, 0.05), self._retry_now)
+        else:
+            # Shutting down: _drain keeps calling flush until it lands.
+            self._retry = None
+
+    def _retry_now(self):
+        self._retry = None
+        self._kick("time")
+
+    def _again(self):
+        batch = self.current
+        if batch.count >= self.size:
+            self._kick("size")
+        elif batch.nbytes >= self.max_bytes:
+            self._kick("bytes")
+        elif batch.demanded:
+            # Someone asked for a flush while one was in flight.
+            self._kick("demand")

@@ -1,0 +1,85 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+The envelope of the wire protocol: encoding, the frames the daemon sends,
+and the checks PROTOCOL.md asks for.
+"""
+
+import re
+import struct
+
+import orjson
+
+_PREFIX = struct.Struct(">I")
+
+NAME_RE = re.compile(r"[A-Za-z0-9._\-@:]{1,128}\Z")
+KINDS = frozenset(("message", "action", "state", "thinking"))
+
+# Envelope fields the daemon understands; anything else is preserved.
+KNOWN_FIELDS = frozenset(("v", "type", "id", "ts", "from", "to", "topic", "payload", "payload_meta"))
+
+# How much a DELIVER can outgrow the SEND it comes from: our id, the
+# recipient's name (at most 128), the delivery object, the type name.
+DELIVER_OVERHEAD = 384
+
+
+def frame(envelope):
+    """
+    One length-prefixed frame holding C{envelope}.
+    """
+    data = orjson.dumps(envelope)
+    return _PREFIX.pack(len(data)) + data
+
+
+def valid_agent_name(name):
+    """
+    A name an agent may register: 1-128 of letters, digits, C{._-@:}, not
+    C{*}, not starting with C{_} (reserved for the daemon).
+    """
+    return (isinstance(name, str) and NAME_RE.match(name) is not None
+            and not name.startswith("_"))
+
+
+def envelope(type_, payload=None, **fields):
+    env = {"v": 1, "type": type_}
+    env.update(fields)
+    if payload is not None:
+        env["payload"] = payload
+    return env
+
+
+def check_send(env, max_frame_bytes, size):
+    """
+    The reason a SEND must be refused with C{NACK INVALID}, or None.
+    """
+    to = env.get("to")
+    if not isinstance(to, str) or not to:
+        return "missing 'to': an agent name or '*'"
+    if to != "*" and not valid_agent_name(to):
+        return "invalid recipient name %r" % (to[:140],)
+    payload = env.get("payload")
+    if not isinstance(payload, dict):
+        return "missing 'payload' object"
+    if not isinstance(payload.get("body"), str):
+        return "payload.body must be a string"
+    kind = payload.get("kind", "message")
+    if kind not in KINDS:
+        return "unknown payload.kind %r (message, action, state or thinking)" % (str(kind)[:40],)
+    topic = env.get("topic")
+    if topic is not None and not isinstance(topic, str):
+        return "topic must be a string"
+    data = payload.get("data")
+    if data is not None and not isinstance(data, dict):
+        return "payload.data must be an object"
+    thread = payload.get("thread")
+    if thread is not None and not isinstance(thread, str):
+        return "payload.thread must be a string"
+    meta = env.get("payload_meta")
+    if meta is not None and not isinstance(meta, dict):
+        return "payload_meta must be an object"
+    if meta:
+        ttl = meta.get("ttl_ms")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+            return "payload_meta.ttl_ms must be a positive integer"
+    if size + DELIVER_OVERHEAD > max_frame_bytes:
+        return "message too large: its DELIVER would exceed max_frame_bytes (%d)" % (max_frame_bytes,)
+    return None

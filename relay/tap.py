@@ -1,0 +1,230 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd relay}: options and service construction.
+"""
+
+import os
+
+from twisted.application import service, strports
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.python import usage
+
+DEFAULT_LISTEN = "unix:/tmp/agent-relay.sock:mode=600"
+
+
+def _positive_int(name):
+    def convert(value):
+        try:
+            n = int(value)
+        except ValueError:
+            raise usage.UsageError("--%s must be an integer, not %r" % (name, value))
+        if n <= 0:
+            raise usage.UsageError("--%s must be positive, not %d" % (name, n))
+        return n
+    convert.coerceDoc = "A positive integer."
+    return convert
+
+
+def _positive_float(name):
+    def convert(value):
+        try:
+            n = float(value)
+        except ValueError:
+            raise usage.UsageError("--%s must be a number, not %r" % (name, value))
+        if n <= 0:
+            raise usage.UsageError("--%s must be positive, not %s" % (name, value))
+        return n
+    convert.coerceDoc = "A positive number."
+    return convert
+
+
+def _sync_options():
+    try:
+        from relay.sync import options
+    except ImportError:
+        return None
+    return options
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the relay daemon: agents connect (agent-relay wire protocol v1), "
+        "exchange messages, and every message is stored in a SQLite file "
+        "before its receipt is sent.")
+
+    optFlags = [
+        ["no-rate-limit", None, "Do not rate-limit agents."],
+    ]
+
+    optParameters = [
+        ["db", None, "relay.sqlite", "The SQLite store file (created if missing)."],
+        ["max-frame-bytes", None, 1048576, "Largest frame accepted, in bytes.",
+         _positive_int("max-frame-bytes")],
+        ["heartbeat-ms", None, 5000, "PING interval; 6 missed answers close a connection.",
+         _positive_int("heartbeat-ms")],
+        ["ack-timeout-ms", None, 5000, "Resend a DELIVER not ACKed within this time.",
+         _positive_int("ack-timeout-ms")],
+        ["message-ttl", None, 86400, "Default message TTL in seconds (payload_meta.ttl_ms wins).",
+         _positive_float("message-ttl")],
+        ["batch-size", None, 50, "Flush the store batch at this many rows.",
+         _positive_int("batch-size")],
+        ["batch-delay-ms", None, 100, "Flush the store batch at least this often.",
+         _positive_int("batch-delay-ms")],
+        ["batch-bytes", None, 1048576, "Flush the store batch at this many bytes.",
+         _positive_int("batch-bytes")],
+        ["queue-high", None, 1500, "Outbound queue high water mark (frames): pause senders.",
+         _positive_int("queue-high")],
+        ["queue-low", None, 500, "Outbound queue low water mark (frames): resume senders.",
+         _positive_int("queue-low")],
+        ["queue-max", None, 2000, "Frames an outbound queue holds; the rest waits in the store.",
+         _positive_int("queue-max")],
+        ["max-inflight", None, 1000,
+         "Deliveries written and not yet ACKed per connection (HELLO may ask for fewer).",
+         _positive_int("max-inflight")],
+        ["rate-limit", None, 500, "Messages per second an agent may send, sustained.",
+         _positive_float("rate-limit")],
+        ["rate-burst", None, 1000, "Messages an agent may send in a burst.",
+         _positive_float("rate-burst")],
+        ["rate-limit-policy", None, "throttle",
+         "throttle: stop reading an agent over its budget; reject: NACK BUSY its SENDs."],
+    ]
+
+    compData = usage.Completions(optActions={"db": usage.CompleteFiles("*.sqlite")})
+
+    _sync = _sync_options()
+    if _sync is not None:
+        optParameters = optParameters + list(getattr(_sync, "OPT_PARAMETERS", []))
+        optFlags = optFlags + list(getattr(_sync, "OPT_FLAGS", []))
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["listen"] = []
+
+    def opt_listen(self, endpoint):
+        """
+        Listen on a strports endpoint (repeatable) [default: %s].
+        """ % (DEFAULT_LISTEN,)
+        self["listen"].append(endpoint)
+
+    def postOptions(self):
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        self["listen"] = [_with_lockfile(e) for e in self["listen"]]
+        for e in self["listen"]:
+            try:
+                # Parses only: nothing binds, no reactor is needed yet.
+                endpoints.serverFromString(None, e)
+            except (ValueError, TypeError, KeyError) as err:
+                raise usage.UsageError("bad --listen endpoint %r: %s" % (e, err))
+        if self["rate-limit-policy"] not in ("throttle", "reject"):
+            raise usage.UsageError("--rate-limit-policy must be throttle or reject, not %r"
+                                   % (self["rate-limit-policy"],))
+        if not self["queue-low"] < self["queue-high"] <= self["queue-max"]:
+            raise usage.UsageError("need --queue-low < --queue-high <= --queue-max (got %d, %d, %d)"
+                                   % (self["queue-low"], self["queue-high"], self["queue-max"]))
+        sync = _sync_options()
+        if sync is not None and hasattr(sync, "check"):
+            sync.check(self, os.environ)
+
+
+def _with_lockfile(endpoint):
+    """
+    Unix sockets get C{lockfile=1}: a socket file left by a daemon that was
+    killed is then replaced, while a live daemon's is never stolen.
+    """
+    if endpoint.startswith("unix:") and ":lockfile=" not in endpoint:
+        return endpoint + ":lockfile=1"
+    return endpoint
+
+
+class RelayService(service.MultiService):
+    """
+    The daemon: the store opens before anything listens, and on shutdown
+    every pending write is flushed before the process exits.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, router):
+        service.MultiService.__init__(self)
+        self.store = store
+        self.router = router
+
+    def privilegedStartService(self):
+        # Listeners bind here; a bind failure must stop startup with a
+        # clear message and a non-zero exit, not leave a deaf daemon.
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except Exception as e:
+                raise SystemExit("relay: cannot listen on %s: %s"
+                                 % (getattr(child, "relay_endpoint", child), _reason(e)))
+
+    def startService(self):
+        try:
+            self.store.open()
+        except Exception as e:
+            raise SystemExit("relay: %s" % (_reason(e),))
+        self.router.start()
+        self.log.info("relay store {path}: {n} messages so far", path=self.store.path,
+                      n=self.store.last_seq())
+        service.Service.startService(self)
+        for child in self:
+            child.startService()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        yield defer.maybeDeferred(service.MultiService.stopService, self)
+        self.router.stop()
+        for conn in list(self.router.connections):
+            conn.transport.loseConnection()
+        yield self.store.close()
+        self.log.info("relay store {path}: flushed and closed", path=self.store.path)
+
+
+def _reason(e):
+    text = str(e) or e.__class__.__name__
+    return text.strip().replace("\n", " ")
+
+
+def makeService(config, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    from relay.protocol import RelayFactory
+    from relay.ratelimit import RateLimiter
+    from relay.router import Router
+    from relay.store import Store
+
+    store = Store(reactor, config["db"], batch_size=config["batch-size"],
+                  batch_delay=config["batch-delay-ms"] / 1000.0,
+                  batch_bytes=config["batch-bytes"])
+    limiter = None
+    if not config["no-rate-limit"]:
+        limiter = RateLimiter(reactor, rate=config["rate-limit"], burst=config["rate-burst"])
+    router = Router(
+        reactor, store, max_frame_bytes=config["max-frame-bytes"],
+        heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
+        message_ttl=config["message-ttl"], queue_high=config["queue-high"],
+        queue_low=config["queue-low"], queue_max=config["queue-max"], limiter=limiter,
+        rate_policy=config["rate-limit-policy"], window=config["max-inflight"])
+    factory = RelayFactory(
+        router, reactor, max_frame_bytes=config["max-frame-bytes"],
+        heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
+        queue_high=config["queue-high"], queue_low=config["queue-low"],
+        queue_max=config["queue-max"], window=config["max-inflight"],
+        rate_policy=config["rate-limit-policy"])
+    top = RelayService(store, router)
+    for endpoint in config["listen"]:
+        listener = strports.service(endpoint, factory, reactor=reactor)
+        listener.relay_endpoint = endpoint
+        listener.setServiceParent(top)
+    sync = _sync_options()
+    if sync is not None and config.get("sync-url"):
+        from relay.sync.service import make_sync_service
+        sync_service = make_sync_service(config, store, reactor)
+        if sync_service is not None:
+            sync_service.setServiceParent(top)
+            router.sync_stats = sync_service.stats
+    return top
