@@ -1,0 +1,181 @@
+"""
+Runs the real C{twistd -n relay-ingest} as a subprocess for the end-to-end
+tests, and a loopback TCP proxy to put between it and PostgreSQL.
+"""
+
+import os
+import signal
+import socket
+import sys
+
+import treq
+from twisted.web.client import HTTPConnectionPool
+from twisted.internet import defer, protocol, task
+from twisted.protocols import portforward
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def freePort():
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+class _Collector(protocol.ProcessProtocol):
+    def __init__(self):
+        self.output = []
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.output.append(data)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+class IngestProcess:
+    """
+    One C{twistd -n relay-ingest} process on a free port.
+    """
+
+    startTimeout = 30.0
+
+    def __init__(self, reactor, dsn, extraArgs=()):
+        self.reactor = reactor
+        self.dsn = dsn
+        self.port = freePort()
+        self.url = "http://127.0.0.1:%d" % (self.port,)
+        self.extraArgs = list(extraArgs)
+        self.collector = None
+        self.transport = None
+        # Non-persistent, so no connection outlives a test.
+        self.httpPool = HTTPConnectionPool(reactor, persistent=False)
+
+    def output(self):
+        return b"".join(self.collector.output).decode("utf-8", "replace")
+
+    @defer.inlineCallbacks
+    def start(self):
+        """
+        Spawn the process and wait until C{/healthz} answers 200, polling
+        with a bound of L{startTimeout} seconds.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.pop("RELAY_POSTGRES_DSN", None)
+        args = [
+            TWISTD, "-n", "--pidfile=", "relay-ingest",
+            "--listen", "tcp:%d:interface=127.0.0.1" % (self.port,),
+            "--postgres", self.dsn,
+        ] + self.extraArgs
+        self.collector = _Collector()
+        self.transport = self.reactor.spawnProcess(
+            self.collector, TWISTD, args, env=env, path=REPO_ROOT)
+        deadline = self.reactor.seconds() + self.startTimeout
+        while True:
+            if self.collector.ended.called:
+                raise RuntimeError("relay-ingest exited during startup:\n" + self.output())
+            try:
+                response = yield treq.get(self.url + "/healthz", timeout=2, pool=self.httpPool)
+                yield response.content()
+                if response.code == 200:
+                    return
+            except Exception:
+                pass
+            if self.reactor.seconds() > deadline:
+                raise RuntimeError("relay-ingest not healthy within %ss:\n%s"
+                                   % (self.startTimeout, self.output()))
+            yield task.deferLater(self.reactor, 0.1, lambda: None)
+
+    def peakMemoryBytes(self):
+        """
+        The process's peak resident set size (VmHWM).
+        """
+        with open("/proc/%d/status" % (self.transport.pid,)) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM")
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """
+        SIGTERM the process and wait (bounded) for it to end; SIGKILL if it
+        does not.
+        """
+        if self.collector is None or self.collector.ended.called:
+            return
+        self.transport.signalProcess(signal.SIGTERM)
+        timeout = self.reactor.callLater(10, self._kill)
+        yield self.collector.ended
+        if timeout.active():
+            timeout.cancel()
+
+    def _kill(self):
+        try:
+            self.transport.signalProcess(signal.SIGKILL)
+        except Exception:
+            pass
+
+
+class _TrackedProxyServer(portforward.ProxyServer):
+    def connectionMade(self):
+        self.factory.servers.add(self)
+        portforward.ProxyServer.connectionMade(self)
+
+    def connectionLost(self, reason):
+        self.factory.servers.discard(self)
+        portforward.ProxyServer.connectionLost(self, reason)
+
+
+class _TrackedProxyFactory(portforward.ProxyFactory):
+    protocol = _TrackedProxyServer
+
+    def __init__(self, host, port):
+        portforward.ProxyFactory.__init__(self, host, port)
+        self.servers = set()
+
+
+class CuttableProxy:
+    """
+    A loopback TCP proxy (L{twisted.protocols.portforward}) in front of
+    PostgreSQL.  L{cut} stops listening and aborts every proxied connection,
+    which a client sees exactly as the server going away; L{restore} listens
+    again on the same port.
+    """
+
+    def __init__(self, reactor, host, port):
+        self.reactor = reactor
+        self.factory = _TrackedProxyFactory(host, port)
+        self.factory.noisy = False
+        self.port = freePort()
+        self.listening = None
+
+    def start(self):
+        self.listening = self.reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+
+    @defer.inlineCallbacks
+    def cut(self):
+        if self.listening is not None:
+            yield self.listening.stopListening()
+            self.listening = None
+        for server in list(self.factory.servers):
+            server.transport.abortConnection()
+            if server.peer is not None:
+                server.peer.transport.abortConnection()
+
+    def restore(self):
+        self.start()
+
+    def stop(self):
+        return self.cut()

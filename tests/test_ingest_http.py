@@ -1,0 +1,366 @@
+"""
+End-to-end tests of the ingest service over HTTP: the real
+C{twistd -n relay-ingest} process (found next to C{sys.executable}, with the
+plugin from this tree) against the real PostgreSQL.
+"""
+
+import gzip
+import io
+import zlib
+
+import orjson
+import treq
+from psycopg2.extensions import make_dsn, parse_dsn
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from relay.cli import main as cliMain
+from relay.ingest import keys
+from tests.ingest_process import CuttableProxy, IngestProcess
+from tests.ingest_support import fetchAll, makeMessage, testDatabaseDSN, truncate
+
+import psycopg2
+
+WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
+OTHER_WS = "0b9a1c2e-8d8e-4a53-9a4b-0d5b3f3d6a02"
+DAEMON = "11111111-2222-4333-8444-555555555555"
+SYNC = "/api/daemons/messages/sync"
+
+MiB = 1024 * 1024
+# Small limits keep the tests fast; the bomb below inflates to far more.
+LIMIT_ARGS = ["--max-body-bytes", str(2 * MiB), "--max-inflated-bytes", str(8 * MiB)]
+
+_bomb = {}
+
+
+def gzipBomb(inflatedBytes=512 * MiB):
+    """
+    A gzip body that inflates to C{inflatedBytes} zero bytes (about 1000
+    times its own size).
+    """
+    if inflatedBytes not in _bomb:
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        block = b"\0" * MiB
+        parts = [c.compress(block) for _ in range(inflatedBytes // MiB)]
+        parts.append(c.flush())
+        _bomb[inflatedBytes] = b"".join(parts)
+    return _bomb[inflatedBytes]
+
+
+def batch(messages, workspace=WS, daemon=DAEMON):
+    return {"daemon_id": daemon, "workspace_id": workspace, "messages": messages}
+
+
+def withCapturedStdout(f, *args):
+    import contextlib
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = f(*args)
+    return rc, out.getvalue()
+
+
+class _ServiceMixin:
+    extraArgs = LIMIT_ARGS
+
+    def setUp(self):
+        self.dsn = testDatabaseDSN(self)
+        truncate(self.dsn)
+        self.key = self.createKey(WS)
+        self.service = IngestProcess(reactor, self.serviceDSN(), self.extraArgs)
+        self.addCleanup(self.service.stop)
+        return self.service.start()
+
+    def serviceDSN(self):
+        return self.dsn
+
+    def createKey(self, workspace):
+        conn = psycopg2.connect(self.dsn)
+        try:
+            return keys.createKey(conn, workspace)[1]
+        finally:
+            conn.close()
+
+    def count(self):
+        return fetchAll(self.dsn, "SELECT count(*) FROM agent_messages")[0][0]
+
+    @defer.inlineCallbacks
+    def post(self, body, key=None, gzipped=False, headers=None, path=SYNC):
+        """
+        POST C{body} (bytes, or a value to encode as JSON) and return
+        C{(code, decoded JSON or raw bytes, response headers)}.
+        """
+        if not isinstance(body, bytes):
+            body = orjson.dumps(body)
+        h = {b"Content-Type": [b"application/json"]}
+        if gzipped:
+            body = gzip.compress(body)
+            h[b"Content-Encoding"] = [b"gzip"]
+        if key is None:
+            key = self.key
+        if key is not False:
+            h[b"Authorization"] = [b"Bearer " + key.encode("ascii")]
+        h.update(headers or {})
+        response = yield treq.post(self.service.url + path, data=body, headers=h, timeout=60,
+                                   pool=self.service.httpPool)
+        content = yield response.content()
+        try:
+            content = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
+        return response.code, content, response.headers
+
+    @defer.inlineCallbacks
+    def metrics(self):
+        response = yield treq.get(self.service.url + "/metrics", timeout=10, pool=self.service.httpPool)
+        text = yield response.text()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+
+class SyncTests(_ServiceMixin, unittest.TestCase):
+    """
+    The sync endpoint of a running C{twistd relay-ingest}.
+    """
+
+    @defer.inlineCallbacks
+    def test_plainGzipAndCopy(self):
+        """
+        A plain JSON body and a gzip one are both stored, with exact counts
+        of new rows and duplicates; a batch over the COPY threshold goes
+        through COPY; the metrics count it all.
+        """
+        code, body, _ = yield self.post(batch([makeMessage(i) for i in range(10)]))
+        self.assertEqual((code, body), (200, {"synced": 10, "duplicates": 0}))
+        code, body, _ = yield self.post(batch([makeMessage(i) for i in range(5, 15)]),
+                                        gzipped=True)
+        self.assertEqual((code, body), (200, {"synced": 5, "duplicates": 5}))
+        big = [makeMessage(i) for i in range(1200)] + [makeMessage(3)]
+        code, body, _ = yield self.post(batch(big), gzipped=True)
+        self.assertEqual((code, body), (200, {"synced": 1185, "duplicates": 16}))
+        self.assertEqual(self.count(), 1200)
+        m = yield self.metrics()
+        self.assertEqual(m['relay_ingest_requests_total{status="200"}'], 3)
+        self.assertEqual(m["relay_ingest_rows_inserted_total"], 1200)
+        self.assertEqual(m["relay_ingest_duplicates_total"], 21)
+        self.assertEqual(m['relay_ingest_insert_seconds_count{strategy="copy"}'], 1)
+        self.assertGreater(m["relay_ingest_bytes_in_total"], 1000)
+
+    @defer.inlineCallbacks
+    def test_storedFields(self):
+        """
+        The stored row carries the key's workspace, the daemon, and every
+        field of the message.
+        """
+        m = makeMessage(1, body="h\u00e9llo\n\tworld", topic="t", thread="th",
+                        channel="#c", data={"a": {"b": [1, None]}},
+                        payload_meta={"size": 3}, is_broadcast=True, is_urgent=True,
+                        expires_at=1767225700000, to="*")
+        code, body, _ = yield self.post(batch([m]))
+        self.assertEqual(code, 200)
+        rows = fetchAll(
+            self.dsn,
+            "SELECT workspace_id::text, daemon_id::text, original_id, from_agent, to_agent,"
+            " body, kind, topic, thread, channel, is_broadcast, is_urgent, data,"
+            " payload_meta, (extract(epoch from message_ts) * 1000)::bigint,"
+            " (extract(epoch from expires_at) * 1000)::bigint FROM agent_messages")
+        self.assertEqual(rows, [(
+            WS, DAEMON, "m-1", "agent-a", "*", "h\u00e9llo\n\tworld", "message", "t",
+            "th", "#c", True, True, {"a": {"b": [1, None]}}, {"size": 3},
+            1767225600001, 1767225700000)])
+
+    @defer.inlineCallbacks
+    def test_auth(self):
+        """
+        A missing, malformed, unknown, wrong-secret or revoked key gets 401
+        and stores nothing; a key of another workspace claiming this one
+        gets 403.
+        """
+        payload = batch([makeMessage(1)])
+        keyId = keys.parseKey(self.key)
+        wrongSecret = self.key[:-4] + ("AAAA" if not self.key.endswith("AAAA") else "BBBB")
+        unknown = "rlk_%s_%s" % ("0" * 16, self.key.rsplit("_", 1)[1][-43:])
+        for key in [False, "", "not-a-key", unknown, wrongSecret]:
+            code, body, _ = yield self.post(payload, key=key)
+            self.assertEqual(code, 401, (key, body))
+            self.assertIn("error", body)
+        conn = psycopg2.connect(self.dsn)
+        self.assertEqual(keys.revokeKey(conn, keyId), "revoked")
+        conn.close()
+        code, body, _ = yield self.post(payload)
+        self.assertEqual(code, 401)
+        other = self.createKey(OTHER_WS)
+        code, body, _ = yield self.post(payload, key=other)
+        self.assertEqual(code, 403)
+        self.assertEqual(self.count(), 0)
+        code, body, _ = yield self.post(batch([makeMessage(1)], workspace=OTHER_WS), key=other)
+        self.assertEqual((code, body), (200, {"synced": 1, "duplicates": 0}))
+
+    @defer.inlineCallbacks
+    def test_keyFromCommandLine(self):
+        """
+        The last line printed by C{relay keys create} is a key the service
+        accepts.
+        """
+        rc, out = withCapturedStdout(
+            cliMain, ["keys", "create", "--workspace", WS, "--postgres", self.dsn])
+        self.assertEqual(rc, 0)
+        key = out.splitlines()[-1]
+        code, body, _ = yield self.post(batch([makeMessage(1)]), key=key)
+        self.assertEqual((code, body), (200, {"synced": 1, "duplicates": 0}))
+
+    @defer.inlineCallbacks
+    def test_gzipBomb(self):
+        """
+        A small gzip body that would inflate to 512 MiB gets 413 once it
+        passes --max-inflated-bytes (8 MiB here), and the process's peak
+        memory stays far below what inflating it would take.
+        """
+        bomb = gzipBomb()
+        self.assertLess(len(bomb), 2 * MiB)
+        code, body, _ = yield self.post(
+            bomb, headers={b"Content-Encoding": [b"gzip"]})
+        self.assertEqual(code, 413)
+        self.assertIn("inflated", body["error"])
+        self.assertLess(self.service.peakMemoryBytes(), 200 * MiB)
+
+    @defer.inlineCallbacks
+    def test_bodyOverLimit(self):
+        """
+        A body over --max-body-bytes gets 413, plain or gzip-compressed.
+        """
+        big = batch([makeMessage(i, body="x" * 2000) for i in range(1200)])
+        raw = orjson.dumps(big)
+        self.assertGreater(len(raw), 2 * MiB)
+        code, body, _ = yield self.post(raw)
+        self.assertEqual(code, 413)
+        noise = io.BytesIO()
+        import os
+        with gzip.GzipFile(fileobj=noise, mode="wb") as g:
+            g.write(os.urandom(3 * MiB))
+        code, body, _ = yield self.post(noise.getvalue(), headers={b"Content-Encoding": [b"gzip"]})
+        self.assertEqual(code, 413)
+        self.assertEqual(self.count(), 0)
+
+    @defer.inlineCallbacks
+    def test_malformedBodies(self):
+        """
+        Bodies that are not JSON, not an object, have no messages list,
+        are truncated or corrupt gzip, or use an unknown encoding get a 4xx
+        error without an index.
+        """
+        cases = [
+            (b"{not json", {}, 400),
+            (b"[1, 2]", {}, 400),
+            (orjson.dumps({"daemon_id": DAEMON, "workspace_id": WS}), {}, 400),
+            (orjson.dumps({"daemon_id": "nope", "workspace_id": WS, "messages": []}), {}, 400),
+            (gzip.compress(b'{"a": 1}')[:-6], {b"Content-Encoding": [b"gzip"]}, 400),
+            (b"this is not gzip", {b"Content-Encoding": [b"gzip"]}, 400),
+            (b"{}", {b"Content-Encoding": [b"br"]}, 415),
+        ]
+        for raw, headers, status in cases:
+            code, body, _ = yield self.post(raw, headers=headers)
+            self.assertEqual(code, status, (raw[:40], body))
+            self.assertIsInstance(body["error"], str)
+            self.assertNotIn("index", body)
+
+    @defer.inlineCallbacks
+    def test_badMessage(self):
+        """
+        A message missing its id, or with a NUL in its body, gets 400
+        naming that message's index, id and field; nothing of the batch is
+        stored.
+        """
+        missingId = makeMessage(1)
+        del missingId["id"]
+        code, body, _ = yield self.post(batch([makeMessage(0), missingId, makeMessage(2)]))
+        self.assertEqual(code, 400)
+        self.assertEqual((body["index"], body["id"], body["field"]), (1, None, "id"))
+        nul = makeMessage(7, body="a\u0000b")
+        code, body, _ = yield self.post(batch([makeMessage(0), makeMessage(1), nul]),
+                                        gzipped=True)
+        self.assertEqual(code, 400)
+        self.assertEqual((body["index"], body["id"], body["field"]), (2, "m-7", "body"))
+        self.assertEqual(self.count(), 0)
+
+    @defer.inlineCallbacks
+    def test_healthAndMetrics(self):
+        """
+        /healthz answers 200 and /metrics serves Prometheus text including
+        the request counter by status.
+        """
+        response = yield treq.get(self.service.url + "/healthz", pool=self.service.httpPool)
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        yield self.post(b"nope", key=False)
+        m = yield self.metrics()
+        self.assertEqual(m['relay_ingest_requests_total{status="401"}'], 1)
+
+
+class PostgresOutageTests(_ServiceMixin, unittest.TestCase):
+    """
+    PostgreSQL going away and coming back while the service runs.
+
+    The machine's PostgreSQL is shared with other tests, so it is not
+    stopped: the service reaches it through a loopback TCP proxy
+    (L{twisted.protocols.portforward}) that the test cuts (stops listening
+    and aborts every connection) and restores, which the service sees
+    exactly as the server going away and starting again.
+    """
+
+    def setUp(self):
+        self.dsn = testDatabaseDSN(self)
+        parts = parse_dsn(self.dsn)
+        self.proxy = CuttableProxy(reactor, parts.get("host", "127.0.0.1"),
+                                   int(parts.get("port", 5432)))
+        self.proxy.start()
+        self.addCleanup(self.proxy.stop)
+        return _ServiceMixin.setUp(self)
+
+    def serviceDSN(self):
+        return make_dsn(self.dsn, host="127.0.0.1", port=str(self.proxy.port))
+
+    @defer.inlineCallbacks
+    def test_stopAndStart(self):
+        """
+        While PostgreSQL is away, sync requests and /healthz get 503 with
+        Retry-After and nothing is half-written; once it is back the service
+        reconnects by itself and the same batches are stored in full.
+        """
+        code, body, _ = yield self.post(batch([makeMessage(i) for i in range(10)]))
+        self.assertEqual(code, 200)
+        yield self.proxy.cut()
+        small = batch([makeMessage(i) for i in range(10, 60)])
+        large = batch([makeMessage(i) for i in range(60, 1600)])
+        for payload in [small, large, small]:
+            code, body, headers = yield self.post(payload, gzipped=True)
+            self.assertEqual(code, 503, body)
+            self.assertTrue(headers.getRawHeaders(b"Retry-After"))
+        response = yield treq.get(self.service.url + "/healthz", pool=self.service.httpPool)
+        self.assertEqual(response.code, 503)
+        self.assertTrue(response.headers.getRawHeaders(b"Retry-After"))
+        yield response.content()
+        self.assertEqual(self.count(), 10)
+
+        self.proxy.restore()
+        deadline = reactor.seconds() + 30
+        while True:
+            code, body, _ = yield self.post(small, gzipped=True)
+            if code == 200 or reactor.seconds() > deadline:
+                break
+            self.assertEqual(code, 503, body)
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual((code, body), (200, {"synced": 50, "duplicates": 0}))
+        # The COPY path's thread pool reconnects as well.
+        deadline = reactor.seconds() + 30
+        while True:
+            code, body, _ = yield self.post(large, gzipped=True)
+            if code == 200 or reactor.seconds() > deadline:
+                break
+            self.assertEqual(code, 503, body)
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual((code, body), (200, {"synced": 1540, "duplicates": 0}))
+        self.assertEqual(self.count(), 1600)
