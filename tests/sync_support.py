@@ -117,7 +117,8 @@ class IngestStub(resource.Resource):
         message in a batch.
     @ivar status: when set, answer every request with this status.
     @ivar requests: one dict per request: C{headers}, C{raw} (bytes as
-        received), C{doc} (the decoded JSON body), C{status} (answered).
+        received), C{doc} (the decoded JSON body), C{status} (answered),
+        C{at} (C{clock.seconds()} on arrival, when a clock is given).
     @ivar ids: every message id accepted, in arrival order (with repeats).
     """
 
@@ -143,7 +144,8 @@ class IngestStub(resource.Resource):
             return self._answer(request, 404, {"error": "not found"}, {})
         raw = request.content.read()
         headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
-        entry = {"headers": headers, "raw": raw, "doc": None, "status": None}
+        entry = {"headers": headers, "raw": raw, "doc": None, "status": None,
+                 "at": self.clock.seconds() if self.clock is not None else None}
         self.requests.append(entry)
         try:
             body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
@@ -156,7 +158,7 @@ class IngestStub(resource.Resource):
         if self.script:
             step = self.script.pop(0)
             if step == "hold":
-                self.held.append(request)
+                self.held.append((request, entry))
                 return server.NOT_DONE_YET
             status, data, extra = step
             if status == 200:
@@ -198,6 +200,25 @@ class IngestStub(resource.Resource):
 
     def docs(self):
         return [r["doc"] for r in self.requests if r["doc"] is not None]
+
+    def sizes(self, status=None):
+        """
+        The number of messages in each request (answered C{status}, if given).
+        """
+        return [len(r["doc"]["messages"]) for r in self.requests
+                if r["doc"] is not None and (status is None or r["status"] == status)]
+
+    def release(self, status=200):
+        """
+        Answer the oldest held request (200 accepts it like any other).
+        """
+        request, entry = self.held.pop(0)
+        if status == 200:
+            out = self._accept(request, entry["doc"], entry)
+        else:
+            out = self._answer(request, status, {"error": "released with {}".format(status)}, {}, entry)
+        request.write(out)
+        request.finish()
 
     def wait_for_ids(self, ids):
         """

@@ -283,7 +283,8 @@ class SyncService(service.Service):
         return bool(self._queue) and (
             len(self._queue) >= self.batch_size
             or self._queued_bytes >= self.batch_bytes
-            or self.clock.seconds() - self._oldest_at >= self.batch_delay)
+            # (a microsecond of slack for float rounding of the clock)
+            or self.clock.seconds() - self._oldest_at >= self.batch_delay - 1e-6)
 
     def _take_batch(self):
         items = []
@@ -496,6 +497,8 @@ class SyncService(service.Service):
             self.log.error("Could not write a spill file: {error}", error=str(e))
             return False
         self.spills_written += 1
+        # The ingest just failed us: replay at the next pass, not now.
+        self._spill_due = False
         self.log.warn("Spilled {n} messages (seq {first}..{last}) to {name}",
                       n=len(items), first=items[0].seq, last=items[-1].seq, name=name)
         return True

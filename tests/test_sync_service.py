@@ -1,0 +1,461 @@
+# -*- test-case-name: tests.test_sync_service -*-
+"""
+Unit tests for L{relay.sync.service.SyncService}: the pipeline driven by a
+L{task.Clock}, an in-memory store and the ingest stub resource served in
+memory by C{treq.testing.StubTreq}.
+"""
+
+import os
+
+import orjson
+from treq.testing import StubTreq
+from twisted.internet import task
+from twisted.trial import unittest
+
+from relay.sync.backoff import Backoff
+from relay.sync.poster import Poster
+from relay.sync.service import HOLDING, IDLE, UNAUTHORIZED, SyncService
+from relay.sync.spill import SpillDir
+from relay.sync.wire import encode_message
+from tests.sync_support import DAEMON, KEY, WORKSPACE, FakeSyncSource, IngestStub, make_row
+
+URL = "http://127.0.0.1:9/api/daemons/messages/sync"
+
+
+class Harness:
+    """
+    A service wired to a clock, a fake store and an in-memory ingest stub.
+    """
+
+    def __init__(self, testcase, source=None, spill_dir=None, spill_max=10 ** 9, timeout=30.0,
+                 compress=1024, **kwargs):
+        self.clock = task.Clock()
+        self.clock.advance(1700000000)
+        self.source = source if source is not None else FakeSyncSource()
+        self.stub = IngestStub(clock=self.clock)
+        self.treq = StubTreq(self.stub)
+        self.poster = Poster(self.clock, URL, KEY, timeout, compress, self.treq)
+        self.spill_dir = spill_dir or testcase.mktemp()
+        self.spill = SpillDir(self.spill_dir, spill_max, self.clock)
+        kwargs.setdefault("retries", 3)
+        kwargs.setdefault("spill_retry_interval", 30.0)
+        self.service = SyncService(
+            self.source, self.poster, self.spill, self.clock, Backoff(1.0, jitter=0.0),
+            daemon_id=DAEMON, workspace_id=WORKSPACE, **kwargs)
+        self.service.startService()
+        self.settle()
+        testcase.addCleanup(self.stop)
+
+    def settle(self):
+        """
+        Run everything due now (the pipeline hops through callLater(0)).
+        """
+        for _ in range(100000):
+            if not any(c.getTime() <= self.clock.seconds() for c in self.clock.getDelayedCalls()):
+                self.treq.flush()
+                if not any(c.getTime() <= self.clock.seconds() for c in self.clock.getDelayedCalls()):
+                    return
+            self.clock.advance(0)
+        raise AssertionError("pipeline never settled")
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+        self.settle()
+
+    def stop(self):
+        if self.service.running:
+            d = self.service.stopService()
+            self.settle()
+            return d
+
+
+class BatchingTests(unittest.TestCase):
+    """
+    When a batch leaves: size, delay, bytes, and growth while one is out.
+    """
+
+    def test_size_trigger(self):
+        """
+        A batch leaves as soon as it holds batch_size messages; the rest
+        wait for the delay.
+        """
+        h = Harness(self, batch_size=10, batch_delay=1.0)
+        h.source.add(25)
+        h.settle()
+        self.assertEqual(h.stub.sizes(), [10, 10])
+        h.advance(0.99)
+        self.assertEqual(h.stub.sizes(), [10, 10])
+        h.advance(0.01)
+        self.assertEqual(h.stub.sizes(), [10, 10, 5])
+        self.assertEqual(h.source.cursor, 25)
+
+    def test_delay_trigger(self):
+        """
+        A partial batch leaves batch_delay seconds after its first message
+        was queued, not before.
+        """
+        h = Harness(self, batch_size=100, batch_delay=0.25)
+        h.source.add(3)
+        h.settle()
+        h.advance(0.125)
+        h.source.add(2)
+        h.advance(0.0625)
+        self.assertEqual(h.stub.sizes(), [])
+        h.advance(0.0625)
+        self.assertEqual(h.stub.sizes(), [5])
+
+    def test_bytes_trigger(self):
+        """
+        A batch leaves once its JSON reaches batch_bytes, and never holds
+        more than batch_bytes (unless a single message is larger).
+        """
+        h = Harness(self, batch_size=1000, batch_delay=10.0, batch_bytes=4096)
+        h.source.add(20, body="x" * 900)
+        h.settle()
+        fits = 4096 // encode_message(make_row(1, body="x" * 900)).size
+        sizes = h.stub.sizes()
+        self.assertTrue(sizes, "no batch left on bytes")
+        self.assertEqual(set(sizes), {fits})
+        for request in h.stub.requests:
+            self.assertLessEqual(sum(len(orjson.dumps(m)) + 1 for m in request["doc"]["messages"]), 4096)
+        h.advance(10.0)
+        self.assertEqual(sum(h.stub.sizes()), 20)
+
+    def test_batches_grow_while_one_is_in_flight(self):
+        """
+        While a POST is out the next batch keeps filling, and leaves whole
+        once the first is answered.
+        """
+        h = Harness(self, batch_size=100, batch_delay=0.0)
+        h.stub.script.append("hold")
+        h.source.add(1)
+        h.settle()
+        self.assertEqual(len(h.stub.held), 1)
+        self.assertEqual(h.service.stats()["in_flight"], 1)
+        for _ in range(6):
+            h.source.add(10)
+            h.settle()
+        self.assertEqual(h.stub.sizes(), [1])
+        self.assertEqual(h.service.stats()["queued"], 60)
+        h.stub.release()
+        h.settle()
+        self.assertEqual(h.stub.sizes(200), [1, 60])
+        self.assertEqual(h.source.cursor, 61)
+        self.assertEqual(h.service.stats()["batches"], 2)
+
+    def test_memory_bound(self):
+        """
+        With the ingest stalled, no more than about max_bytes of messages
+        are read; the rest wait in the store and all arrive later.
+        """
+        h = Harness(self, batch_size=10, batch_delay=0.0, max_bytes=8192)
+        h.stub.script.append("hold")
+        h.source.add(500)
+        h.settle()
+        self.assertLessEqual(h.service._mem_bytes, 8192 + 2000)
+        self.assertLess(h.service.stats()["queued"], 40)
+        h.stub.release()
+        h.settle()
+        self.assertEqual(len(h.stub.unique), 500)
+        self.assertEqual(h.source.cursor, 500)
+        self.assertEqual(h.service._mem_bytes, 0)
+
+
+class RetryTests(unittest.TestCase):
+    """
+    Failed POSTs: backoff, Retry-After, timeouts, spill after retries.
+    """
+
+    def test_backoff_schedule_then_spill(self):
+        """
+        A 503 is retried after 1, 2 and 4 seconds; after the third retry the
+        batch goes to a spill file and the cursor moves past it.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0)
+        h.stub.status = 503
+        start = h.clock.seconds()
+        h.source.add(5)
+        h.settle()
+        for _ in range(40):
+            h.advance(0.5)
+        times = [r["at"] - start for r in h.stub.requests]
+        self.assertEqual(times, [0, 1, 3, 7])
+        self.assertEqual(h.spill.files, 1)
+        self.assertEqual(h.source.cursor, 5)
+        stats = h.service.stats()
+        self.assertEqual(stats["failed_attempts"], 4)
+        self.assertEqual(stats["spilled_files"], 1)
+        self.assertIn("503", stats["last_error"])
+
+    def test_retry_after_is_honoured(self):
+        """
+        A 429 with Retry-After: 5 is retried after 5 seconds, not after the
+        1 second backoff.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0)
+        h.stub.script.append((429, {"error": "slow down"}, {"Retry-After": "5"}))
+        start = h.clock.seconds()
+        h.source.add(5)
+        h.settle()
+        h.advance(4.9)
+        self.assertEqual(len(h.stub.requests), 1)
+        h.advance(0.1)
+        self.assertEqual([r["at"] - start for r in h.stub.requests], [0, 5])
+        self.assertEqual(len(h.stub.unique), 5)
+
+    def test_timeout_is_retried(self):
+        """
+        A POST unanswered after the timeout is abandoned and retried.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0, timeout=10.0)
+        h.stub.script.append("hold")
+        h.source.add(5)
+        h.settle()
+        h.advance(10.0)
+        self.assertIn("timeout", h.service.stats()["last_error"])
+        h.advance(1.0)
+        self.assertEqual(len(h.stub.requests), 2)
+        self.assertEqual(len(h.stub.unique), 5)
+        self.assertEqual(h.source.cursor, 5)
+
+    def test_spill_replayed_when_ingest_answers(self):
+        """
+        Spill files are re-sent every spill_retry_interval once the ingest
+        answers, then deleted; every message arrives.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0, retries=0, spill_retry_interval=30.0)
+        h.stub.status = 503
+        h.source.add(15)
+        h.settle()
+        self.assertEqual(h.spill.files, 3)
+        h.advance(30.0)
+        self.assertEqual(h.spill.files, 3, "a pass while the ingest is down deletes nothing")
+        h.stub.status = None
+        h.advance(30.0)
+        self.assertEqual(h.spill.files, 0)
+        self.assertEqual(len(h.stub.unique), 15)
+        self.assertEqual(os.listdir(h.spill_dir), [])
+
+    def test_spill_full_holds_in_memory(self):
+        """
+        With no room to spill, the failed batch stays at the head and is
+        retried; nothing is dropped and all arrives once the ingest is back.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0, retries=1, spill_max=0,
+                    spill_retry_interval=10.0)
+        h.stub.status = 503
+        h.source.add(12)
+        h.advance(1.0)
+        h.advance(10.0)
+        self.assertEqual(h.service.state, HOLDING)
+        self.assertEqual(h.spill.files, 0)
+        self.assertEqual(h.source.cursor, 0)
+        h.stub.status = None
+        h.advance(10.0)
+        h.advance(0.2)
+        self.assertEqual(len(h.stub.unique), 12)
+        self.assertEqual(h.source.cursor, 12)
+        self.assertEqual(h.service.state, IDLE)
+
+
+class RefusalTests(unittest.TestCase):
+    """
+    What the ingest refuses for good: 413, 400 naming a message, 400 for
+    the whole batch, 401/403.
+    """
+
+    def test_413_splits(self):
+        """
+        A batch refused as too large is split in halves until it is taken;
+        every message arrives once, in batches the server accepts.
+        """
+        h = Harness(self, batch_size=10, batch_delay=0.0)
+        h.stub.max_messages = 3
+        ids = h.source.add(10)
+        h.settle()
+        self.assertEqual(sorted(h.stub.ids), sorted(ids))
+        self.assertTrue(all(n <= 3 for n in h.stub.sizes(200)))
+        self.assertIn(413, [r["status"] for r in h.stub.requests])
+        self.assertEqual(h.source.cursor, 10)
+        self.assertEqual(h.service._mem_bytes, 0)
+
+    def test_413_single_message_dead_letters(self):
+        """
+        A single message refused as too large cannot be split: it goes to
+        the dead letters with the reason, and the rest goes on.
+        """
+        h = Harness(self, batch_size=4, batch_delay=0.0)
+        h.stub.script.append((413, {"error": "too large"}, {}))
+        h.stub.max_messages = 0
+        h.source.add(1)
+        h.settle()
+        h.stub.max_messages = None
+        h.source.add(3)
+        h.settle()
+        self.assertEqual(list(h.source.dead), [1])
+        self.assertIn("413", h.source.dead[1][1])
+        self.assertEqual(len(h.stub.unique), 3)
+        self.assertEqual(h.source.cursor, 4)
+
+    def test_400_naming_a_message_dead_letters_it(self):
+        """
+        A 400 naming one message moves exactly that message to the dead
+        letters with the reason; the rest of the batch is sent again and
+        arrives.
+        """
+        h = Harness(self, batch_size=10, batch_delay=0.0)
+        h.stub.reject = {"msg-00000004": "ts", "msg-00000009": "body"}
+        h.source.add(10)
+        h.settle()
+        self.assertEqual(sorted(h.source.dead), [4, 9])
+        self.assertEqual(h.source.dead[4][0], "msg-00000004")
+        self.assertIn("field ts", h.source.dead[4][1])
+        self.assertEqual(len(h.stub.unique), 8)
+        self.assertNotIn("msg-00000004", h.stub.unique)
+        self.assertEqual(h.source.cursor, 10)
+        self.assertEqual(h.service.stats()["dead_letters"], 2)
+
+    def test_400_for_whole_batch_spills(self):
+        """
+        A 400 that names no message is our bug: the batch is kept in a
+        spill file (not retried, not dropped), the rest goes on, and a
+        replay the ingest refuses again keeps the file.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0, spill_retry_interval=30.0)
+        h.stub.script.append((400, {"error": "messages must be a list"}, {}))
+        h.source.add(10)
+        h.settle()
+        self.assertEqual(h.stub.sizes(), [5, 5])
+        self.assertEqual(h.spill.files, 1)
+        self.assertEqual(len(h.stub.unique), 5)
+        self.assertEqual(h.source.cursor, 10)
+        self.assertEqual(h.source.dead, {})
+        h.stub.script.append((400, {"error": "messages must be a list"}, {}))
+        h.advance(30.0)
+        self.assertEqual(h.stub.sizes(), [5, 5, 5])
+        self.assertEqual(h.spill.files, 1)
+        h.advance(30.0)
+        self.assertEqual(h.spill.files, 0)
+        self.assertEqual(len(h.stub.unique), 10)
+
+    def test_401_stops_and_keeps_everything(self):
+        """
+        A 401 stops syncing: no retries, no spill, the cursor stays, and
+        new messages are not sent either.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0)
+        h.stub.key = "another key"
+        h.source.add(5)
+        h.settle()
+        h.source.add(5)
+        h.advance(60.0)
+        self.assertEqual(len(h.stub.requests), 1)
+        self.assertEqual(h.service.state, UNAUTHORIZED)
+        self.assertEqual(h.spill.files, 0)
+        self.assertEqual(h.source.cursor, 0)
+        self.assertIn("401", h.service.stats()["last_error"])
+
+    def test_403_stops(self):
+        """
+        A 403 stops syncing like a 401.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0)
+        h.stub.script.append((403, {"error": "workspace disabled"}, {}))
+        h.source.add(5)
+        h.advance(10.0)
+        self.assertEqual(h.service.state, UNAUTHORIZED)
+        self.assertEqual(len(h.stub.requests), 1)
+
+    def test_unencodable_row_dead_letters(self):
+        """
+        A stored row that cannot be encoded as JSON (an integer beyond 64
+        bits) goes to the dead letters; its neighbours are sent.
+        """
+        h = Harness(self, batch_size=10, batch_delay=0.0)
+        h.source.add(3)
+        h.source.add(1, data={"n": 2 ** 70})
+        h.source.add(3)
+        h.settle()
+        self.assertEqual(list(h.source.dead), [4])
+        self.assertIn("cannot encode", h.source.dead[4][1])
+        self.assertEqual(len(h.stub.unique), 6)
+        self.assertEqual(h.source.cursor, 7)
+
+
+class CursorTests(unittest.TestCase):
+    """
+    The persistent cursor: resume after restart, stop without loss.
+    """
+
+    def test_resume_from_cursor(self):
+        """
+        A new service on the same store sends only what the cursor does not
+        cover.
+        """
+        source = FakeSyncSource()
+        h = Harness(self, source=source, batch_size=10, batch_delay=0.0)
+        source.add(20)
+        h.settle()
+        h.stop()
+        self.assertEqual(source.cursor, 20)
+        source.add(5)
+        h2 = Harness(self, source=source, batch_size=10, batch_delay=0.0)
+        h2.settle()
+        self.assertEqual(sorted(h2.stub.ids), ["msg-{:08d}".format(i) for i in range(21, 26)])
+        self.assertEqual(source.cursor, 25)
+
+    def test_stop_while_in_flight_keeps_batch(self):
+        """
+        Stopping while a POST is out leaves that batch behind the cursor; a
+        new service sends it again.
+        """
+        source = FakeSyncSource()
+        h = Harness(self, source=source, batch_size=5, batch_delay=0.0)
+        source.add(5)
+        h.settle()
+        h.stub.script.append("hold")
+        source.add(5)
+        h.settle()
+        self.assertEqual(len(h.stub.held), 1)
+        d = h.service.stopService()
+        h.settle()
+        self.successResultOf(d)
+        self.assertEqual(source.cursor, 5)
+        h2 = Harness(self, source=source, batch_size=5, batch_delay=0.0)
+        h2.settle()
+        self.assertEqual(sorted(h2.stub.ids), ["msg-{:08d}".format(i) for i in range(6, 11)])
+
+    def test_generated_ids_are_kept(self):
+        """
+        Without --daemon-id/--workspace-id, UUIDs are generated once and
+        kept in the store; a restart reuses them.
+        """
+        source = FakeSyncSource()
+        clock = task.Clock()
+        spill = SpillDir(self.mktemp(), 10 ** 6, clock)
+        poster = Poster(clock, URL, KEY, 30, 1024, StubTreq(IngestStub()))
+        s1 = SyncService(source, poster, spill, clock, Backoff(1.0))
+        s1.startService()
+        self.assertEqual(source.meta["daemon_id"], s1.daemon_id)
+        ids = (s1.daemon_id, s1.workspace_id)
+        s1.stopService()
+        s2 = SyncService(source, poster, spill, clock, Backoff(1.0))
+        s2.startService()
+        self.assertEqual((s2.daemon_id, s2.workspace_id), ids)
+        s2.stopService()
+        clock.advance(0)
+
+    def test_stats_are_json(self):
+        """
+        stats() holds every documented key and serialises as JSON.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0, compress=100)
+        h.source.add(5)
+        h.settle()
+        stats = orjson.loads(orjson.dumps(h.service.stats()))
+        for key in ("queued", "in_flight", "synced", "duplicates", "failed_attempts",
+                    "spilled_files", "spilled_bytes", "bytes_raw", "bytes_wire",
+                    "dead_letters", "last_error", "state"):
+            self.assertIn(key, stats)
+        self.assertEqual(stats["synced"], 5)
+        self.assertLess(stats["bytes_wire"], stats["bytes_raw"])
