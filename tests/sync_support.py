@@ -75,7 +75,7 @@ class FakeSyncSource:
         self._listeners.append(listener)
 
     def last_seq(self):
-        return defer.succeed(self.rows[-1]["seq"] if self.rows else 0)
+        return self.rows[-1]["seq"] if self.rows else 0
 
     def read_messages_after(self, seq, limit):
         self.reads.append((seq, limit))

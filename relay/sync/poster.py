@@ -11,6 +11,7 @@ whole exchange, body included) and every status code become an L{Outcome}.
 import attr
 import orjson
 import treq
+from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.logger import Logger
@@ -90,7 +91,7 @@ def make_treq_client(reactor, ca_file=None):
         policy = BrowserLikePolicyForHTTPS(trustRoot=load_trust_root(ca_file))
     else:
         policy = BrowserLikePolicyForHTTPS()
-    return treq.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)), pool
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)), pool
 
 
 def _status_outcome(status, headers, body, now):

@@ -146,7 +146,8 @@ class SyncService(service.Service):
             self.workspace_id = await self._stable_id(WORKSPACE_ID_KEY)
         cursor = await self.source.get_meta(CURSOR_KEY)
         self.cursor = self._saved_cursor = self._read_pos = int(cursor or 0)
-        self._known_max = max(self._known_max, await self.source.last_seq())
+        # last_seq() is a plain int in the interface; accept a Deferred too.
+        self._known_max = max(self._known_max, await defer.maybeDeferred(self.source.last_seq))
         self.dead_letters = await self.source.dead_letter_count()
         if not self.running:
             return
