@@ -234,11 +234,9 @@ class Batcher:
         batch.absorb(self.current)
         self.current = batch
         self.metrics["pending_rows"] = batch.count
-        if self._running:
-            self._retry = self.clock.callLater(max(self.delay, 0.05), self._retry_now)
-        else:
-            # Shutting down: _drain keeps calling flush until it lands.
-            self._retry = None
+        # Retry also while stopping: _drain waits on a flush Deferred that
+        # is among these rows' callbacks and fires only when they commit.
+        self._retry = self.clock.callLater(max(self.delay, 0.05), self._retry_now)
 
     def _retry_now(self):
         self._retry = None
