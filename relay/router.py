@@ -278,7 +278,11 @@ class Router:
                 # Its queue is at --queue-max: this delivery and the ones
                 # after it wait in the store until the queue drains.
                 target.live = False
-            if outbox.backpressured:
+            if outbox.backpressured and to != "*":
+                # A direct message to a recipient that is not keeping up:
+                # stop reading the sender until the recipient drains.  A
+                # broadcast does not stop for one slow member; that member's
+                # share waits in the store instead (see above).
                 self._block(session, target)
 
         if meta and meta.get("requires_ack"):

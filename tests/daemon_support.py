@@ -153,30 +153,42 @@ class AgentConnection(protocol.Protocol):
     """
     A minimal test agent speaking the wire protocol over a real socket,
     collecting every frame it receives.
+
+    @ivar counts: frames received, by type.
     """
 
     def __init__(self):
         self.buffer = b""
         self.frames = []
+        self.counts = {}
         self._waiters = []
         self.closed = defer.Deferred()
         self.auto_ack = True
         self.auto_pong = True
 
     def dataReceived(self, data):
-        self.buffer += data
-        while len(self.buffer) >= 4:
-            (n,) = struct.unpack(">I", self.buffer[:4])
-            if len(self.buffer) < 4 + n:
+        buf = self.buffer + data if self.buffer else data
+        offset = 0
+        end = len(buf)
+        acks = []
+        while end - offset >= 4:
+            (n,) = struct.unpack_from(">I", buf, offset)
+            if end - offset - 4 < n:
                 break
-            env = orjson.loads(self.buffer[4:4 + n])
-            self.buffer = self.buffer[4 + n:]
+            env = orjson.loads(buf[offset + 4:offset + 4 + n])
+            offset += 4 + n
             self.frames.append(env)
-            if self.auto_ack and env.get("type") == "DELIVER":
-                self.send({"v": 1, "type": "ACK", "id": "a" + env["id"],
-                           "payload": {"ack_id": env["id"], "seq": env["delivery"]["seq"]}})
-            if self.auto_pong and env.get("type") == "PING":
-                self.send({"v": 1, "type": "PONG", "payload": env.get("payload", {})})
+            kind = env.get("type")
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            if self.auto_ack and kind == "DELIVER":
+                acks.append(encode({"v": 1, "type": "ACK", "id": "a" + env["id"],
+                                    "payload": {"ack_id": env["id"],
+                                                "seq": env["delivery"]["seq"]}}))
+            elif self.auto_pong and kind == "PING":
+                acks.append(encode({"v": 1, "type": "PONG", "payload": env.get("payload", {})}))
+        self.buffer = buf[offset:]
+        if acks:
+            self.transport.write(b"".join(acks))
         self._check()
 
     def connectionLost(self, reason):
@@ -186,6 +198,9 @@ class AgentConnection(protocol.Protocol):
     def send(self, env):
         self.write_raw(encode(env))
 
+    def send_many(self, envs):
+        self.write_raw(b"".join(encode(e) for e in envs))
+
     def write_raw(self, data):
         self.transport.write(data)
 
@@ -194,7 +209,7 @@ class AgentConnection(protocol.Protocol):
 
     def wait_for(self, predicate, timeout=15.0):
         """
-        Fire with the frames once C{predicate(frames)} holds.
+        Fire with the frames once C{predicate(self)} holds.
         """
         d = defer.Deferred()
         entry = [predicate, d, None]
@@ -204,27 +219,25 @@ class AgentConnection(protocol.Protocol):
         return d
 
     def wait_type(self, kind, count=1, timeout=15.0):
-        return self.wait_for(lambda fs: len([f for f in fs if f.get("type") == kind]) >= count,
-                             timeout)
+        return self.wait_for(lambda a: a.counts.get(kind, 0) >= count, timeout)
+
+    def wait_closed(self, timeout=15.0):
+        return self.wait_for(lambda a: a.closed.called, timeout)
 
     def _timeout(self, entry):
         if entry in self._waiters:
             self._waiters.remove(entry)
             entry[1].errback(AssertionError(
-                "condition not met in time; got %d frames: %r" % (
-                    len(self.frames), [f.get("type") for f in self.frames][-20:])))
+                "condition not met in time; got %r, last frames: %r" % (
+                    self.counts, [f.get("type") for f in self.frames][-10:])))
 
     def _check(self):
         for entry in list(self._waiters):
             predicate, d, call = entry
-            if predicate(self.frames) or (self.closed.called and predicate is _closed):
+            if predicate(self):
                 self._waiters.remove(entry)
                 call.cancel()
                 d.callback(self.frames)
-
-
-def _closed(frames):
-    return False
 
 
 def encode(env):
@@ -263,6 +276,7 @@ def connect_agent(daemon, name=None, **hello_extra):
     from twisted.internet.endpoints import clientFromString
     agent = yield clientFromString(reactor, endpoint).connect(
         protocol.Factory.forProtocol(AgentConnection))
+    agent.daemon = daemon
     if name is not None:
         agent.send(hello(name, **hello_extra))
         yield agent.wait_type("WELCOME")
