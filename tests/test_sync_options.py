@@ -1,0 +1,204 @@
+# -*- test-case-name: tests.test_sync_options -*-
+"""
+Tests for L{relay.sync.options}: the sync options of C{twistd relay} and
+their one-line errors.
+"""
+
+import os
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from relay.sync.options import SYNC_PATH, check, is_loopback, parse_size
+from relay.tap import Options
+from tests.sync_support import WORKSPACE
+
+
+class OptionsTests(unittest.TestCase):
+    """
+    Parsing the real C{relay.tap.Options} with the sync options in it.
+    """
+
+    def parse(self, *args, environ=None, db=None):
+        self.patch(os, "environ", dict(environ if environ is not None else {"RELAY_SYNC_KEY": "k1"}))
+        config = Options()
+        config.parseOptions(["--db", db or os.path.abspath(self.mktemp())] + list(args))
+        return config
+
+    def assertUsage(self, text, *args, **kwargs):
+        e = self.assertRaises(usage.UsageError, self.parse, *args, **kwargs)
+        self.assertIn(text, str(e))
+        self.assertNotIn("\n", str(e))
+        return e
+
+    def test_off_without_url(self):
+        """
+        Without --sync-url sync is off and no key is needed.
+        """
+        config = self.parse(environ={})
+        self.assertIsNone(config["sync-url"])
+        self.assertNotIn("sync-key", config)
+
+    def test_defaults(self):
+        """
+        The documented defaults, converted to numbers; the endpoint is the
+        base URL plus the sync path; the spill dir sits next to the store.
+        """
+        db = os.path.abspath(self.mktemp())
+        config = self.parse("--sync-url", "http://127.0.0.1:8080/", db=db)
+        self.assertEqual(config["sync-endpoint"], "http://127.0.0.1:8080" + SYNC_PATH)
+        self.assertEqual(config["sync-key"], "k1")
+        self.assertEqual(config["sync-batch-size"], 100)
+        self.assertEqual(config["sync-batch-delay-ms"], 200)
+        self.assertEqual(config["sync-batch-bytes"], 512 * 1024)
+        self.assertEqual(config["sync-compress-threshold"], 1024)
+        self.assertEqual(config["sync-retries"], 3)
+        self.assertEqual(config["sync-retry-delay-ms"], 1000)
+        self.assertEqual(config["sync-timeout"], 30.0)
+        self.assertEqual(config["spill-retry-interval"], 30.0)
+        self.assertEqual(config["spill-dir"], db + ".sync-spill")
+        self.assertEqual(config["spill-max-bytes"], 1024 ** 3)
+        self.assertIsNone(config["workspace-id"])
+
+    def test_help_shows_defaults(self):
+        """
+        --help lists every sync option with its default.
+        """
+        text = str(Options())
+        for name, default in [("sync-batch-size", "100"), ("sync-batch-delay-ms", "200"),
+                              ("sync-batch-bytes", "512KiB"), ("sync-retries", "3"),
+                              ("spill-max-bytes", "1GiB"), ("sync-insecure", None)]:
+            self.assertIn("--" + name, text)
+            if default:
+                self.assertIn("[default: {}]".format(default), text)
+
+    def test_key_from_file(self):
+        """
+        The key is read from --sync-key-file (stripped), before the
+        environment.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("  file-key\n")
+        config = self.parse("--sync-url", "http://localhost:1", "--sync-key-file", path)
+        self.assertEqual(config["sync-key"], "file-key")
+
+    def test_no_key(self):
+        """
+        --sync-url without a key file or RELAY_SYNC_KEY is refused.
+        """
+        self.assertUsage("RELAY_SYNC_KEY", "--sync-url", "http://127.0.0.1:1", environ={})
+
+    def test_bad_key_file(self):
+        """
+        A missing or empty key file is refused with its path.
+        """
+        self.assertUsage("cannot read", "--sync-url", "http://127.0.0.1:1",
+                         "--sync-key-file", "/nonexistent/key")
+        path = self.mktemp()
+        open(path, "w").close()
+        self.assertUsage("is empty", "--sync-url", "http://127.0.0.1:1", "--sync-key-file", path)
+
+    def test_plain_http_needs_loopback_or_insecure(self):
+        """
+        http:// to a host that is not loopback needs --sync-insecure; https
+        and loopback do not.
+        """
+        self.assertUsage("--sync-insecure", "--sync-url", "http://ingest.example.com")
+        config = self.parse("--sync-url", "http://ingest.example.com", "--sync-insecure")
+        self.assertEqual(config["sync-url"], "http://ingest.example.com")
+        self.parse("--sync-url", "https://ingest.example.com")
+        self.parse("--sync-url", "http://[::1]:9000")
+
+    def test_bad_urls(self):
+        """
+        Non-HTTP URLs, missing hosts, queries and bad ports are refused.
+        """
+        self.assertUsage("not an http", "--sync-url", "ftp://127.0.0.1")
+        self.assertUsage("not an http", "--sync-url", "http://")
+        self.assertUsage("without ?query", "--sync-url", "http://127.0.0.1/?a=b")
+        self.assertUsage("bad port", "--sync-url", "http://127.0.0.1:99999")
+
+    def test_ids(self):
+        """
+        --workspace-id and --daemon-id must be UUIDs; they are normalised.
+        """
+        config = self.parse("--sync-url", "http://127.0.0.1:1", "--workspace-id", WORKSPACE.upper())
+        self.assertEqual(config["workspace-id"], WORKSPACE)
+        self.assertUsage("--workspace-id", "--sync-url", "http://127.0.0.1:1", "--workspace-id", "team-a")
+        self.assertUsage("--daemon-id", "--sync-url", "http://127.0.0.1:1", "--daemon-id", "x")
+
+    def test_numbers(self):
+        """
+        Numbers and sizes are checked; sizes take KiB/MiB/GiB suffixes.
+        """
+        self.assertUsage("--sync-batch-size", "--sync-url", "http://127.0.0.1:1",
+                         "--sync-batch-size", "0")
+        self.assertUsage("not an integer", "--sync-url", "http://127.0.0.1:1",
+                         "--sync-retries", "three")
+        self.assertUsage("not a size", "--sync-url", "http://127.0.0.1:1",
+                         "--sync-max-bytes", "lots")
+        self.assertUsage("seconds", "--sync-url", "http://127.0.0.1:1", "--sync-timeout", "-1")
+        self.assertUsage("must not exceed", "--sync-url", "http://127.0.0.1:1",
+                         "--sync-batch-bytes", "2MiB", "--sync-max-bytes", "1MiB")
+        config = self.parse("--sync-url", "http://127.0.0.1:1", "--sync-max-bytes", "64MiB")
+        self.assertEqual(config["sync-max-bytes"], 64 * 1024 * 1024)
+
+    def test_ca_file(self):
+        """
+        --sync-ca-file must hold a PEM certificate and needs https.
+        """
+        self.assertUsage("https", "--sync-url", "http://127.0.0.1:1", "--sync-ca-file", "/x.pem")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a certificate")
+        self.assertUsage("no PEM certificate", "--sync-url", "https://127.0.0.1:1",
+                         "--sync-ca-file", path)
+
+    def test_spill_dir_not_a_directory(self):
+        """
+        A --spill-dir that is a file is refused.
+        """
+        path = self.mktemp()
+        open(path, "w").close()
+        self.assertUsage("not a directory", "--sync-url", "http://127.0.0.1:1", "--spill-dir", path)
+
+
+class HelpersTests(unittest.TestCase):
+    """
+    The small parsers behind the options.
+    """
+
+    def test_parse_size(self):
+        """
+        Plain bytes, decimal and binary suffixes.
+        """
+        self.assertEqual(parse_size("x", "1000"), 1000)
+        self.assertEqual(parse_size("x", "4k"), 4000)
+        self.assertEqual(parse_size("x", "512KiB"), 524288)
+        self.assertEqual(parse_size("x", "2 MiB"), 2 * 1024 * 1024)
+        self.assertRaises(usage.UsageError, parse_size, "x", "KiB")
+        self.assertRaises(usage.UsageError, parse_size, "x", "12 parsecs")
+
+    def test_is_loopback(self):
+        """
+        127.0.0.0/8, ::1 and localhost are loopback; others are not.
+        """
+        for host in ("127.0.0.1", "127.1.2.3", "::1", "localhost", "LOCALHOST"):
+            self.assertTrue(is_loopback(host), host)
+        for host in ("10.0.0.1", "example.com", "0.0.0.0", "localhost.example.com"):
+            self.assertFalse(is_loopback(host), host)
+
+    def test_check_without_tap(self):
+        """
+        check() works on a plain dict too (the benchmark uses it).
+        """
+        config = check({"sync-url": "http://127.0.0.1:1", "db": "/tmp/x.sqlite",
+                        "sync-batch-size": "10", "sync-batch-delay-ms": "5",
+                        "sync-batch-bytes": "1MiB", "sync-max-bytes": "8MiB",
+                        "sync-compress-threshold": "0", "sync-retries": "0",
+                        "sync-retry-delay-ms": "10", "sync-timeout": "1",
+                        "spill-retry-interval": "1", "spill-max-bytes": "0"},
+                       {"RELAY_SYNC_KEY": "k"})
+        self.assertEqual(config["sync-batch-size"], 10)
+        self.assertEqual(config["spill-dir"], "/tmp/x.sqlite.sync-spill")
