@@ -215,6 +215,7 @@ class Batcher:
         m["bytes"] += batch.nbytes
         m["last_flush_ms"] = (self.clock.seconds() - started) * 1000.0
         m["pending_rows"] = self.current.count
+        self.check_overload()
         if self.on_committed is not None and batch.max_message_seq:
             self.on_committed(batch.max_message_seq)
         for fn, arg in batch.callbacks:
@@ -222,7 +223,6 @@ class Batcher:
                 fn(arg)
             except Exception:
                 self.log.failure("after-commit callback failed")
-        self.check_overload()
         self._again()
 
     def _failed(self, failure, batch):

@@ -46,6 +46,7 @@ class RelayProtocol(Int32StringReceiver):
         self._nonce = 0
         self._resume_call = None
         self._throttle_call = None
+        self._throttled = False
 
     # -- connection ------------------------------------------------------------
 
@@ -204,6 +205,9 @@ class RelayProtocol(Int32StringReceiver):
                                               "message": reason}))
             return
         wait = self.router.admit(self.session)
+        if not wait and self._throttled and self.router.spare(self.session) >= 1.0:
+            # Back under budget: the throttle episode is over.
+            self._throttled = False
         if wait:
             retry_ms = max(1, int(wait * 1000 + 0.999))
             if self.factory.rate_policy == "reject":
@@ -215,7 +219,9 @@ class RelayProtocol(Int32StringReceiver):
             # Throttle: hold this frame (and everything after it, in order)
             # and stop reading until a token is due.
             self.held.appendleft(("SEND", env, size))
-            if "rate" not in self.pause_reasons:
+            if not self._throttled:
+                # One BUSY per throttle episode.
+                self._throttled = True
                 self.router.counters["busy"] += 1
                 self.send_frame(envelope("BUSY", {"retry_after_ms": retry_ms,
                                                   "queue_depth": len(self.held)}))

@@ -52,6 +52,13 @@ class RateLimiter:
             self.prune(now)
         return wait
 
+    def spare(self, name):
+        """
+        Whole tokens left in C{name}'s bucket (as of its last take).
+        """
+        bucket = self.buckets.get(name)
+        return bucket.tokens if bucket is not None else self.burst
+
     def prune(self, now=None):
         if now is None:
             now = self.clock.seconds()

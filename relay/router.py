@@ -201,6 +201,14 @@ class Router:
             return 0.0
         return self.limiter.take(session.name)
 
+    def spare(self, session):
+        """
+        Tokens left in C{session}'s rate-limit bucket.
+        """
+        if self.limiter is None:
+            return float("inf")
+        return self.limiter.spare(session.name)
+
     # -- sending -------------------------------------------------------------
 
     def send(self, session, env, size):
