@@ -239,11 +239,14 @@ class IngestStub(resource.Resource):
 
 class IngestServer:
     """
-    An L{IngestStub} served by twisted.web on a loopback TCP port.
+    An L{IngestStub} served by twisted.web on a loopback TCP port (with
+    TLS when C{tls} holds a server key and certificate PEM, see
+    L{make_tls}).
     """
 
-    def __init__(self, reactor, stub=None):
+    def __init__(self, reactor, stub=None, tls=None):
         self.reactor = reactor
+        self.tls = tls
         self.stub = stub if stub is not None else IngestStub()
         self.site = server.Site(self.stub)
         self.site.displayTracebacks = False
@@ -255,7 +258,12 @@ class IngestServer:
         """
         Listen (again, on the same port number after L{refuse}).
         """
-        self.port = self.reactor.listenTCP(self.number, self.factory, interface="127.0.0.1")
+        if self.tls is not None:
+            from twisted.internet import ssl
+            options = ssl.PrivateCertificate.loadPEM(self.tls).options()
+            self.port = self.reactor.listenSSL(self.number, self.factory, options, interface="127.0.0.1")
+        else:
+            self.port = self.reactor.listenTCP(self.number, self.factory, interface="127.0.0.1")
         self.number = self.port.getHost().port
         return self
 
@@ -272,6 +280,8 @@ class IngestServer:
 
     @property
     def url(self):
+        if self.tls is not None:
+            return "https://localhost:{}".format(self.number)
         return "http://127.0.0.1:{}".format(self.number)
 
     def stop(self):
@@ -292,3 +302,47 @@ def wait_until(reactor, predicate, timeout=10.0, interval=0.02, what="condition"
             raise AssertionError("timed out after {}s waiting for {}".format(timeout, what))
         yield task.deferLater(reactor, interval, lambda: None)
         waited += interval
+
+
+def make_tls(directory, hostname="localhost"):
+    """
+    Make a private CA and a server certificate for C{hostname} signed by it.
+
+    @return: C{(ca_path, server_pem)}: the CA certificate's PEM file, and the
+        server's key and certificate as one PEM (for
+        C{ssl.PrivateCertificate.loadPEM}).
+    """
+    import datetime
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_path = os.path.join(directory, "ca.pem")
+    with open(ca_path, "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    server_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM)
+    return ca_path, server_pem
