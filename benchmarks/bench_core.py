@@ -215,6 +215,10 @@ def main(argv=None):
                         help="do not ask for receipts (requires_ack false)")
     parser.add_argument("--daemon-arg", action="append", default=[],
                         help="extra argument for `twistd relay` (repeatable)")
+    parser.add_argument("--rate-limited", action="store_true",
+                        help="keep the daemon's per-agent rate limit (default: the bench "
+                        "passes --no-rate-limit, since one sender at the default 500 msg/s "
+                        "would measure the limit, not the core)")
     parser.add_argument("--idle-timeout", type=float, default=20.0)
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (db, log)")
@@ -222,7 +226,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     directory = tempfile.mkdtemp(prefix="relay-bench-")
-    daemon = Daemon(directory, args.daemon_arg)
+    daemon_args = list(args.daemon_arg)
+    if not args.rate_limited and "--no-rate-limit" not in daemon_args:
+        daemon_args.insert(0, "--no-rate-limit")
+    daemon = Daemon(directory, daemon_args)
     try:
         try:
             daemon.start()
@@ -269,6 +276,7 @@ def main(argv=None):
                   result["window"], "durable receipts" if result["durable"] else
                   "no receipts", ", receiver rate {}/s".format(args.receiver_rate)
                   if args.receiver_rate else ""))
+    out.write("daemon: twistd -n relay {}\n".format(" ".join(daemon_args)))
     print_table([
         ("delivered/sent", "{}/{}".format(result["delivered"], result["sent"])),
         ("lost", str(result["lost"])),
