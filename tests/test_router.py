@@ -1,0 +1,419 @@
+# -*- test-case-name: tests.test_router -*-
+"""
+Unit tests for L{relay.router.Router}: routing, stream seqs, receipts,
+redelivery and expiry, with connections on L{StringTransport}s, timers on a
+L{task.Clock} and a real L{relay.store.Store} on a temporary SQLite file.
+"""
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.test_protocol import Relay, hello, send
+
+
+def bodies(frames):
+    return [f["payload"]["body"] for f in frames]
+
+
+class RoutingTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.relay = Relay(self)
+        self.alice = yield self.relay.agent("alice")
+        self.bob = yield self.relay.agent("bob")
+        self.carol = yield self.relay.agent("carol")
+
+    @defer.inlineCallbacks
+    def test_direct(self):
+        """
+        A SEND to a name reaches that agent only, as a DELIVER from the
+        sender to it, with the daemon's message id, seq 1 and the
+        recipient's session id; the message and its delivery are stored.
+        """
+        env = send("bob", "for bob")
+        self.alice.feed(env)
+        [deliver] = self.bob.of_type("DELIVER")
+        self.assertEqual(deliver["from"], "alice")
+        self.assertEqual(deliver["to"], "bob")
+        self.assertEqual(deliver["payload"], {"kind": "message", "body": "for bob"})
+        self.assertEqual(deliver["delivery"]["seq"], 1)
+        self.assertEqual(deliver["delivery"]["session_id"],
+                         self.relay.router.sessions["bob"].session_id)
+        self.assertNotIn("originalTo", deliver["delivery"])
+        self.assertNotEqual(deliver["id"], env["id"])
+        self.assertEqual(self.carol.of_type("DELIVER"), [])
+        self.assertEqual(self.alice.of_type("DELIVER"), [])
+        yield self.relay.flush()
+        self.assertEqual(
+            self.relay.rows("SELECT id, send_id, sender, recipient FROM messages"),
+            [(deliver["id"], env["id"], "alice", "bob")])
+        self.assertEqual(self.relay.rows("SELECT recipient, stream_seq FROM deliveries"),
+                         [("bob", 1)])
+
+    @defer.inlineCallbacks
+    def test_broadcast(self):
+        """
+        C{to: "*"} without a topic reaches every connected agent but the
+        sender, with one id for all, C{originalTo: "*"}, each with its own
+        session id; one message row and one delivery row per recipient
+        are stored.
+        """
+        self.alice.feed(send("*", "all"))
+        [b] = self.bob.of_type("DELIVER")
+        [c] = self.carol.of_type("DELIVER")
+        self.assertEqual(self.alice.of_type("DELIVER"), [])
+        self.assertEqual(b["id"], c["id"])
+        self.assertEqual((b["to"], c["to"]), ("bob", "carol"))
+        self.assertEqual(b["delivery"]["originalTo"], "*")
+        self.assertEqual(c["delivery"]["originalTo"], "*")
+        self.assertNotEqual(b["delivery"]["session_id"], c["delivery"]["session_id"])
+        yield self.relay.flush()
+        self.assertEqual(self.relay.rows("SELECT recipient FROM messages"), [("*",)])
+        self.assertEqual(
+            self.relay.rows("SELECT recipient FROM deliveries ORDER BY recipient"),
+            [("bob",), ("carol",)])
+
+    def test_topic(self):
+        """
+        C{to: "*"} with a topic reaches the topic's subscribers but the
+        sender (also when it is subscribed), carrying the topic; after
+        UNSUBSCRIBE an agent no longer gets them.
+        """
+        for peer in (self.alice, self.bob):
+            peer.feed({"v": 1, "type": "SUBSCRIBE", "topic": "builds"})
+        self.alice.feed(send("*", "green", topic="builds"))
+        [d] = self.bob.of_type("DELIVER")
+        self.assertEqual(d["topic"], "builds")
+        self.assertEqual(d["delivery"]["originalTo"], "*")
+        self.assertEqual(self.carol.of_type("DELIVER"), [])
+        self.assertEqual(self.alice.of_type("DELIVER"), [])
+        self.carol.feed(send("*", "red", topic="builds"))
+        self.assertEqual(bodies(self.alice.of_type("DELIVER")), ["red"])
+        self.assertEqual(bodies(self.bob.of_type("DELIVER")), ["green", "red"])
+        self.bob.feed({"v": 1, "type": "UNSUBSCRIBE", "topic": "builds"})
+        self.carol.feed(send("*", "again", topic="builds"))
+        self.assertEqual(bodies(self.bob.of_type("DELIVER")), ["green", "red"])
+        self.assertEqual(bodies(self.alice.of_type("DELIVER")), ["red", "again"])
+
+    def test_topic_nobody_subscribed(self):
+        """
+        A topic broadcast with no subscribers is accepted and delivered to
+        nobody (not to every agent).
+        """
+        self.alice.feed(send("*", "void", topic="empty", requires_ack=False))
+        self.assertEqual(self.bob.of_type("DELIVER") + self.carol.of_type("DELIVER"), [])
+        self.assertEqual(self.alice.of_type("NACK"), [])
+
+    def test_subscribe_needs_topic(self):
+        """
+        SUBSCRIBE without a string topic gets a non-fatal ERROR
+        BAD_REQUEST.
+        """
+        self.bob.new()
+        self.bob.feed({"v": 1, "type": "SUBSCRIBE"})
+        self.bob.feed({"v": 1, "type": "SUBSCRIBE", "topic": 3})
+        errors = self.bob.new()
+        self.assertEqual([(e["type"], e["payload"]["code"], e["payload"]["fatal"])
+                          for e in errors], [("ERROR", "BAD_REQUEST", False)] * 2)
+
+    def test_seq_per_stream(self):
+        """
+        DELIVER seq counts from 1 per (topic or default, sender) stream for
+        each recipient: separate counters for another sender and for a
+        topic.
+        """
+        self.bob.feed({"v": 1, "type": "SUBSCRIBE", "topic": "t"})
+        self.alice.feed(send("bob", "a1"))
+        self.alice.feed(send("bob", "a2"))
+        self.alice.feed(send("*", "t1", topic="t"))
+        self.carol.feed(send("bob", "c1"))
+        self.alice.feed(send("bob", "a3"))
+        self.alice.feed(send("*", "t2", topic="t"))
+        self.alice.feed(send("*", "all"))
+        got = [(d["payload"]["body"], d["delivery"]["seq"]) for d in self.bob.of_type("DELIVER")]
+        self.assertEqual(got, [("a1", 1), ("a2", 2), ("t1", 1), ("c1", 1), ("a3", 3),
+                               ("t2", 2), ("all", 4)])
+        self.assertEqual([d["delivery"]["seq"] for d in self.carol.of_type("DELIVER")], [1])
+
+    @defer.inlineCallbacks
+    def test_receipt_after_commit(self):
+        """
+        With requires_ack the sender gets ACK (ack_id = its SEND id, seq 0)
+        only once the message is committed, never before; without it, no
+        receipt.
+        """
+        self.alice.new()
+        env = send("bob", "durable", requires_ack=True)
+        self.alice.feed(env)
+        self.alice.feed(send("bob", "fire and forget"))
+        self.assertEqual(self.alice.new(), [])
+        self.assertEqual(self.relay.rows("SELECT count(*) FROM messages"), [(0,)])
+        yield self.relay.flush()
+        acks = self.alice.new()
+        self.assertEqual([(a["type"], a["payload"]) for a in acks],
+                         [("ACK", {"ack_id": env["id"], "seq": 0})])
+        self.assertEqual(self.relay.rows("SELECT count(*) FROM messages"), [(2,)])
+
+    @defer.inlineCallbacks
+    def test_unknown_fields_preserved(self):
+        """
+        Unknown envelope fields, unknown payload fields and payload_meta are
+        forwarded in the DELIVER, live and from the store.
+        """
+        env = send("bob", "x", meta={"importance": 90, "replyTo": "thread-1"},
+                   x_trace={"span": "abc"}, x_flag=True)
+        env["payload"]["data"] = {"k": [1, 2]}
+        env["payload"]["thread"] = "th"
+        env["payload"]["x_custom"] = "kept"
+        self.alice.feed(env)
+        offline = dict(env, to="dave", id="s-dave")
+        self.alice.feed(offline)
+        [d] = self.bob.of_type("DELIVER")
+        yield self.relay.flush()
+        dave = yield self.relay.agent("dave")
+        [stored] = dave.of_type("DELIVER")
+        for got in (d, stored):
+            self.assertEqual(got["x_trace"], {"span": "abc"})
+            self.assertIs(got["x_flag"], True)
+            self.assertEqual(got["payload"], env["payload"])
+            self.assertEqual(got["payload_meta"], env["payload_meta"])
+            self.assertEqual(got["type"], "DELIVER")
+            self.assertEqual(got["from"], "alice")
+
+    def test_known_fields_not_overridable(self):
+        """
+        A SEND cannot forge the daemon's fields: C{from}, C{id}, C{type} in
+        the DELIVER are the daemon's, whatever the SEND said.
+        """
+        env = send("bob", "x")
+        env["from"] = "mallory"
+        self.alice.feed(env)
+        [d] = self.bob.of_type("DELIVER")
+        self.assertEqual(d["from"], "alice")
+        self.assertNotEqual(d["id"], env["id"])
+
+    @defer.inlineCallbacks
+    def test_duplicate_name(self):
+        """
+        A second connection with a name in use replaces the first: the old
+        one gets a fatal ERROR and is closed, new messages go to the new
+        one, and the old one's unacked deliveries are sent to the new one
+        with the same ids.
+        """
+        self.alice.feed(send("bob", "unacked"))
+        [first] = self.bob.of_type("DELIVER")
+        bob2 = yield self.relay.agent("bob")
+        errors = self.bob.of_type("ERROR")
+        self.assertEqual(len(errors), 1)
+        self.assertIs(errors[0]["payload"]["fatal"], True)
+        self.assertTrue(self.bob.closed)
+        self.assertFalse(bob2.closed)
+        self.assertIs(self.relay.router.sessions["bob"].conn, bob2.proto)
+        self.alice.feed(send("bob", "new"))
+        got = bob2.of_type("DELIVER")
+        self.assertEqual(bodies(got), ["unacked", "new"])
+        self.assertEqual(got[0]["id"], first["id"])
+        self.assertEqual(got[0]["delivery"]["seq"], 1)
+        self.assertEqual(len(self.bob.of_type("DELIVER")), 1)
+
+
+class StoreAndForwardTests(unittest.TestCase):
+
+    def setUp(self):
+        self.relay = Relay(self, ack_timeout=5.0)
+
+    @defer.inlineCallbacks
+    def test_offline_recipient(self):
+        """
+        A message to an agent that is not connected waits in the store and
+        is delivered, with its stored id and seq, at its HELLO.
+        """
+        alice = yield self.relay.agent("alice")
+        alice.feed(send("carol", "later 1", requires_ack=True))
+        alice.feed(send("carol", "later 2", requires_ack=True))
+        yield self.relay.flush()
+        self.assertEqual(len(alice.of_type("ACK")), 2)
+        ids = [r[0] for r in self.relay.rows("SELECT id FROM messages ORDER BY seq")]
+        carol = yield self.relay.agent("carol")
+        got = carol.of_type("DELIVER")
+        self.assertEqual(bodies(got), ["later 1", "later 2"])
+        self.assertEqual([d["id"] for d in got], ids)
+        self.assertEqual([d["delivery"]["seq"] for d in got], [1, 2])
+        # Live messages after the stored ones keep counting the stream.
+        alice.feed(send("carol", "now"))
+        self.assertEqual(carol.of_type("DELIVER")[-1]["delivery"]["seq"], 3)
+
+    @defer.inlineCallbacks
+    def test_reconnect_redelivers_in_order(self):
+        """
+        Deliveries not ACKed when an agent disconnects are sent again when
+        it reconnects, in send order, with the same ids and seqs; ACKed ones
+        are not.
+        """
+        alice = yield self.relay.agent("alice")
+        bob = yield self.relay.agent("bob")
+        for i in range(5):
+            alice.feed(send("bob", "m%d" % i))
+        first = bob.of_type("DELIVER")
+        bob.ack(first[1])
+        bob.ack(first[3])
+        bob.transport.loseConnection()
+        yield self.relay.flush()
+        bob2 = yield self.relay.agent("bob")
+        again = bob2.of_type("DELIVER")
+        self.assertEqual(bodies(again), ["m0", "m2", "m4"])
+        self.assertEqual([(d["id"], d["delivery"]["seq"]) for d in again],
+                         [(first[i]["id"], first[i]["delivery"]["seq"]) for i in (0, 2, 4)])
+        self.assertEqual(again[0]["delivery"]["session_id"],
+                         self.relay.router.sessions["bob"].session_id)
+
+    @defer.inlineCallbacks
+    def test_statuses_stored(self):
+        """
+        The store follows each delivery: pending while the recipient is
+        away, delivered once written, acked once ACKed.
+        """
+        alice = yield self.relay.agent("alice")
+        alice.feed(send("bob", "one"))
+        yield self.relay.flush()
+        status = lambda: self.relay.rows("SELECT status FROM deliveries")[0][0]
+        self.assertEqual(status(), "pending")
+        bob = yield self.relay.agent("bob")
+        yield self.relay.flush()
+        self.assertEqual(status(), "delivered")
+        bob.ack(bob.of_type("DELIVER")[0])
+        yield self.relay.flush()
+        self.assertEqual(status(), "acked")
+        self.assertEqual(self.relay.router.counters["acked"], 1)
+
+
+class RedeliveryTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.relay = Relay(self, ack_timeout=5.0)
+        self.clock = self.relay.clock
+        self.alice = yield self.relay.agent("alice")
+        self.bob = yield self.relay.agent("bob")
+
+    def ping(self, peer):
+        peer.feed({"v": 1, "type": "PING", "payload": {"nonce": "x"}})
+
+    def test_ack_timeout_redelivers(self):
+        """
+        A DELIVER not ACKed within the ack timeout is sent again to a
+        connection that is alive, with the same id and seq; after its ACK
+        it is not sent again.
+        """
+        self.alice.feed(send("bob", "again?"))
+        [d] = self.bob.of_type("DELIVER")
+        self.clock.advance(1.0)
+        self.ping(self.bob)
+        self.clock.advance(3.0)
+        self.assertEqual(len(self.bob.of_type("DELIVER")), 1)
+        self.clock.advance(1.0)
+        delivers = self.bob.of_type("DELIVER")
+        self.assertEqual(len(delivers), 2)
+        self.assertEqual(delivers[1], d)
+        self.assertEqual(self.relay.router.counters["redelivered"], 1)
+        self.bob.ack(d)
+        self.clock.pump([1.0] * 20)
+        self.assertEqual(len(self.bob.of_type("DELIVER")), 2)
+
+    def test_redelivery_keeps_order(self):
+        """
+        Several unacked deliveries are resent in their send order.
+        """
+        for i in range(3):
+            self.alice.feed(send("bob", "m%d" % i))
+        self.clock.advance(1.0)
+        self.ping(self.bob)
+        self.clock.pump([1.0] * 5)
+        self.assertEqual(bodies(self.bob.of_type("DELIVER")),
+                         ["m0", "m1", "m2", "m0", "m1", "m2"])
+
+    def test_silent_peer_not_flooded(self):
+        """
+        A connection that has sent nothing since a DELIVER was written gets
+        no second copy of it (it is not reading; the copy would only queue
+        up behind the first).
+        """
+        self.alice.feed(send("bob", "once"))
+        self.clock.pump([1.0] * 20)
+        self.assertEqual(len(self.bob.of_type("DELIVER")), 1)
+
+    @defer.inlineCallbacks
+    def test_attempts_stored(self):
+        """
+        Each attempt is counted in the store's delivery row.
+        """
+        self.alice.feed(send("bob", "count me"))
+        self.clock.advance(1.0)
+        self.ping(self.bob)
+        self.clock.pump([1.0] * 5)
+        yield self.relay.flush()
+        self.assertEqual(self.relay.rows("SELECT status, attempts FROM deliveries"),
+                         [("delivered", 2)])
+
+
+class ExpiryTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.relay = Relay(self, ack_timeout=5.0, message_ttl=3600.0)
+        self.clock = self.relay.clock
+        self.alice = yield self.relay.agent("alice")
+
+    def statuses(self):
+        return self.relay.rows("SELECT m.payload ->> '$.body', d.status FROM deliveries d"
+                               " JOIN messages m ON m.seq = d.message_seq ORDER BY m.seq")
+
+    @defer.inlineCallbacks
+    def test_stored_ttl_expiry(self):
+        """
+        A waiting message whose ttl_ms has run out is marked expired by the
+        periodic sweep of the store, never deleted; one with time left
+        stays pending.
+        """
+        self.alice.feed(send("carol", "short", meta={"ttl_ms": 1000}))
+        self.alice.feed(send("carol", "long"))
+        yield self.relay.flush()
+        self.clock.advance(59.0)
+        yield self.relay.flush()
+        self.assertEqual(self.statuses(), [("short", "pending"), ("long", "pending")])
+        self.clock.advance(1.0)
+        yield self.relay.flush()
+        self.assertEqual(self.statuses(), [("short", "expired"), ("long", "pending")])
+        self.assertEqual(self.relay.rows("SELECT count(*) FROM messages"), [(2,)])
+
+    @defer.inlineCallbacks
+    def test_expired_not_delivered_on_hello(self):
+        """
+        An agent connecting after a waiting message's TTL ran out does not
+        get it, and the store marks it expired.
+        """
+        self.alice.feed(send("carol", "stale", meta={"ttl_ms": 500}))
+        self.alice.feed(send("carol", "fresh"))
+        yield self.relay.flush()
+        self.clock.advance(1.0)
+        carol = yield self.relay.agent("carol")
+        self.assertEqual(bodies(carol.of_type("DELIVER")), ["fresh"])
+        yield self.relay.flush()
+        self.assertEqual(self.statuses(), [("stale", "expired"), ("fresh", "delivered")])
+        self.assertEqual(self.relay.router.counters["expired"], 1)
+
+    @defer.inlineCallbacks
+    def test_unacked_expires(self):
+        """
+        A written but unacked delivery whose TTL runs out is not resent any
+        more and is marked expired in the store.
+        """
+        bob = yield self.relay.agent("bob")
+        self.alice.feed(send("bob", "hurry", meta={"ttl_ms": 3000}))
+        self.clock.advance(1.0)
+        bob.feed({"v": 1, "type": "PING", "payload": {"nonce": "1"}})
+        self.clock.pump([1.0] * 10)
+        self.assertEqual(len(bob.of_type("DELIVER")), 1)
+        yield self.relay.flush()
+        self.assertEqual(self.statuses(), [("hurry", "expired")])
