@@ -15,7 +15,7 @@ from relay.store import connect_readonly
 from relay.sync.spill import SpillDir
 from relay.sync.wire import encode_message
 from tests.daemon_support import DaemonProcess, connect_agent, send
-from tests.sync_support import KEY, IngestServer, make_row, wait_until
+from tests.sync_support import KEY, WORKSPACE, IngestServer, make_row, wait_until
 
 TEXT = ("Finished the refactor of the router's delivery loop; all 214 tests pass. "
         "Next: profile the store batcher under 2k msgs/s and look at the flaky "
@@ -43,7 +43,8 @@ class SyncEndToEndTests(unittest.TestCase):
         self.addCleanup(self.server.stop)
 
     def daemon(self, *extra):
-        args = ["--sync-url", self.server.url, "--sync-batch-delay-ms", "20",
+        args = ["--sync-url", self.server.url, "--workspace-id", WORKSPACE,
+                "--sync-batch-delay-ms", "20",
                 "--sync-retry-delay-ms", "200", "--sync-retries", "2",
                 "--spill-retry-interval", "1", "--sync-timeout", "5"] + list(extra)
         daemon = DaemonProcess(self, extra_args=args, env={"RELAY_SYNC_KEY": KEY})

@@ -22,7 +22,10 @@ class OptionsTests(unittest.TestCase):
     def parse(self, *args, environ=None, db=None):
         self.patch(os, "environ", dict(environ if environ is not None else {"RELAY_SYNC_KEY": "k1"}))
         config = Options()
-        config.parseOptions(["--db", db or os.path.abspath(self.mktemp())] + list(args))
+        args = list(args)
+        if "--sync-url" in args and "--workspace-id" not in args:
+            args += ["--workspace-id", WORKSPACE]
+        config.parseOptions(["--db", db or os.path.abspath(self.mktemp())] + args)
         return config
 
     def assertUsage(self, text, *args, **kwargs):
@@ -58,7 +61,8 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(config["spill-retry-interval"], 30.0)
         self.assertEqual(config["spill-dir"], db + ".sync-spill")
         self.assertEqual(config["spill-max-bytes"], 1024 ** 3)
-        self.assertIsNone(config["workspace-id"])
+        self.assertEqual(config["workspace-id"], WORKSPACE)
+        self.assertIsNone(config["daemon-id"])
 
     def test_help_shows_defaults(self):
         """
@@ -128,6 +132,17 @@ class OptionsTests(unittest.TestCase):
         self.assertUsage("--workspace-id", "--sync-url", "http://127.0.0.1:1", "--workspace-id", "team-a")
         self.assertUsage("--daemon-id", "--sync-url", "http://127.0.0.1:1", "--daemon-id", "x")
 
+    def test_workspace_required(self):
+        """
+        --sync-url without --workspace-id is refused: the ingest only takes
+        a batch for the workspace of its key.
+        """
+        self.patch(os, "environ", {"RELAY_SYNC_KEY": "k1"})
+        config = Options()
+        e = self.assertRaises(usage.UsageError, config.parseOptions,
+                              ["--db", self.mktemp(), "--sync-url", "http://127.0.0.1:1"])
+        self.assertIn("--workspace-id", str(e))
+
     def test_numbers(self):
         """
         Numbers and sizes are checked; sizes take KiB/MiB/GiB suffixes.
@@ -194,6 +209,7 @@ class HelpersTests(unittest.TestCase):
         check() works on a plain dict too (the benchmark uses it).
         """
         config = check({"sync-url": "http://127.0.0.1:1", "db": "/tmp/x.sqlite",
+                        "workspace-id": WORKSPACE,
                         "sync-batch-size": "10", "sync-batch-delay-ms": "5",
                         "sync-batch-bytes": "1MiB", "sync-max-bytes": "8MiB",
                         "sync-compress-threshold": "0", "sync-retries": "0",

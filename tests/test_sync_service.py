@@ -6,6 +6,7 @@ memory by C{treq.testing.StubTreq}.
 """
 
 import os
+import uuid
 
 import orjson
 from treq.testing import StubTreq
@@ -41,7 +42,7 @@ class Harness:
         kwargs.setdefault("spill_retry_interval", 30.0)
         self.service = SyncService(
             self.source, self.poster, self.spill, self.clock, Backoff(1.0, jitter=0.0),
-            daemon_id=DAEMON, workspace_id=WORKSPACE, **kwargs)
+            WORKSPACE, daemon_id=DAEMON, **kwargs)
         self.service.startService()
         self.settle()
         testcase.addCleanup(self.stop)
@@ -427,21 +428,21 @@ class CursorTests(unittest.TestCase):
 
     def test_generated_ids_are_kept(self):
         """
-        Without --daemon-id/--workspace-id, UUIDs are generated once and
-        kept in the store; a restart reuses them.
+        Without --daemon-id a UUID is generated once and kept in the store;
+        a restart reuses it.
         """
         source = FakeSyncSource()
         clock = task.Clock()
         spill = SpillDir(self.mktemp(), 10 ** 6, clock)
         poster = Poster(clock, URL, KEY, 30, 1024, StubTreq(IngestStub()))
-        s1 = SyncService(source, poster, spill, clock, Backoff(1.0))
+        s1 = SyncService(source, poster, spill, clock, Backoff(1.0), WORKSPACE)
         s1.startService()
         self.assertEqual(source.meta["daemon_id"], s1.daemon_id)
-        ids = (s1.daemon_id, s1.workspace_id)
+        self.assertEqual(str(uuid.UUID(s1.daemon_id)), s1.daemon_id)
         s1.stopService()
-        s2 = SyncService(source, poster, spill, clock, Backoff(1.0))
+        s2 = SyncService(source, poster, spill, clock, Backoff(1.0), WORKSPACE)
         s2.startService()
-        self.assertEqual((s2.daemon_id, s2.workspace_id), ids)
+        self.assertEqual(s2.daemon_id, s1.daemon_id)
         s2.stopService()
         clock.advance(0)
 

@@ -28,7 +28,7 @@ OPT_PARAMETERS = [
     ["sync-key-file", None, None,
      "File holding the ingest API key (else the " + KEY_ENV + " environment variable)."],
     ["workspace-id", None, None,
-     "Workspace UUID sent with every batch (default: generated once, kept in the store)."],
+     "UUID of the workspace the API key belongs to (required with --sync-url)."],
     ["daemon-id", None, None,
      "This daemon's UUID (default: generated once, kept in the store)."],
     ["sync-max-bytes", None, "16MiB",
@@ -204,6 +204,9 @@ def check(config, environ):
     config["sync-endpoint"] = base + SYNC_PATH
 
     config["sync-key"] = _read_key(config, environ)
+    if not config.get("workspace-id"):
+        raise usage.UsageError(
+            "--sync-url needs --workspace-id (the UUID of the workspace the API key belongs to)")
     config["workspace-id"] = _uuid("workspace-id", config.get("workspace-id"))
     config["daemon-id"] = _uuid("daemon-id", config.get("daemon-id"))
 

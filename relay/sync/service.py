@@ -48,7 +48,6 @@ from relay.sync.wire import batch_body, encode_message
 
 CURSOR_KEY = "sync_cursor"
 DAEMON_ID_KEY = "daemon_id"
-WORKSPACE_ID_KEY = "sync_workspace_id"
 
 #: Pipeline states, as reported by L{SyncService.stats}.
 STARTING = "starting"
@@ -75,12 +74,15 @@ class SyncService(service.Service):
     @param backoff: a L{Backoff}.
     @param batch_delay: seconds.
     @param spill_retry_interval: seconds between spill replay passes.
+    @param workspace_id: the workspace (UUID text) the API key belongs to.
+    @param daemon_id: this daemon's UUID text; when None, one is generated
+        once and kept in the store's meta under C{daemon_id}.
     """
 
     log = Logger()
     name = "sync"
 
-    def __init__(self, source, poster, spill, clock, backoff, daemon_id=None, workspace_id=None,
+    def __init__(self, source, poster, spill, clock, backoff, workspace_id, daemon_id=None,
                  max_bytes=16 * 1024 * 1024, batch_size=100, batch_delay=0.2,
                  batch_bytes=512 * 1024, retries=3, spill_retry_interval=30.0):
         self.source = ISyncSource(source)
@@ -142,8 +144,6 @@ class SyncService(service.Service):
     async def _start(self):
         if self.daemon_id is None:
             self.daemon_id = await self._stable_id(DAEMON_ID_KEY)
-        if self.workspace_id is None:
-            self.workspace_id = await self._stable_id(WORKSPACE_ID_KEY)
         cursor = await self.source.get_meta(CURSOR_KEY)
         self.cursor = self._saved_cursor = self._read_pos = int(cursor or 0)
         # last_seq() is a plain int in the interface; accept a Deferred too.
