@@ -1,0 +1,95 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The client side of the wire: length-prefixed JSON frames, PING answered with
+PONG, and every other frame handed to an owner (the ``Client``, or the one-shot
+STATUS request).
+"""
+
+import itertools
+import os
+
+import orjson
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+
+MAX_FRAME_BYTES = 1 << 20
+
+_counter = itertools.count(1)
+_id_prefix = "c{}{}-".format(os.getpid(), os.urandom(3).hex())
+
+
+def new_id():
+    """A process-unique envelope id."""
+    return _id_prefix + str(next(_counter))
+
+
+def envelope(type_, clock, payload=None, **fields):
+    """An envelope of ``type_`` stamped with ``clock.seconds()`` in ms."""
+    env = {"v": 1, "type": type_, "id": new_id(), "ts": int(clock.seconds() * 1000)}
+    env.update(fields)
+    env["payload"] = payload if payload is not None else {}
+    return env
+
+
+class RelayClientProtocol(Int32StringReceiver):
+    """
+    One connection to the daemon. ``owner`` gets ``connection_made(proto)``,
+    ``frame_received(proto, envelope)`` and ``connection_lost(proto, reason)``.
+    """
+
+    log = Logger()
+    MAX_LENGTH = MAX_FRAME_BYTES
+
+    def __init__(self, owner, clock):
+        self.owner = owner
+        self.clock = clock
+        self.closed = False
+
+    def connectionMade(self):
+        self.owner.connection_made(self)
+
+    def send_envelope(self, env):
+        self.sendString(orjson.dumps(env))
+
+    def send_frame(self, type_, payload=None, **fields):
+        env = envelope(type_, self.clock, payload, **fields)
+        self.send_envelope(env)
+        return env
+
+    def stringReceived(self, data):
+        try:
+            env = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.log.warn("dropping a frame that is not JSON ({n} bytes)", n=len(data))
+            return
+        if not isinstance(env, dict) or not isinstance(env.get("type"), str):
+            self.log.warn("dropping a frame without a type")
+            return
+        if env["type"] == "PING":
+            payload = env.get("payload")
+            self.send_frame("PONG", payload if isinstance(payload, dict) else {})
+            return
+        self.owner.frame_received(self, env)
+
+    def lengthLimitExceeded(self, length):
+        self.log.error("the daemon sent a frame of {length} bytes (limit {limit}); closing",
+                       length=length, limit=self.MAX_LENGTH)
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self.closed = True
+        self.owner.connection_lost(self, reason)
+
+
+class RelayClientFactory(Factory):
+    """Builds one ``RelayClientProtocol`` per connection for ``owner``."""
+
+    def __init__(self, owner, clock):
+        self.owner = owner
+        self.clock = clock
+
+    def buildProtocol(self, addr):
+        proto = RelayClientProtocol(self.owner, self.clock)
+        proto.factory = self
+        return proto

@@ -1,0 +1,467 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+Unit tests for relay.client driven deterministically: a MemoryReactorClock for
+connections and time, StringTransport for the bytes. The same behaviours are
+proven against the real daemon in tests.test_client_e2e.
+"""
+
+import struct
+
+import orjson
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from relay.client import (
+    Client, ClientClosed, ConnectFailed, HandshakeRefused, SendRefused, connect,
+    default_endpoint)
+
+
+def decode_frames(transport):
+    """Every envelope written to ``transport`` since the last call."""
+    data = transport.value()
+    transport.clear()
+    frames = []
+    while data:
+        (length,) = struct.unpack(">I", data[:4])
+        frames.append(orjson.loads(data[4:4 + length]))
+        data = data[4 + length:]
+    return frames
+
+
+def encode(env):
+    data = orjson.dumps(env)
+    return struct.pack(">I", len(data)) + data
+
+
+class Harness:
+    """A Client on a MemoryReactorClock, with helpers to play the daemon."""
+
+    def __init__(self, testcase, **kwargs):
+        self.reactor = MemoryReactorClock()
+        kwargs.setdefault("retry_policy", lambda attempt: 0.5 * attempt)
+        self.client = Client(self.reactor, "unix:/nowhere/relay.sock", "alice", **kwargs)
+        self.proto = None
+        self.transport = None
+
+    def attempts(self):
+        return len(self.reactor.unixClients)
+
+    def accept(self):
+        """The latest connection attempt succeeds; returns the HELLO frame."""
+        factory = self.reactor.unixClients[-1][1]
+        self.proto = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        (hello,) = decode_frames(self.transport)
+        return hello
+
+    def refuse(self, error=None):
+        factory = self.reactor.unixClients[-1][1]
+        connector = self.reactor.connectors[-1]
+        factory.clientConnectionFailed(connector, Failure(error or ConnectionRefusedError()))
+
+    def feed(self, type_, payload=None, **fields):
+        env = {"v": 1, "type": type_, "id": fields.pop("id", "srv"), "ts": 0,
+               "payload": payload if payload is not None else {}}
+        env.update(fields)
+        self.proto.dataReceived(encode(env))
+
+    def welcome(self, token="tok-1"):
+        self.feed("WELCOME", {"session_id": "sess", "resume_token": token,
+                              "server": {"max_frame_bytes": 1048576, "heartbeat_ms": 5000}})
+
+    def drop(self):
+        self.proto.connectionLost(Failure(ConnectionDone()))
+
+    def sent(self):
+        return decode_frames(self.transport)
+
+    def deliver(self, message_id, body="hi", seq=1):
+        self.feed("DELIVER", {"kind": "message", "body": body}, id=message_id,
+                  to="alice", delivery={"seq": seq, "session_id": "sess"},
+                  **{"from": "bob"})
+
+
+class ConnectTests(unittest.TestCase):
+    """Connecting: HELLO, WELCOME, and one-line errors for each failure."""
+
+    def test_hello_then_welcome(self):
+        """HELLO names the agent with its capabilities and extra fields; the
+        Deferred fires with the client only after WELCOME."""
+        h = Harness(self, hello_fields={"cli": "test", "model": "m1"})
+        d = h.client.start()
+        hello = h.accept()
+        self.assertEqual(hello["type"], "HELLO")
+        self.assertEqual(hello["payload"]["agent"], "alice")
+        self.assertEqual(hello["payload"]["cli"], "test")
+        self.assertEqual(hello["payload"]["model"], "m1")
+        self.assertTrue(hello["payload"]["capabilities"]["ack"])
+        self.assertNotIn("session", hello["payload"])
+        self.assertNoResult(d)
+        h.welcome()
+        self.assertIs(self.successResultOf(d), h.client)
+        self.assertEqual(h.client.session_id, "sess")
+        self.assertEqual(h.client.state, "active")
+
+    def test_refused(self):
+        """A refused first connection fails with ConnectFailed('refused'), no retry."""
+        h = Harness(self)
+        d = h.client.start()
+        h.refuse()
+        error = self.failureResultOf(d, ConnectFailed).value
+        self.assertEqual(error.reason, "refused")
+        self.assertIn("unix:/nowhere/relay.sock", str(error))
+        h.reactor.advance(60)
+        self.assertEqual(h.attempts(), 1)
+
+    def test_missing_socket(self):
+        """A socket path that does not exist says so."""
+        h = Harness(self)
+        d = h.client.start()
+        h.refuse(ConnectError(osError=2, string="No such file or directory"))
+        error = self.failureResultOf(d, ConnectFailed).value
+        self.assertEqual(error.reason, "missing")
+        self.assertIn("no daemon socket", str(error))
+
+    def test_permission_denied(self):
+        """EACCES on the socket is reported as a permission problem."""
+        h = Harness(self)
+        d = h.client.start()
+        h.refuse(ConnectError(osError=13, string="Permission denied"))
+        self.assertEqual(self.failureResultOf(d, ConnectFailed).value.reason, "permission")
+
+    def test_welcome_timeout(self):
+        """No WELCOME within the timeout fails the connect and drops the socket."""
+        h = Harness(self, timeout=3)
+        d = h.client.start()
+        h.accept()
+        h.reactor.advance(2.9)
+        self.assertNoResult(d)
+        h.reactor.advance(0.2)
+        self.assertTrue(h.transport.disconnecting or h.transport.disconnected)
+        h.drop()
+        error = self.failureResultOf(d, ConnectFailed).value
+        self.assertEqual(error.reason, "timeout")
+
+    def test_error_frame(self):
+        """An ERROR answering HELLO fails with HandshakeRefused carrying the code."""
+        h = Harness(self)
+        d = h.client.start()
+        h.accept()
+        h.feed("ERROR", {"code": "BAD_REQUEST", "message": "name taken", "fatal": False})
+        error = self.failureResultOf(d, HandshakeRefused).value
+        self.assertEqual(error.code, "BAD_REQUEST")
+        self.assertIn("name taken", str(error))
+
+    def test_bad_input(self):
+        """A bad agent name or endpoint string fails at once with a clear error."""
+        r = MemoryReactorClock()
+        e = self.failureResultOf(connect(r, "unix:/x", "bad name!"), ValueError).value
+        self.assertIn("invalid agent name", str(e))
+        e = self.failureResultOf(connect(r, "bogus:x", "alice"), ConnectFailed).value
+        self.assertEqual(e.reason, "endpoint")
+
+    def test_default_endpoint(self):
+        """RELAY_SOCKET overrides the default /tmp/agent-relay.sock."""
+        self.assertEqual(default_endpoint({}), "unix:/tmp/agent-relay.sock")
+        self.assertEqual(default_endpoint({"RELAY_SOCKET": "/run/r.sock"}), "unix:/run/r.sock")
+
+
+class SendTests(unittest.TestCase):
+    """send(): receipts, NACKs, and the frame it writes."""
+
+    def setUp(self):
+        self.h = Harness(self)
+        self.h.client.start()
+        self.h.accept()
+        self.h.welcome()
+
+    def test_receipt(self):
+        """A durable send fires with its SEND id when the ACK receipt arrives."""
+        d = self.h.client.send("bob", "hello", data={"k": 1}, thread="t1", topic="x")
+        (frame,) = self.h.sent()
+        self.assertEqual(frame["type"], "SEND")
+        self.assertEqual(frame["to"], "bob")
+        self.assertEqual(frame["topic"], "x")
+        self.assertEqual(frame["payload"], {"kind": "message", "body": "hello",
+                                            "data": {"k": 1}, "thread": "t1"})
+        self.assertEqual(frame["payload_meta"], {"requires_ack": True})
+        self.assertNoResult(d)
+        self.h.feed("ACK", {"ack_id": frame["id"], "seq": 0})
+        self.assertEqual(self.successResultOf(d), frame["id"])
+        self.assertEqual(self.h.client.pending_sends, 0)
+
+    def test_not_durable(self):
+        """durable=False asks for no receipt and fires once written."""
+        d = self.h.client.send("bob", "hello", durable=False)
+        (frame,) = self.h.sent()
+        self.assertNotIn("payload_meta", frame)
+        self.assertEqual(self.successResultOf(d), frame["id"])
+
+    def test_nack(self):
+        """A NACK fails the send with its code and retry_after_ms."""
+        d = self.h.client.send("bob", "hello")
+        (frame,) = self.h.sent()
+        self.h.feed("NACK", {"ack_id": frame["id"], "code": "BUSY", "message": "rate",
+                             "retry_after_ms": 250})
+        error = self.failureResultOf(d, SendRefused).value
+        self.assertEqual((error.code, error.retry_after_ms, error.send_id),
+                         ("BUSY", 250, frame["id"]))
+        self.assertIn("retry after 250 ms", str(error))
+
+    def test_bad_arguments(self):
+        """A non-string body, unknown kind or bad recipient fails with one line."""
+        c = self.h.client
+        self.assertIn("body must be a string",
+                      str(self.failureResultOf(c.send("bob", 3), TypeError).value))
+        self.assertIn("kind must be",
+                      str(self.failureResultOf(c.send("bob", "x", kind="poem"), ValueError).value))
+        self.assertIn("invalid recipient",
+                      str(self.failureResultOf(c.send("b b", "x"), ValueError).value))
+        self.assertEqual(self.h.sent(), [])
+
+    def test_broadcast_and_topics(self):
+        """broadcast() sends to '*'; subscribe/unsubscribe write their frames."""
+        self.h.client.subscribe("news")
+        self.h.client.broadcast("all hands", topic="news")
+        self.h.client.unsubscribe("news")
+        frames = self.h.sent()
+        self.assertEqual([f["type"] for f in frames], ["SUBSCRIBE", "SEND", "UNSUBSCRIBE"])
+        self.assertEqual(frames[0]["topic"], "news")
+        self.assertEqual(frames[1]["to"], "*")
+        self.assertEqual(self.h.client.topics, [])
+
+    def test_ping(self):
+        """A PING is answered with a PONG carrying the same nonce."""
+        self.h.feed("PING", {"nonce": "n-7"})
+        (pong,) = self.h.sent()
+        self.assertEqual((pong["type"], pong["payload"]), ("PONG", {"nonce": "n-7"}))
+
+    def test_busy_counted(self):
+        """BUSY frames are advisory: counted, nothing fails."""
+        self.h.feed("BUSY", {"retry_after_ms": 50, "queue_depth": 3})
+        self.assertEqual(self.h.client.busy_frames, 1)
+        self.assertEqual(self.h.client.last_busy["queue_depth"], 3)
+
+    def test_close(self):
+        """close() says BYE; a send still waiting for its receipt fails, not lost silently."""
+        d = self.h.client.send("bob", "hello")
+        self.h.sent()
+        closed = self.h.client.close()
+        (bye,) = self.h.sent()
+        self.assertEqual(bye["type"], "BYE")
+        self.assertTrue(self.h.transport.disconnecting)
+        self.h.drop()
+        self.successResultOf(closed)
+        self.assertIn("was not confirmed", str(self.failureResultOf(d, ClientClosed).value))
+        self.failureResultOf(self.h.client.send("bob", "late"), ClientClosed)
+
+
+class DeliveryTests(unittest.TestCase):
+    """Deliveries: callback, queue, ACK timing, de-duplication."""
+
+    def start(self, on_message=None):
+        self.h = Harness(self, on_message=on_message)
+        self.h.client.start()
+        self.h.accept()
+        self.h.welcome()
+
+    def test_callback_then_ack(self):
+        """The ACK goes out only after the callback's Deferred fires."""
+        seen = []
+        gate = defer.Deferred()
+
+        def on_message(message):
+            seen.append(message)
+            return gate
+        self.start(on_message)
+        self.h.deliver("m-1", body="hi", seq=4)
+        self.assertEqual([(m.id, m.sender, m.body, m.seq) for m in seen],
+                         [("m-1", "bob", "hi", 4)])
+        self.assertEqual(self.h.sent(), [])
+        gate.callback(None)
+        (ack,) = self.h.sent()
+        self.assertEqual((ack["type"], ack["payload"]), ("ACK", {"ack_id": "m-1", "seq": 4}))
+
+    def test_redelivery_deduplicated(self):
+        """A redelivered id is ACKed again but not passed on twice."""
+        seen = []
+        self.start(seen.append)
+        self.h.deliver("m-1")
+        self.h.deliver("m-1")
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(self.h.client.duplicates, 1)
+        self.assertEqual([f["type"] for f in self.h.sent()], ["ACK", "ACK"])
+
+    def test_redelivery_while_running(self):
+        """A redelivery arriving while the callback still runs is neither
+        passed on nor ACKed early."""
+        gate = defer.Deferred()
+        seen = []
+
+        def on_message(message):
+            seen.append(message)
+            return gate
+        self.start(on_message)
+        self.h.deliver("m-1")
+        self.h.deliver("m-1")
+        self.assertEqual(self.h.sent(), [])
+        gate.callback(None)
+        self.assertEqual(len(seen), 1)
+        self.assertEqual([f["type"] for f in self.h.sent()], ["ACK"])
+
+    def test_failed_callback_not_acked(self):
+        """A callback that raises leaves the message un-ACKed, so it comes again,
+        and the redelivery is passed on again."""
+        calls = []
+
+        def on_message(message):
+            calls.append(message.id)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+        self.start(on_message)
+        self.h.deliver("m-1")
+        self.assertEqual(self.h.sent(), [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.h.deliver("m-1")
+        self.assertEqual(calls, ["m-1", "m-1"])
+        self.assertEqual([f["type"] for f in self.h.sent()], ["ACK"])
+
+    def test_queue(self):
+        """Without a callback, next_message() hands deliveries out in order and ACKs them."""
+        self.start()
+        waiting = self.h.client.next_message()
+        self.h.deliver("m-1", body="one")
+        self.h.deliver("m-2", body="two")
+        self.assertEqual(self.successResultOf(waiting).body, "one")
+        self.assertEqual(len(self.h.sent()), 1)
+        self.assertEqual(self.successResultOf(self.h.client.next_message()).body, "two")
+        self.assertEqual(self.h.sent()[0]["payload"]["ack_id"], "m-2")
+
+    def test_async_iteration(self):
+        """`async for` reads deliveries and stops when the client is closed."""
+        self.start()
+        bodies = []
+
+        async def consume():
+            async for message in self.h.client:
+                bodies.append(message.body)
+        d = defer.Deferred.fromCoroutine(consume())
+        self.h.deliver("m-1", body="one")
+        self.h.deliver("m-2", body="two")
+        self.h.client.close()
+        self.h.drop()
+        self.successResultOf(d)
+        self.assertEqual(bodies, ["one", "two"])
+
+    def test_queue_high_pauses_reading(self):
+        """A queue nobody reads stops reading the socket at its high mark
+        (the daemon then sees backpressure), and resumes when drained."""
+        self.h = Harness(self)
+        self.h.client._queue_high = 4
+        self.h.client.start()
+        self.h.accept()
+        self.h.welcome()
+        for i in range(4):
+            self.h.deliver("m-%d" % i)
+        self.assertEqual(self.h.transport.producerState, "paused")
+        for i in range(3):
+            self.h.client.next_message()
+        self.assertEqual(self.h.transport.producerState, "producing")
+
+
+class ReconnectTests(unittest.TestCase):
+    """Losing the daemon: backoff, resume, resubscribe, queued sends."""
+
+    def test_backoff_resume_resubscribe_resend(self):
+        """After a lost connection the client retries on the backoff schedule,
+        says HELLO with the resume token, resubscribes, and writes the SENDs made
+        while disconnected (and the unreceipted ones) after WELCOME, in order."""
+        h = Harness(self)
+        h.client.start()
+        h.accept()
+        h.welcome(token="tok-1")
+        h.client.subscribe("news")
+        unreceipted = h.client.send("bob", "before")
+        h.sent()
+        h.drop()
+        self.assertEqual(h.client.state, "waiting")
+        during = h.client.send("bob", "during")
+        h.reactor.advance(0.49)
+        self.assertEqual(h.attempts(), 1)
+        h.reactor.advance(0.02)              # attempt 1 after 0.5 s
+        self.assertEqual(h.attempts(), 2)
+        h.refuse()
+        h.reactor.advance(0.99)
+        self.assertEqual(h.attempts(), 2)
+        h.reactor.advance(0.02)              # attempt 2 after 1.0 s more
+        self.assertEqual(h.attempts(), 3)
+        hello = h.accept()
+        self.assertEqual(hello["payload"]["session"], {"resume_token": "tok-1"})
+        self.assertNoResult(during)
+        h.welcome(token="tok-2")
+        frames = h.sent()
+        self.assertEqual([f["type"] for f in frames], ["SUBSCRIBE", "SEND", "SEND"])
+        self.assertEqual([f["payload"]["body"] for f in frames[1:]], ["before", "during"])
+        for frame in frames[1:]:
+            h.feed("ACK", {"ack_id": frame["id"], "seq": 0})
+        self.assertEqual(self.successResultOf(unreceipted), frames[1]["id"])
+        self.assertEqual(self.successResultOf(during), frames[2]["id"])
+        self.assertEqual(h.client.resume_token, "tok-2")
+        self.assertEqual(h.client.connections, 2)
+
+    def test_resume_too_old(self):
+        """RESUME_TOO_OLD clears the token and says HELLO again without it."""
+        h = Harness(self)
+        h.client.start()
+        h.accept()
+        h.welcome(token="tok-1")
+        h.drop()
+        h.reactor.advance(1)
+        h.accept()
+        h.feed("ERROR", {"code": "RESUME_TOO_OLD", "message": "gone", "fatal": False})
+        (hello,) = h.sent()
+        self.assertEqual(hello["type"], "HELLO")
+        self.assertNotIn("session", hello["payload"])
+        h.welcome(token="tok-9")
+        self.assertEqual(h.client.state, "active")
+
+    def test_give_up(self):
+        """With max_attempts, the client gives up and fails what still waits."""
+        h = Harness(self, max_attempts=2)
+        h.client.start()
+        h.accept()
+        h.welcome()
+        h.drop()
+        d = h.client.send("bob", "x")
+        for _ in range(2):
+            h.reactor.advance(5)
+            h.refuse()
+        self.assertEqual(h.client.state, "closed")
+        self.assertIn("gave up reconnecting", str(self.failureResultOf(d, ClientClosed).value))
+
+    def test_no_reconnect(self):
+        """reconnect=False: a lost connection closes the client."""
+        h = Harness(self, reconnect=False)
+        h.client.start()
+        h.accept()
+        h.welcome()
+        d = h.client.send("bob", "x")
+        h.drop()
+        self.failureResultOf(d, ClientClosed)
+        h.reactor.advance(60)
+        self.assertEqual(h.attempts(), 1)
+
+    def test_close_while_waiting(self):
+        """close() during backoff cancels the retry and fires at once."""
+        h = Harness(self)
+        h.client.start()
+        h.accept()
+        h.welcome()
+        h.drop()
+        self.successResultOf(h.client.close())
+        h.reactor.advance(60)
+        self.assertEqual(h.attempts(), 1)
