@@ -36,6 +36,7 @@ class Batch:
         self.callbacks = []
         self.open = True
         self.demanded = False
+        self.urgent = False
         self.max_message_seq = 0
 
     def absorb(self, later):
@@ -48,6 +49,7 @@ class Batch:
         self.nbytes += later.nbytes
         self.callbacks.extend(later.callbacks)
         self.demanded = self.demanded or later.demanded
+        self.urgent = self.urgent or later.urgent
         self.max_message_seq = max(self.max_message_seq, later.max_message_seq)
 
 
@@ -73,6 +75,7 @@ class Batcher:
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = clock
         self._retry = None
+        self._soon = None
         self._running = False
         self._overload_listeners = []
         self.overload_bytes = 4 * max_bytes
@@ -81,7 +84,8 @@ class Batcher:
             "batches": 0,
             "rows": 0,
             "bytes": 0,
-            "flushes_by_cause": {"size": 0, "time": 0, "bytes": 0, "demand": 0, "shutdown": 0},
+            "flushes_by_cause": {"size": 0, "time": 0, "bytes": 0, "receipt": 0, "demand": 0,
+                                 "shutdown": 0},
             "failures": 0,
             "last_flush_ms": 0.0,
             "pending_rows": 0,
@@ -109,6 +113,20 @@ class Batcher:
         Run C{fn(arg)} once everything queued so far has committed.
         """
         self.current.callbacks.append((fn, arg))
+
+    def soon(self):
+        """
+        Someone waits for a receipt: if the writer is idle, flush at the end
+        of this reactor turn instead of waiting for the timer (group commit:
+        what arrives while that flush is in flight goes in the next one).
+        """
+        self.current.urgent = True
+        if self._inflight is None and self._soon is None and self._retry is None:
+            self._soon = self.clock.callLater(0, self._flush_soon)
+
+    def _flush_soon(self):
+        self._soon = None
+        self._kick("receipt")
 
     def pending_rows(self):
         n = self.current.count
@@ -158,6 +176,9 @@ class Batcher:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
             self._retry = None
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
         return self._drain("shutdown")
 
     @defer.inlineCallbacks
@@ -251,3 +272,6 @@ class Batcher:
         elif batch.demanded:
             # Someone asked for a flush while one was in flight.
             self._kick("demand")
+        elif batch.urgent:
+            # Receipts are waiting: the next group commit starts now.
+            self._kick("receipt")

@@ -295,6 +295,7 @@ class Router:
 
         if meta and meta.get("requires_ack"):
             store.after_commit(self._receipt, (session, env.get("id")))
+            store.batcher.soon()
         if store.batcher.pending_bytes() > store.batcher.overload_bytes:
             store.batcher.check_overload()
         return mid

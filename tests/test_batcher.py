@@ -395,6 +395,53 @@ class AfterCommitTests(unittest.TestCase):
         self.assertEqual(got, [7])
 
 
+class ReceiptFlushTests(unittest.TestCase):
+
+    def test_idle_writer_flushes_at_end_of_turn(self):
+        """
+        soon() (a durable SEND waits for its receipt) with the writer idle
+        flushes at the end of the reactor turn, not after the timer, taking
+        every row queued in that turn.
+        """
+        clock, writer, batcher = make(size=100, delay=10.0)
+        batcher.add("message", [1])
+        batcher.soon()
+        batcher.add("message", [2])
+        batcher.soon()
+        self.assertEqual(writer.calls, [])
+        clock.advance(0)
+        self.assertEqual(len(writer.calls), 1)
+        self.assertEqual(writer.rows(0), [[1], [2]])
+        self.assertEqual(batcher.metrics["flushes_by_cause"]["receipt"], 1)
+
+    def test_group_commit_while_in_flight(self):
+        """
+        Receipts asked for while a flush is in flight wait for it, then go
+        in one next flush at once (no timer wait).
+        """
+        clock, writer, batcher = make(size=100, delay=10.0)
+        batcher.add("message", [1])
+        batcher.soon()
+        clock.advance(0)
+        for i in range(2, 6):
+            batcher.add("message", [i])
+            batcher.soon()
+        clock.advance(0)
+        self.assertEqual(len(writer.calls), 1)
+        writer.commit(0)
+        self.assertEqual(len(writer.calls), 2)
+        self.assertEqual(writer.rows(1), [[2], [3], [4], [5]])
+
+    def test_plain_rows_wait_for_the_timer(self):
+        """
+        Without a receipt waiting, rows wait for the timer as before.
+        """
+        clock, writer, batcher = make(size=100, delay=10.0)
+        batcher.add("message", [1])
+        clock.advance(0)
+        self.assertEqual(writer.calls, [])
+
+
 class MetricsTests(unittest.TestCase):
 
     def test_metrics(self):
@@ -428,7 +475,8 @@ class MetricsTests(unittest.TestCase):
         self.assertEqual(m["pending_rows"], 0)
         self.assertEqual(batcher.pending_rows(), 0)
         self.assertEqual(m["flushes_by_cause"],
-                         {"size": 1, "time": 1, "bytes": 0, "demand": 0, "shutdown": 0})
+                         {"size": 1, "time": 1, "bytes": 0, "receipt": 0, "demand": 0,
+                          "shutdown": 0})
         self.assertEqual(m["failures"], 0)
 
 
