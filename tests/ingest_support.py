@@ -14,7 +14,7 @@ import os
 import uuid
 
 import psycopg2
-from psycopg2.extensions import make_dsn, parse_dsn
+from psycopg2.extensions import make_dsn
 from twisted.trial.unittest import SkipTest
 
 from relay.ingest.schema import migrate
@@ -80,8 +80,21 @@ def testDatabaseDSN(testCase):
     return dsn
 
 
-def dsnParts(dsn):
-    return parse_dsn(dsn)
+def freshDatabase(testCase):
+    """
+    Create an empty, unmigrated database for one test (dropped in its
+    cleanup) and return its DSN.
+    """
+    testDatabaseDSN(testCase)
+    admin = serverDSN()
+    name = "%s_f%s" % (_database["name"], uuid.uuid4().hex[:6])
+    conn = psycopg2.connect(admin, connect_timeout=5)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute('CREATE DATABASE "%s"' % (name,))
+    conn.close()
+    testCase.addCleanup(_dropDatabase, admin, name)
+    return make_dsn(admin, dbname=name)
 
 
 def truncate(dsn):

@@ -1,0 +1,201 @@
+"""
+Tests for L{relay.ingest.validate}: the wire contract's message checks.
+"""
+
+import uuid
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from relay.ingest.validate import MAX_MS, BadRequest, parseBatch, parseMessage
+from tests.ingest_support import makeMessage
+
+WS = uuid.UUID("6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01")
+DAEMON = "11111111-2222-4333-8444-555555555555"
+
+
+def body(messages, workspace=str(WS), daemon=DAEMON):
+    return {"daemon_id": daemon, "workspace_id": workspace, "messages": messages}
+
+
+class ParseMessageTests(unittest.TestCase):
+    """
+    L{parseMessage} accepts valid messages and names the field of an
+    invalid one.
+    """
+
+    def assertBad(self, message, field, index=3):
+        e = self.assertRaises(BadRequest, parseMessage, index, message)
+        self.assertEqual(e.status, 400)
+        self.assertEqual(e.field, field)
+        self.assertEqual(e.index, index)
+        js = e.toJSON()
+        self.assertEqual((js["index"], js["field"]), (index, field))
+        self.assertIn("message %d" % (index,), js["error"])
+        return e
+
+    def test_valid(self):
+        """
+        A full valid message becomes its row tuple.
+        """
+        m = makeMessage(1, channel="#c", expires_at=5, data={"a": [1]},
+                        payload_meta={"b": None}, is_urgent=True)
+        self.assertEqual(parseMessage(0, m), (
+            "m-1", "agent-a", "agent-b", "hello 1", "message", None, None, "#c",
+            False, True, '{"a":[1]}', '{"b":null}', m["ts"], 5))
+
+    def test_optionalFields(self):
+        """
+        channel, expires_at, topic, thread, data, payload_meta and the
+        booleans may be left out; unknown fields are ignored.
+        """
+        m = makeMessage(1, extra="ignored")
+        for name in ("topic", "thread", "data", "payload_meta", "is_broadcast", "is_urgent"):
+            del m[name]
+        row = parseMessage(0, m)
+        self.assertEqual(row[5:12], (None, None, None, False, False, None, None))
+        self.assertIsNone(row[13])
+
+    def test_missingId(self):
+        """
+        A message without an id is refused naming "id", with a null id.
+        """
+        m = makeMessage(1)
+        del m["id"]
+        e = self.assertBad(m, "id")
+        self.assertIsNone(e.messageId)
+
+    def test_idLength(self):
+        """
+        An id of 255 characters (even non-ASCII ones) is fine, 256 or 0 is
+        not.
+        """
+        parseMessage(0, makeMessage(1, id="\u00e9" * 255))
+        self.assertBad(makeMessage(1, id="x" * 256), "id")
+        self.assertBad(makeMessage(1, id=""), "id")
+        self.assertBad(makeMessage(1, id=17), "id")
+
+    def test_nul(self):
+        """
+        A NUL character anywhere PostgreSQL would store text is refused,
+        naming the field and the message's id.
+        """
+        for field in ("body", "from", "to", "topic", "thread", "channel"):
+            e = self.assertBad(makeMessage(1, **{field: "a\x00b"}), field)
+            self.assertEqual(e.messageId, "m-1")
+        self.assertBad(makeMessage(1, id="a\x00"), "id")
+        self.assertBad(makeMessage(1, data={"k": ["x", {"y": "\x00"}]}), "data")
+        self.assertBad(makeMessage(1, payload_meta={"\x00key": 1}), "payload_meta")
+
+    def test_backslashUNotNul(self):
+        """
+        A string holding a backslash followed by "u0000" is text, not a NUL,
+        and is accepted.
+        """
+        row = parseMessage(0, makeMessage(1, data={"k": "\\u0000"}))
+        self.assertEqual(row[10], '{"k":"\\\\u0000"}')
+
+    def test_types(self):
+        """
+        Wrong types are refused naming the field.
+        """
+        cases = [
+            ("ts", "123"), ("ts", True), ("ts", 1.5), ("ts", None),
+            ("ts", MAX_MS + 1), ("expires_at", "soon"), ("from", None), ("from", ""),
+            ("to", 5), ("to", ""), ("body", None), ("body", ["x"]), ("kind", "chat"),
+            ("kind", None), ("topic", 3), ("thread", {}), ("channel", False),
+            ("data", [1, 2]), ("data", "x"), ("payload_meta", 7),
+            ("is_broadcast", 1), ("is_urgent", "true"), ("is_urgent", None),
+        ]
+        for field, value in cases:
+            self.assertBad(makeMessage(1, **{field: value}), field)
+
+    def test_notAnObject(self):
+        """
+        A message that is not a JSON object is refused with its index.
+        """
+        e = self.assertBad("hello", "message", index=0)
+        self.assertIsNone(e.messageId)
+
+    @settings(max_examples=200, deadline=None)
+    @given(text=st.text(alphabet=st.characters(blacklist_characters="\x00"), min_size=1),
+           data=st.recursive(
+               st.none() | st.booleans() | st.integers(-2 ** 53, 2 ** 53)
+               | st.text(st.characters(blacklist_characters="\x00")),
+               lambda children: st.lists(children, max_size=3)
+               | st.dictionaries(st.text(st.characters(blacklist_characters="\x00")),
+                                 children, max_size=3),
+               max_leaves=8))
+    def test_anyNulFreeTextAccepted(self, text, data):
+        """
+        Any NUL-free text and any NUL-free JSON object are accepted and kept
+        as given.
+        """
+        import orjson
+        row = parseMessage(0, makeMessage(1, id=text[:255], body=text, topic=text,
+                                          data={"v": data}))
+        self.assertEqual((row[0], row[3], row[5]), (text[:255], text, text))
+        self.assertEqual(orjson.loads(row[10]), {"v": data})
+
+    @settings(max_examples=100, deadline=None)
+    @given(prefix=st.text(), suffix=st.text())
+    def test_anyNulRefused(self, prefix, suffix):
+        """
+        Any body holding a NUL is refused naming "body".
+        """
+        self.assertBad(makeMessage(1, body=prefix + "\x00" + suffix), "body")
+
+
+class ParseBatchTests(unittest.TestCase):
+    """
+    L{parseBatch} checks the envelope and reports the first bad message.
+    """
+
+    def test_valid(self):
+        """
+        A valid body yields the daemon, the workspace and one row per
+        message, in order.
+        """
+        batch = parseBatch(body([makeMessage(i) for i in range(3)]), WS)
+        self.assertEqual(batch.daemon_id, DAEMON)
+        self.assertEqual(batch.workspace_id, str(WS))
+        self.assertEqual([r[0] for r in batch.rows], ["m-0", "m-1", "m-2"])
+
+    def test_workspaceCase(self):
+        """
+        The body's workspace is compared as a UUID, whatever its case.
+        """
+        parseBatch(body([], workspace=str(WS).upper()), WS)
+
+    def test_otherWorkspace(self):
+        """
+        A body claiming another workspace than the key's is 403.
+        """
+        e = self.assertRaises(BadRequest, parseBatch,
+                              body([], workspace=str(uuid.uuid4())), WS)
+        self.assertEqual(e.status, 403)
+
+    def test_envelope(self):
+        """
+        A body that is not an object, has no messages list, or has a bad
+        daemon or workspace id is 400 without an index.
+        """
+        cases = [
+            [], "x", {}, {"messages": {}},
+            body([], daemon="nope"), body([], daemon=None), body([], workspace=5),
+        ]
+        for value in cases:
+            e = self.assertRaises(BadRequest, parseBatch, value, WS)
+            self.assertEqual(e.status, 400, value)
+            self.assertNotIn("index", e.toJSON())
+
+    def test_firstBadMessage(self):
+        """
+        With several bad messages, the first one is named.
+        """
+        messages = [makeMessage(i) for i in range(6)]
+        messages[2]["kind"] = "bogus"
+        del messages[4]["id"]
+        e = self.assertRaises(BadRequest, parseBatch, body(messages), WS)
+        self.assertEqual((e.index, e.messageId, e.field), (2, "m-2", "kind"))
