@@ -52,7 +52,9 @@ class Options(usage.Options):
     longdesc = (
         "Run the relay daemon: agents connect (agent-relay wire protocol v1), "
         "exchange messages, and every message is stored in a SQLite file "
-        "before its receipt is sent.")
+        "before its receipt is sent.  Example: twistd -n relay --listen "
+        "unix:/tmp/agent-relay.sock:mode=600 --listen tcp:7777:interface=127.0.0.1 "
+        "--db /var/lib/relay/relay.sqlite")
 
     optFlags = [
         ["no-rate-limit", None, "Do not rate-limit agents."],
@@ -104,8 +106,9 @@ class Options(usage.Options):
 
     def opt_listen(self, endpoint):
         """
-        Listen on a strports endpoint (repeatable) [default: %s].
-        """ % (DEFAULT_LISTEN,)
+        Listen on a strports endpoint (repeatable) [default:
+        unix:/tmp/agent-relay.sock:mode=600].
+        """
         self["listen"].append(endpoint)
 
     def postOptions(self):
