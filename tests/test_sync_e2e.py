@@ -165,3 +165,53 @@ class SyncEndToEndTests(unittest.TestCase):
         yield daemon.stop()
         # (twistd re-raises SIGTERM after a clean shutdown, so look at the log)
         self.assertIn("Sync stopped at seq 50", daemon.output())
+
+    @defer.inlineCallbacks
+    def test_dead_letter_visible(self):
+        """
+        A message the ingest refuses by name (400 with its id) lands in the
+        store's dead_letters table with the reason and is counted in the
+        daemon's status; the others arrive.
+        """
+        daemon = self.daemon()
+        yield daemon.start()
+        yield self.server.refuse()
+        yield self.send_messages(daemon, 10)
+        ids = sorted(stored_ids(daemon.db_path), key=lambda i: int(i.rsplit("-", 1)[1]))
+        self.server.stub.reject = {ids[3]: "body"}
+        self.server.start()
+        yield self.server.stub.wait_for_ids(set(ids) - {ids[3]})
+        yield wait_until(reactor, lambda: dead_letters(daemon.db_path), what="a dead letter row")
+        [(seq, mid, reason)] = dead_letters(daemon.db_path)
+        self.assertEqual(mid, ids[3])
+        self.assertIn("field body", reason)
+        self.assertNotIn(ids[3], self.server.stub.unique)
+        stats = yield self.status(daemon)
+        self.assertEqual(stats["dead_letters"], 1)
+
+    @defer.inlineCallbacks
+    def test_wrong_key_stops_loudly(self):
+        """
+        With a key the ingest refuses (401) the daemon stops syncing with a
+        critical log line, keeps running, and keeps every message.
+        """
+        daemon = DaemonProcess(self, extra_args=[
+            "--sync-url", self.server.url, "--workspace-id", WORKSPACE,
+            "--sync-batch-delay-ms", "0"], env={"RELAY_SYNC_KEY": "not-the-key"})
+        self.addCleanup(daemon.kill)
+        yield daemon.start()
+        yield self.send_messages(daemon, 5)
+        yield wait_until(reactor, lambda: "SYNC STOPPED" in daemon.output(), what="the loud line")
+        stats = yield self.status(daemon)
+        self.assertEqual(stats["state"], "unauthorized")
+        self.assertEqual(stats["cursor"], 0)
+        self.assertEqual(len(self.server.stub.requests), 1)
+        self.assertEqual(self.server.stub.unique, set())
+
+
+def dead_letters(db_path):
+    conn = connect_readonly(db_path)
+    try:
+        return conn.execute("SELECT message_seq, id, reason FROM dead_letters").fetchall()
+    finally:
+        conn.close()
