@@ -465,3 +465,22 @@ class ReconnectTests(unittest.TestCase):
         self.successResultOf(h.client.close())
         h.reactor.advance(60)
         self.assertEqual(h.attempts(), 1)
+
+
+class CancelTests(unittest.TestCase):
+    """Cancelling a send."""
+
+    def test_cancel_forgets(self):
+        """A cancelled send (e.g. by addTimeout) is not re-sent and close() does
+        not fire it a second time."""
+        h = Harness(self)
+        h.client.start()
+        h.accept()
+        h.welcome()
+        d = h.client.send("bob", "x")
+        h.sent()
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(h.client.pending_sends, 0)
+        h.client.close()
+        h.drop()

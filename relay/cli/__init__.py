@@ -17,7 +17,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["keys"]
+COMMANDS = ["send", "listen", "history", "status", "bench", "keys"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -373,7 +373,10 @@ class Client:
         if payload_meta:
             fields["payload_meta"] = payload_meta
         env = envelope("SEND", self._reactor, payload, **fields)
-        pending = _PendingSend(env, defer.Deferred(), durable)
+        send_id = env["id"]
+        # Cancelling (e.g. addTimeout) forgets the SEND: not re-sent after that.
+        pending = _PendingSend(env, defer.Deferred(lambda d: self._pending.pop(send_id, None)),
+                               durable)
         self._pending[env["id"]] = pending
         if self.state == ACTIVE:
             self._write_send(pending)

@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+What the ``relay send|listen|status|bench`` commands share: the connection
+options, the endpoint they resolve to, and running one Twisted job to an exit
+code. Nothing here prints (only relay/cli/ does).
+"""
+
+import os
+
+from relay.client import default_endpoint
+
+CONNECTION_HELP = (
+    "Connection: --connect ENDPOINT (any Twisted client endpoint string) wins over "
+    "--socket PATH (means unix:PATH), which wins over $RELAY_SOCKET; the default is "
+    "unix:/tmp/agent-relay.sock.")
+
+
+def add_connection_options(parser):
+    """``--socket PATH`` / ``--connect ENDPOINT`` (mutually exclusive)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--socket", metavar="PATH",
+                       help="the daemon's Unix socket (default $RELAY_SOCKET or "
+                       "/tmp/agent-relay.sock)")
+    group.add_argument("--connect", metavar="ENDPOINT",
+                       help="a Twisted client endpoint string, e.g. unix:/run/relay.sock "
+                       "or tcp:host=10.0.0.2:port=7777")
+
+
+def endpoint_from_args(args, environ=None):
+    """The endpoint string the options ask for."""
+    if getattr(args, "connect", None):
+        return args.connect
+    if getattr(args, "socket", None):
+        return "unix:" + args.socket
+    return default_endpoint(os.environ if environ is None else environ)
+
+
+def run_job(job, *args, **kwargs):
+    """
+    Run ``job(reactor, *args, **kwargs)`` (returning a Deferred or a value: the
+    exit code) on the global reactor until it finishes; return
+    ``(exit_code, failure)``. A job's failure is returned, not raised; on SIGINT
+    or SIGTERM the reactor stops and ``(None, None)`` is returned.
+    """
+    from twisted.internet import defer, reactor
+
+    outcome = {}
+
+    def start():
+        d = defer.maybeDeferred(job, reactor, *args, **kwargs)
+
+        def done(result):
+            outcome["result"] = result
+            if reactor.running:
+                reactor.stop()
+        d.addBoth(done)
+    reactor.callWhenRunning(start)
+    reactor.run()
+    result = outcome.get("result")
+    from twisted.python.failure import Failure
+    if isinstance(result, Failure):
+        return None, result
+    return result, None
