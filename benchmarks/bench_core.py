@@ -36,6 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from relay import loadgen  # noqa: E402  (stdlib-only module)
+from relay.cli.bench import (  # noqa: E402
+    add_load_options, describe_run, format_table, progress_printer, result_rows)
 
 BASELINE_NAME = "agent-relay 1.6.0"
 BASELINE_MSGS_PER_S = 565.0
@@ -162,64 +164,17 @@ def stored_rows(db_path, prefix):
         db.close()
 
 
-def progress_printer(stream):
-    """A progress bar on a terminal, a line every 10% otherwise."""
-    state = {"last": -1}
-
-    def show(done, total):
-        if not total:
-            return
-        fraction = done / total
-        if stream.isatty():
-            width = 40
-            filled = int(width * fraction)
-            stream.write("\r[{}{}] {:6.1%} {}/{}".format(
-                "#" * filled, "." * (width - filled), fraction, done, total))
-            if done >= total:
-                stream.write("\n")
-            stream.flush()
-        else:
-            step = int(fraction * 10)
-            if step > state["last"]:
-                state["last"] = step
-                stream.write("{}/{} settled\n".format(done, total))
-                stream.flush()
-    return show
-
-
-def fmt_ms(value):
-    return "-" if value is None else "{:.2f} ms".format(value)
-
-
-def print_table(rows, out):
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        out.write("{}  {}\n".format(name.ljust(width), value))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Throughput of the real relay daemon under relay/loadgen.py.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--senders", type=int, default=1)
-    parser.add_argument("--receivers", type=int, default=1)
-    parser.add_argument("--messages", type=int, default=20000)
-    parser.add_argument("--size", type=int, default=200, help="body bytes (default 200)")
-    parser.add_argument("--window", type=int, default=None,
-                        help="in-flight messages per sender (default 1000)")
-    parser.add_argument("--open-loop", action="store_true",
-                        help="no window: write as fast as the socket accepts")
-    parser.add_argument("--receiver-rate", type=float, default=None,
-                        help="each receiver reads at most this many msgs/s")
-    parser.add_argument("--no-durable", dest="durable", action="store_false",
-                        help="do not ask for receipts (requires_ack false)")
+    add_load_options(parser)
     parser.add_argument("--daemon-arg", action="append", default=[],
                         help="extra argument for `twistd relay` (repeatable)")
     parser.add_argument("--rate-limited", action="store_true",
                         help="keep the daemon's per-agent rate limit (default: the bench "
                         "passes --no-rate-limit, since one sender at the default 500 msg/s "
                         "would measure the limit, not the core)")
-    parser.add_argument("--idle-timeout", type=float, default=20.0)
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (db, log)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -269,27 +224,9 @@ def main(argv=None):
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return 0 if ok else 1
     out = sys.stdout
-    out.write("relay core benchmark: {} sender(s), {} receiver(s), {} messages of {} B, "
-              "window {}, {}{}\n".format(
-                  result["senders"], result["receivers"], result["messages"],
-                  result["size"], "open loop" if result["window"] is None else
-                  result["window"], "durable receipts" if result["durable"] else
-                  "no receipts", ", receiver rate {}/s".format(args.receiver_rate)
-                  if args.receiver_rate else ""))
+    out.write("relay core benchmark: {}\n".format(describe_run(result, args.receiver_rate)))
     out.write("daemon: twistd -n relay {}\n".format(" ".join(daemon_args)))
-    print_table([
-        ("delivered/sent", "{}/{}".format(result["delivered"], result["sent"])),
-        ("lost", str(result["lost"])),
-        ("duplicates", str(result["duplicates"])),
-        ("out of order", str(result["out_of_order"])),
-        ("receipts", str(result["receipts"])),
-        ("NACK frames", "{} {}".format(result["nacked"], result["nack_codes"] or "")),
-        ("BUSY frames", str(result["busy_frames"])),
-        ("elapsed", "{:.2f} s".format(result["elapsed_s"])),
-        ("msg/s delivered", "{:,.0f}".format(result["msgs_per_s"])),
-        ("latency p50", fmt_ms(result["p50_ms"])),
-        ("latency p99", fmt_ms(result["p99_ms"])),
-        ("latency max", fmt_ms(result["max_ms"])),
+    rows_table = result_rows(result) + [
         ("stored rows", "{} (accepted {}) {}".format(
             rows, accepted, "OK" if rows == accepted else "MISMATCH")),
         ("peak RSS", "{:.1f} MiB".format(peak_kb / 1024.0)),
@@ -298,7 +235,8 @@ def main(argv=None):
         ("ratio", "{:.1f}x baseline; goal {:,.0f} msg/s {}".format(
             result["ratio_vs_baseline"], GOAL_MSGS_PER_S,
             "met" if result["msgs_per_s"] >= GOAL_MSGS_PER_S else "NOT met")),
-    ], out)
+    ]
+    out.write("\n".join(format_table(rows_table)) + "\n")
     for error in result["errors"]:
         out.write("note: {}\n".format(error))
     return 0 if ok else 1
