@@ -41,6 +41,68 @@ def isUnavailable(failure):
     ) is not None
 
 
+def isConnectionFailure(failure):
+    """
+    Whether C{failure} means the connection itself is gone (so it must be
+    reconnected), as opposed to an error in one statement (a deadlock, a
+    bad value) after which the connection is still usable.
+
+    psycopg2 gives server-side errors an SQLSTATE; losing the connection
+    has none, and classes 08 (connection exception) and 57P (the server
+    shutting down) mean the session is over.
+    """
+    if failure.check(psycopg2.InterfaceError, txpostgres.RollbackFailed,
+                     ConnectionDone, ConnectionLost):
+        return True
+    if failure.check(psycopg2.OperationalError):
+        code = getattr(failure.value, "pgcode", None)
+        return code is None or code.startswith("08") or code.startswith("57P")
+    return False
+
+
+class _Detector(reconnection.DeadConnectionDetector):
+    """
+    A L{reconnection.DeadConnectionDetector} that reconnects only when the
+    connection is really gone, and whose reconnection can be stopped.
+    """
+
+    _reconnecting = None
+    stopped = False
+
+    def __init__(self, reactor):
+        reconnection.DeadConnectionDetector.__init__(
+            self, deathChecker=isConnectionFailure, reconnectionIterator=_backoff,
+            reactor=reactor)
+
+    def checkForDeadConnection(self, f):
+        if self.stopped:
+            # closing the connection on purpose is not a reason to reconnect
+            return f
+        return reconnection.DeadConnectionDetector.checkForDeadConnection(self, f)
+
+    def startReconnecting(self, f):
+        _log.warn("Lost the PostgreSQL connection ({error}); reconnecting",
+                  error=f.getErrorMessage().strip())
+        call = retrying.RetryingCall(self.reconnect)
+        call.reactor = self.reactor
+        d = self._reconnecting = call.start(self.reconnectionIterator())
+        d.addCallback(lambda _: self.connectionRecovered())
+        d.addErrback(self._stopped)
+
+    def connectionRecovered(self):
+        _log.info("Reconnected to PostgreSQL")
+        return reconnection.DeadConnectionDetector.connectionRecovered(self)
+
+    def _stopped(self, f):
+        if not f.check(defer.CancelledError):
+            _log.failure("Reconnecting to PostgreSQL", f)
+
+    def stop(self):
+        self.stopped = True
+        if self._reconnecting is not None and not self._reconnecting.called:
+            self._reconnecting.cancel()
+
+
 def _backoff():
     return retrying.simpleBackoffIterator(
         initialDelay=0.25, maxDelay=5.0, factor=2.0, maxRetries=0, now=True
@@ -61,9 +123,7 @@ class TxPostgresPool:
         self._idle = []
         self._all = []
         for _ in range(size):
-            detector = reconnection.DeadConnectionDetector(
-                reconnectionIterator=_backoff, reactor=reactor
-            )
+            detector = _Detector(reactor)
             conn = txpostgres.Connection(reactor=reactor, detector=detector)
             self._all.append(conn)
             self._idle.append(conn)
@@ -123,8 +183,7 @@ class TxPostgresPool:
     def close(self):
         self._closed = True
         for conn in self._all:
-            # stop any reconnection attempt as well
-            conn.detector.reconnectionIterator = lambda: iter(())
+            conn.detector.stop()
             try:
                 conn.close()
             except Exception:

@@ -15,11 +15,17 @@ The bulk insert strategies, behind one interface, L{IBulkInserter}.
  - L{ThresholdInserter}: picks the first strategy up to C{copyThreshold} rows
    and the COPY strategy above it.
 
+Each strategy inserts a batch's rows sorted by id (a stable sort, so the first
+of repeated ids still wins): concurrent transactions then take the unique
+index's locks in the same order and cannot deadlock on overlapping batches.
+
 Every value reaches PostgreSQL as a bound parameter or as COPY data; no value
 is ever formatted into SQL text.  Each returns a Deferred firing with
 C{(synced, duplicates)}: rows newly inserted and rows that were already
 present, repeats inside the batch included.
 """
+
+from operator import itemgetter
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute, Interface, implementer
@@ -93,6 +99,9 @@ class IBulkInserter(Interface):
         """
 
 
+_byId = itemgetter(0)
+
+
 def _counts(inserted, total):
     return inserted, total - inserted
 
@@ -128,6 +137,7 @@ class MultiRowInserter:
 
     async def _run(self, cursor, workspaceId, daemonId, rows):
         inserted = 0
+        rows = sorted(rows, key=_byId)
         prefix = (workspaceId, daemonId)
         size = self.chunkSize
         for start in range(0, len(rows), size):
@@ -162,7 +172,7 @@ class UnnestInserter:
 
     def _interaction(self, cursor, workspaceId, daemonId, rows):
         params = [workspaceId, daemonId]
-        params += [list(column) for column in zip(*rows)]
+        params += [list(column) for column in zip(*sorted(rows, key=_byId))]
         d = cursor.execute(_UNNEST_SQL, params)
         d.addCallback(lambda _: _counts(cursor.rowcount, len(rows)))
         return d
@@ -250,6 +260,7 @@ class CopyInserter:
         return self.threadPool.runInteraction(self._interaction, workspaceId, daemonId, rows)
 
     def _interaction(self, txn, workspaceId, daemonId, rows):
+        rows = sorted(rows, key=_byId)
         txn.execute(_STAGING_SQL)
         txn.copy_expert(_COPY_SQL, CopyStream(rows, self.chunkRows), self.readSize)
         txn.execute(_FROM_STAGING_SQL, (workspaceId, daemonId))
