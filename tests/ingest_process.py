@@ -50,11 +50,24 @@ class IngestProcess:
 
     startTimeout = 30.0
 
-    def __init__(self, reactor, dsn, extraArgs=()):
+    def __init__(self, reactor, dsn, extraArgs=(), tls=None, agent=None):
+        """
+        @param tls: L{None}, or C{(keyPath, certPath)} to listen with
+            C{ssl:} instead of C{tcp:}.
+        @param agent: the L{twisted.web.iweb.IAgent} for readiness polling
+            (needed with C{tls}, to trust the certificate).
+        """
         self.reactor = reactor
         self.dsn = dsn
         self.port = freePort()
-        self.url = "http://127.0.0.1:%d" % (self.port,)
+        if tls is None:
+            self.listen = "tcp:%d:interface=127.0.0.1" % (self.port,)
+            self.url = "http://127.0.0.1:%d" % (self.port,)
+        else:
+            self.listen = "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
+                self.port, tls[0], tls[1])
+            self.url = "https://localhost:%d" % (self.port,)
+        self.agent = agent
         self.extraArgs = list(extraArgs)
         self.collector = None
         self.transport = None
@@ -75,7 +88,7 @@ class IngestProcess:
         env.pop("RELAY_POSTGRES_DSN", None)
         args = [
             TWISTD, "-n", "--pidfile=", "relay-ingest",
-            "--listen", "tcp:%d:interface=127.0.0.1" % (self.port,),
+            "--listen", self.listen,
             "--postgres", self.dsn,
         ] + self.extraArgs
         self.collector = _Collector()
@@ -86,7 +99,12 @@ class IngestProcess:
             if self.collector.ended.called:
                 raise RuntimeError("relay-ingest exited during startup:\n" + self.output())
             try:
-                response = yield treq.get(self.url + "/healthz", timeout=2, pool=self.httpPool)
+                if self.agent is not None:
+                    response = yield treq.get(self.url + "/healthz", timeout=2,
+                                              agent=self.agent)
+                else:
+                    response = yield treq.get(self.url + "/healthz", timeout=2,
+                                              pool=self.httpPool)
                 yield response.content()
                 if response.code == 200:
                     return

@@ -6,9 +6,11 @@ plugin from this tree) against the real PostgreSQL.
 
 import gzip
 import io
+import os
 import zlib
 
 import orjson
+import psycopg2
 import treq
 from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.internet import defer, reactor, task
@@ -18,8 +20,6 @@ from relay.cli import main as cliMain
 from relay.ingest import keys
 from tests.ingest_process import CuttableProxy, IngestProcess
 from tests.ingest_support import fetchAll, makeMessage, testDatabaseDSN, truncate
-
-import psycopg2
 
 WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
 OTHER_WS = "0b9a1c2e-8d8e-4a53-9a4b-0d5b3f3d6a02"
@@ -238,7 +238,6 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         code, body, _ = yield self.post(raw)
         self.assertEqual(code, 413)
         noise = io.BytesIO()
-        import os
         with gzip.GzipFile(fileobj=noise, mode="wb") as g:
             g.write(os.urandom(3 * MiB))
         code, body, _ = yield self.post(noise.getvalue(), headers={b"Content-Encoding": [b"gzip"]})
@@ -364,3 +363,76 @@ class PostgresOutageTests(_ServiceMixin, unittest.TestCase):
             yield task.deferLater(reactor, 0.2, lambda: None)
         self.assertEqual((code, body), (200, {"synced": 1540, "duplicates": 0}))
         self.assertEqual(self.count(), 1600)
+
+
+def selfSignedCertificate(directory):
+    """
+    Write a key and a self-signed certificate for "localhost" into
+    C{directory}; return C{(keyPath, certPath, certPEM)}.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    os.makedirs(directory)
+    keyPath = os.path.join(directory, "key.pem")
+    certPath = os.path.join(directory, "cert.pem")
+    with open(keyPath, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption()))
+    certPEM = cert.public_bytes(serialization.Encoding.PEM)
+    with open(certPath, "wb") as f:
+        f.write(certPEM)
+    return keyPath, certPath, certPEM
+
+
+class TLSTests(_ServiceMixin, unittest.TestCase):
+    """
+    C{--listen ssl:...} serves the same API over TLS (pyOpenSSL).
+    """
+
+    def setUp(self):
+        from twisted.internet import ssl
+        from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+        self.dsn = testDatabaseDSN(self)
+        truncate(self.dsn)
+        self.key = self.createKey(WS)
+        keyPath, certPath, certPEM = selfSignedCertificate(os.path.abspath(self.mktemp()))
+        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(certPEM))
+        from twisted.web.client import HTTPConnectionPool
+        self.agent = Agent(reactor, contextFactory=policy,
+                           pool=HTTPConnectionPool(reactor, persistent=False))
+        self.service = IngestProcess(reactor, self.dsn, LIMIT_ARGS,
+                                     tls=(keyPath, certPath), agent=self.agent)
+        self.addCleanup(self.service.stop)
+        return self.service.start()
+
+    @defer.inlineCallbacks
+    def test_syncOverTLS(self):
+        """
+        A gzip batch posted over HTTPS to an ssl: listener is stored.
+        """
+        body = gzip.compress(orjson.dumps(batch([makeMessage(i) for i in range(3)])))
+        response = yield treq.post(
+            self.service.url + SYNC, data=body, agent=self.agent, timeout=30,
+            headers={b"Content-Type": [b"application/json"],
+                     b"Content-Encoding": [b"gzip"],
+                     b"Authorization": [b"Bearer " + self.key.encode("ascii")]})
+        result = yield response.json()
+        self.assertEqual((response.code, result), (200, {"synced": 3, "duplicates": 0}))
+        self.assertEqual(self.count(), 3)
