@@ -1,0 +1,342 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The ``relay send|listen|status|history|bench`` commands, run as real processes
+(``python -m relay.cli``) against the real daemon process.
+"""
+
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.trial import unittest
+
+from relay.cli import build_parser
+from relay.cli.history import parse_since
+from relay.cli.status import format_status
+from relay.client import fetch_status
+from tests.daemon_support import REPO, DaemonProcess
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self, stdin):
+        self.stdin = stdin
+        self.out = []
+        self.err = []
+        self.ended = defer.Deferred()
+
+    def connectionMade(self):
+        if self.stdin is not None:
+            self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data):
+        self.out.append(data)
+
+    def errReceived(self, data):
+        self.err.append(data)
+
+    def processEnded(self, reason):
+        self.ended.callback((b"".join(self.out).decode(), b"".join(self.err).decode(),
+                             reason.value.exitCode))
+
+
+def spawn_cli(args, stdin=None, env=None):
+    """Start ``python -m relay.cli ARGS``; returns the protocol (``.ended``
+    fires with (stdout, stderr, exit code))."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.pop("RELAY_SOCKET", None)
+    full_env.update(env or {})
+    proto = _Collect(stdin)
+    reactor.spawnProcess(proto, sys.executable, [sys.executable, "-m", "relay.cli"] + args,
+                         env=full_env, path=REPO)
+    return proto
+
+
+def run_cli(args, stdin=None, env=None):
+    return spawn_cli(args, stdin, env).ended
+
+
+@defer.inlineCallbacks
+def wait_for(condition, bound=15.0):
+    """Poll the (Deferred-returning or plain) condition until true."""
+    deadline = reactor.seconds() + bound
+    while True:
+        value = yield defer.maybeDeferred(condition)
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not met within {}s".format(bound))
+        yield task.deferLater(reactor, 0.05, lambda: None)
+
+
+class HelpTests(unittest.TestCase):
+    """Every command documents itself."""
+
+    def test_help_has_examples_and_exit_codes(self):
+        """Each sub-command's --help has examples and its exit codes."""
+        parser = build_parser()
+        actions = [a for a in parser._actions if a.dest == "command"]
+        choices = actions[0].choices
+        for name in ("send", "listen", "history", "status", "bench"):
+            text = choices[name].format_help()
+            self.assertIn("examples:", text, name)
+            self.assertIn("exit codes:", text, name)
+
+
+class FormatTests(unittest.TestCase):
+    """Pure formatting and parsing helpers."""
+
+    def test_since(self):
+        """--since takes ISO 8601; without an offset it means UTC."""
+        self.assertEqual(parse_since("1970-01-01T00:00:01"), 1000)
+        self.assertEqual(parse_since("1970-01-01T01:00:00+01:00"), 0)
+        self.assertEqual(parse_since("1970-01-01T00:00:00Z"), 0)
+        self.assertRaises(ValueError, parse_since, "yesterday")
+
+    def test_status_lines(self):
+        """A STATUS_REPLY is shown with agents, store, rate limit and sync."""
+        lines = format_status({
+            "uptime_s": 125.0,
+            "agents": [{"name": "bob", "session_id": "0123456789", "connected_at": 1000.0,
+                        "queue_depth": 3, "inflight": 2, "backpressured": True,
+                        "paused": [], "sent": 5, "delivered": 7}],
+            "store": {"batches": 2, "rows": 10, "bytes": 2048,
+                      "flushes_by_cause": {"size": 1, "time": 1}, "last_flush_ms": 1.5,
+                      "pending_rows": 0},
+            "rate_limit": {"enabled": True, "rate": 500, "burst": 1000,
+                           "policy": "throttle", "throttled_agents": ["eve"]},
+            "sync": None}, "unix:/x", now=1060.0)
+        text = "\n".join(lines)
+        self.assertIn("up 2m05s", text)
+        self.assertIn("bob", text)
+        self.assertIn("01234567", text)
+        self.assertIn("1m00s", text)
+        self.assertIn("backpressured", text)
+        self.assertIn("2 batches, 10 rows, 2.0 KiB", text)
+        self.assertIn("throttled: eve", text)
+        self.assertIn("sync: off", text)
+
+
+class CommandTests(unittest.TestCase):
+    """The commands against one running daemon."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.daemon = DaemonProcess(self)
+        yield self.daemon.start()
+        self.sock = ["--socket", self.daemon.socket_path]
+
+    def tearDown(self):
+        return self.daemon.stop()
+
+    @defer.inlineCallbacks
+    def test_send_then_listen_json(self):
+        """relay send exits 0 with the SEND id once stored (BODY as argument and
+        from stdin); relay listen --count 2 --json then prints both and exits 0."""
+        out, err, code = yield run_cli(["send", "--as", "alice", "--to", "bob",
+                                        "--thread", "t-9", "--data", '{"k": 2}',
+                                        "hello bob"] + self.sock)
+        self.assertEqual((code, err), (0, ""))
+        first_id = out.strip()
+        out, err, code = yield run_cli(["send", "--as", "alice", "--to", "bob"] + self.sock,
+                                       stdin=b"line one\nline two\n")
+        self.assertEqual(code, 0, err)
+        out, err, code = yield run_cli(["listen", "--as", "bob", "--count", "2", "--json"]
+                                       + self.sock)
+        self.assertEqual(code, 0, err)
+        messages = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual([m["body"] for m in messages], ["hello bob", "line one\nline two"])
+        self.assertEqual(messages[0]["data"], {"k": 2})
+        self.assertEqual(messages[0]["thread"], "t-9")
+        self.assertEqual(messages[0]["from"], "alice")
+        db = sqlite3.connect("file:{}?mode=ro".format(self.daemon.db_path), uri=True)
+        self.addCleanup(db.close)
+
+        def acked():
+            # The ACK reaches the file with the daemon's next batch.
+            (status,) = db.execute("SELECT d.status FROM deliveries d JOIN messages m "
+                                   "ON m.seq = d.message_seq WHERE m.send_id = ?",
+                                   (first_id,)).fetchone()
+            return status == "acked"
+        yield wait_for(acked)
+
+    @defer.inlineCallbacks
+    def test_live_listen_topic_and_status(self):
+        """A running relay listen (human format, with --topic) prints a direct
+        message and a topic broadcast as they arrive; relay status lists it."""
+        listener = spawn_cli(["listen", "--as", "bob", "--count", "2", "--topic", "news"]
+                             + self.sock)
+
+        @defer.inlineCallbacks
+        def bob_subscribed():
+            status = yield fetch_status(reactor, self.daemon.endpoint)
+            return any(a["name"] == "bob" and "news" in a.get("topics", [])
+                       for a in status["agents"])
+        yield wait_for(bob_subscribed)
+        out, err, code = yield run_cli(["status"] + self.sock)
+        self.assertEqual(code, 0, err)
+        self.assertIn("agents: 1", out)
+        self.assertIn("bob", out)
+        out, err, code = yield run_cli(["status", "--json"] + self.sock)
+        self.assertEqual([a["name"] for a in json.loads(out)["agents"]], ["bob"])
+        _, err, code = yield run_cli(["send", "--as", "alice", "--to", "bob", "direct"]
+                                     + self.sock)
+        self.assertEqual(code, 0, err)
+        _, err, code = yield run_cli(["send", "--as", "alice", "--to", "*", "--topic", "news",
+                                      "to subscribers"] + self.sock)
+        self.assertEqual(code, 0, err)
+        out, err, code = yield listener.ended
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 2, out)
+        self.assertTrue(lines[0].endswith("alice -> bob: direct"), lines[0])
+        self.assertTrue(lines[1].endswith("alice -> * #news: to subscribers"), lines[1])
+
+    @defer.inlineCallbacks
+    def test_history_while_running(self):
+        """relay history reads the store while the daemon runs, with filters and
+        --json, and the daemon keeps working afterwards."""
+        for sender, to, body, thread in [("alice", "bob", "one", "t1"),
+                                         ("bob", "alice", "two", "t1"),
+                                         ("alice", "carol", "three", None)]:
+            args = ["send", "--as", sender, "--to", to, body] + self.sock
+            if thread:
+                args += ["--thread", thread]
+            _, err, code = yield run_cli(args)
+            self.assertEqual(code, 0, err)
+        db = ["--db", self.daemon.db_path]
+        out, err, code = yield run_cli(["history"] + db)
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 3, out)
+        self.assertIn("alice -> bob [t1]: one", lines[0])
+        # bob's own `relay send` connection got it delivered (not ACKed).
+        self.assertRegex(lines[0], r"\[bob (pending|delivered)\]$")
+        out, _, code = yield run_cli(["history", "--json", "--from", "alice"] + db)
+        self.assertEqual([json.loads(l)["body"] for l in out.splitlines()], ["one", "three"])
+        out, _, _ = yield run_cli(["history", "--json", "--to", "alice"] + db)
+        self.assertEqual([json.loads(l)["body"] for l in out.splitlines()], ["two"])
+        out, _, _ = yield run_cli(["history", "--json", "--thread", "t1", "--limit", "1"] + db)
+        self.assertEqual([json.loads(l)["body"] for l in out.splitlines()], ["two"])
+        out, _, _ = yield run_cli(["history", "--json", "--since", "2999-01-01"] + db)
+        self.assertEqual(out, "")
+        out, _, _ = yield run_cli(["history", "--json", "--since", "2000-01-01T00:00Z"] + db)
+        self.assertEqual(len(out.splitlines()), 3)
+        _, err, code = yield run_cli(["send", "--as", "alice", "--to", "bob", "four"]
+                                     + self.sock)
+        self.assertEqual(code, 0, err)
+
+    @defer.inlineCallbacks
+    def test_bench(self):
+        """relay bench runs the load generator against the daemon and exits 0
+        when nothing was lost; without a terminal it prints plain progress lines."""
+        out, err, code = yield run_cli(["bench", "--messages", "300", "--window", "50"]
+                                       + self.sock)
+        self.assertEqual(code, 0, err)
+        self.assertIn("delivered/sent   300/300", out)
+        self.assertIn("latency p99", out)
+        self.assertIn("300/300 settled", err)
+        self.assertNotIn("\r", err)
+        out, err, code = yield run_cli(["bench", "--messages", "100", "--json"] + self.sock)
+        self.assertEqual(code, 0, err)
+        result = json.loads(out)
+        self.assertEqual((result["delivered"], result["lost"]), (100, 0))
+
+
+class ErrorTests(unittest.TestCase):
+    """One-line errors and the documented exit codes, without a daemon."""
+
+    @defer.inlineCallbacks
+    def test_unreachable(self):
+        """No daemon: send, listen, status and bench exit 3 with one line."""
+        missing = os.path.join(tempfile.mkdtemp(prefix="relay-cli-"), "none.sock")
+        for args in (["send", "--as", "a", "--to", "b", "x"], ["listen", "--as", "a"],
+                     ["status"], ["bench", "--messages", "1"]):
+            out, err, code = yield run_cli(args + ["--socket", missing])
+            self.assertEqual(code, 3, (args, err))
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertIn("none.sock", err)
+        # $RELAY_SOCKET is honoured.
+        _, err, code = yield run_cli(["status"], env={"RELAY_SOCKET": missing})
+        self.assertEqual(code, 3)
+        self.assertIn(missing, err)
+
+    @defer.inlineCallbacks
+    def test_bad_usage(self):
+        """Bad names, endpoints, JSON, times or a missing store: one line, exit 2 or 3."""
+        cases = [
+            (["send", "--as", "bad name", "--to", "b", "x"], 2, "invalid agent name"),
+            (["send", "--as", "a", "--to", "b", "--data", "[1]", "x"], 2, "JSON object"),
+            (["send", "--as", "a", "--to", "b", "--connect", "bogus:x", "x"], 2,
+             "bad endpoint"),
+            (["listen", "--as", "a", "--count", "0"], 2, "--count"),
+            (["history"], 2, "--db"),
+            (["history", "--db", "/nonexistent/relay.sqlite"], 3, "no store"),
+            (["history", "--db", "/dev/null", "--since", "soon"], 2, "ISO 8601"),
+        ]
+        for args, expected, text in cases:
+            _, err, code = yield run_cli(args, env={"RELAY_DB": ""})
+            self.assertEqual(code, expected, (args, err))
+            self.assertIn(text, err)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+
+    @defer.inlineCallbacks
+    def test_not_a_store(self):
+        """A SQLite file without the relay tables is refused with exit 1."""
+        path = os.path.abspath(self.mktemp())
+        sqlite3.connect(path).execute("CREATE TABLE other (x)").connection.commit()
+        _, err, code = yield run_cli(["history", "--db", path])
+        self.assertEqual(code, 1, err)
+        self.assertIn("not a relay store", err)
+
+
+class NackExitTests(unittest.TestCase):
+    """relay send exits 1 with the reason when the daemon refuses the message."""
+
+    @defer.inlineCallbacks
+    def test_nack(self):
+        """Over the rate limit with the reject policy, send exits 1 saying BUSY."""
+        daemon = DaemonProcess(self, extra_args=[
+            "--rate-limit-policy", "reject", "--rate-limit", "0.01", "--rate-burst", "1"])
+        yield daemon.start()
+        sock = ["--socket", daemon.socket_path]
+        codes = []
+        for body in ("one", "two", "three"):
+            _, err, code = yield run_cli(["send", "--as", "alice", "--to", "bob", body] + sock)
+            codes.append(code)
+        self.assertEqual(codes[0], 0)
+        self.assertIn(1, codes, "no send was refused")
+        self.assertIn("BUSY", err)
+        yield daemon.stop()
+
+
+class DeadLetterTests(unittest.TestCase):
+    """relay history --dead-letters."""
+
+    @defer.inlineCallbacks
+    def test_dead_letters(self):
+        """A message the sync target refused for good is listed with its reason."""
+        daemon = DaemonProcess(self)
+        yield daemon.start()
+        out, err, code = yield run_cli(["send", "--as", "alice", "--to", "bob", "poison",
+                                        "--socket", daemon.socket_path])
+        self.assertEqual(code, 0, err)
+        yield daemon.stop()
+        db = sqlite3.connect(daemon.db_path)
+        seq, mid = db.execute("SELECT seq, id FROM messages WHERE send_id = ?",
+                              (out.strip(),)).fetchone()
+        db.execute("INSERT INTO dead_letters (message_seq, id, reason, ts) VALUES (?, ?, ?, ?)",
+                   (seq, mid, "400: body too long", 0))
+        db.commit()
+        db.close()
+        out, err, code = yield run_cli(["history", "--db", daemon.db_path, "--dead-letters"])
+        self.assertEqual(code, 0, err)
+        self.assertIn("alice -> bob: poison", out)
+        self.assertIn("400: body too long", out)
+        out, _, _ = yield run_cli(["history", "--db", daemon.db_path, "--dead-letters",
+                                   "--json"])
+        self.assertEqual(json.loads(out)["reason"], "400: body too long")
