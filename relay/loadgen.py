@@ -495,6 +495,7 @@ class _Run:
         self.settled = 0
         self.latencies = array("d")
         self.errors = []
+        self.cpu_s = 0.0
         self.selector = selectors.DefaultSelector()
         self.senders = []
         self.receivers_ = []
@@ -539,6 +540,7 @@ class _Run:
 
     def loop(self):
         started = time.monotonic()
+        cpu_started = time.process_time()
         last_activity = started
         next_progress = started
         total = self.messages
@@ -585,6 +587,9 @@ class _Run:
             if all(c.closed for c in senders) or all(c.closed for c in receivers):
                 break
         elapsed = time.monotonic() - started
+        # How busy this process was: near 1.0 means the load generator, not the
+        # daemon, may be the limit.
+        self.cpu_s = time.process_time() - cpu_started
         if self.progress is not None:
             self.progress(self.settled, total)
         return elapsed
@@ -625,6 +630,7 @@ class _Run:
             "send_frames": self.frames_sent,
             "foreign": self.foreign,
             "elapsed_s": elapsed,
+            "loadgen_cpu": (self.cpu_s / elapsed) if elapsed > 0 else 0.0,
             "msgs_per_s": (self.delivered / elapsed) if elapsed > 0 else 0.0,
             "p50_ms": ms(p50),
             "p90_ms": ms(p90),

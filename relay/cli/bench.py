@@ -117,7 +117,8 @@ def result_rows(result):
         ("receipts", str(result["receipts"])),
         ("NACK frames", "{} {}".format(result["nacked"], result["nack_codes"] or "").strip()),
         ("BUSY frames", str(result["busy_frames"])),
-        ("elapsed", "{:.2f} s".format(result["elapsed_s"])),
+        ("elapsed", "{:.2f} s (load generator CPU {:.0%})".format(
+            result["elapsed_s"], result.get("loadgen_cpu", 0.0))),
         ("msg/s delivered", "{:,.0f}".format(result["msgs_per_s"])),
         ("latency p50", _ms(result["p50_ms"])),
         ("latency p90", _ms(result.get("p90_ms"))),
