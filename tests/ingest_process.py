@@ -59,13 +59,13 @@ class IngestProcess:
         """
         self.reactor = reactor
         self.dsn = dsn
+        # port and url may be changed before start() (to restart on the
+        # same port).
         self.port = freePort()
+        self.tls = tls
         if tls is None:
-            self.listen = "tcp:%d:interface=127.0.0.1" % (self.port,)
             self.url = "http://127.0.0.1:%d" % (self.port,)
         else:
-            self.listen = "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
-                self.port, tls[0], tls[1])
             self.url = "https://localhost:%d" % (self.port,)
         self.agent = agent
         self.extraArgs = list(extraArgs)
@@ -88,7 +88,7 @@ class IngestProcess:
         env.pop("RELAY_POSTGRES_DSN", None)
         args = [
             TWISTD, "-n", "--pidfile=", "relay-ingest",
-            "--listen", self.listen,
+            "--listen", self.listenDescription(),
             "--postgres", self.dsn,
         ] + self.extraArgs
         self.collector = _Collector()
@@ -114,6 +114,12 @@ class IngestProcess:
                 raise RuntimeError("relay-ingest not healthy within %ss:\n%s"
                                    % (self.startTimeout, self.output()))
             yield task.deferLater(self.reactor, 0.1, lambda: None)
+
+    def listenDescription(self):
+        if self.tls is None:
+            return "tcp:%d:interface=127.0.0.1" % (self.port,)
+        return "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
+            self.port, self.tls[0], self.tls[1])
 
     def peakMemoryBytes(self):
         """
