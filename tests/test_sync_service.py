@@ -460,3 +460,36 @@ class CursorTests(unittest.TestCase):
             self.assertIn(key, stats)
         self.assertEqual(stats["synced"], 5)
         self.assertLess(stats["bytes_wire"], stats["bytes_raw"])
+
+
+class ReadRaceTests(unittest.TestCase):
+    """
+    Commits announced while a store read is out.
+    """
+
+    def test_commit_during_empty_read_is_not_forgotten(self):
+        """
+        A read that comes back empty does not erase a commit announced while
+        it was out: the new rows are read and sent.
+        """
+        from twisted.internet import defer
+
+        source = FakeSyncSource()
+        pending = []
+        real_read = source.read_messages_after
+
+        def slow_read(seq, limit):
+            d = defer.Deferred()
+            pending.append((d, real_read(seq, limit)))
+            return d
+
+        h = Harness(self, source=source, batch_size=10, batch_delay=0.0)
+        source.read_messages_after = slow_read
+        h.service._committed(1)      # an announcement that the read will not see
+        self.assertEqual(len(pending), 1)
+        source.add(3)                 # committed (and announced) while the read is out
+        d, _ = pending.pop()
+        source.read_messages_after = real_read
+        d.callback([])                # the read's snapshot predates the commit
+        h.settle()
+        self.assertEqual(len(h.stub.unique), 3)

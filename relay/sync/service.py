@@ -222,7 +222,7 @@ class SyncService(service.Service):
         limit = int(max(1, min(MAX_PAGE, room // self._avg_size)))
         self._reading = True
         d = self.source.read_messages_after(self._read_pos, limit)
-        d.addCallbacks(self._got_rows, self._read_failed, callbackArgs=(limit,))
+        d.addCallbacks(self._got_rows, self._read_failed, callbackArgs=(self._known_max,))
 
     def _read_failed(self, failure):
         self._reading = False
@@ -231,12 +231,13 @@ class SyncService(service.Service):
         if self.running:
             self._retry_read_call = self.clock.callLater(1.0, self._pump)
 
-    def _got_rows(self, rows, limit):
+    def _got_rows(self, rows, known_at_start):
         self._reading = False
         if not self.running:
             return
-        if not rows:
-            # Nothing after read_pos yet: wait for the next commit.
+        if not rows and self._known_max == known_at_start:
+            # Nothing after read_pos (a gap in seqs): wait for the next
+            # commit.  A commit announced during the read keeps its claim.
             self._known_max = self._read_pos
         added = 0
         for row in rows:
