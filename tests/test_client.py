@@ -484,3 +484,17 @@ class CancelTests(unittest.TestCase):
         self.assertEqual(h.client.pending_sends, 0)
         h.client.close()
         h.drop()
+
+
+class EarlyCloseTests(unittest.TestCase):
+    """close() before the handshake finished."""
+
+    def test_close_during_handshake(self):
+        """The start() Deferred fails with ClientClosed instead of hanging."""
+        h = Harness(self)
+        d = h.client.start()
+        h.accept()
+        closed = h.client.close()
+        h.drop()
+        self.successResultOf(closed)
+        self.failureResultOf(d, ClientClosed)

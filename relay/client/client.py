@@ -188,8 +188,7 @@ class Client:
         first = self._first
         if first is not None and not first.called:
             # The first connection fails fast with the reason.
-            self._finish(ClientClosed("could not connect: {}".format(error)))
-            first.errback(error)
+            self._finish(ClientClosed("could not connect: {}".format(error)), first_error=error)
             return
         self._attempt += 1
         if not self._reconnect or (self._max_attempts is not None
@@ -289,9 +288,8 @@ class Client:
             first = self._first
             if not first.called:
                 self._cancel_timeout()
-                self._finish(ClientClosed(str(error)))
+                self._finish(ClientClosed(str(error)), first_error=error)
                 proto.transport.loseConnection()
-                first.errback(error)
                 return
             self.log.error("{agent}: {error}", agent=self.agent_name, error=str(error))
             proto.transport.loseConnection()
@@ -524,8 +522,11 @@ class Client:
             self._finish(ClientClosed("the client was closed"))
         return d
 
-    def _finish(self, error):
-        """Become CLOSED; fail whatever still waits with ``error``."""
+    def _finish(self, error, first_error=None):
+        """
+        Become CLOSED; fail whatever still waits with ``error`` (the first
+        connection's Deferred with ``first_error`` if given).
+        """
         self.state = CLOSED
         self._cancel_timeout()
         pending, self._pending = self._pending, collections.OrderedDict()
@@ -538,6 +539,10 @@ class Client:
         waiters, self._close_waiters = self._close_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+        first = self._first
+        if first is not None and not first.called:
+            # The first connection failed, or close() came before WELCOME.
+            first.errback(first_error or ClientClosed(str(error)))
 
 
 def connect(reactor, endpoint_string, agent_name, *, on_message=None, reconnect=True,
