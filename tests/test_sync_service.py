@@ -493,3 +493,79 @@ class ReadRaceTests(unittest.TestCase):
         d.callback([])                # the read's snapshot predates the commit
         h.settle()
         self.assertEqual(len(h.stub.unique), 3)
+
+
+class ReplayTests(unittest.TestCase):
+    """
+    Spill files meeting refusals when they are re-sent.
+    """
+
+    def spilled(self, count=6):
+        """
+        A harness whose first batch of C{count} went to a spill file.
+        """
+        h = Harness(self, batch_size=count, batch_delay=0.0, retries=0, spill_retry_interval=30.0)
+        h.stub.status = 503
+        h.source.add(count)
+        h.settle()
+        self.assertEqual(h.spill.files, 1)
+        h.stub.status = None
+        return h
+
+    def test_400_in_spill_file(self):
+        """
+        A spill file holding a message the ingest names in a 400: that one
+        goes to the dead letters, the rest arrive, no file is left.
+        """
+        h = self.spilled()
+        h.stub.reject = {"msg-00000002": "kind"}
+        h.advance(30.0)
+        h.advance(0)
+        self.assertEqual(list(h.source.dead), [2])
+        self.assertEqual(len(h.stub.unique), 5)
+        self.assertEqual(h.spill.files, 0)
+        self.assertEqual(os.listdir(h.spill_dir), [])
+
+    def test_413_splits_spill_file(self):
+        """
+        A spill file refused as too large is rewritten as two halves (the
+        original goes only after both are on disk) until all is taken.
+        """
+        h = self.spilled(8)
+        h.stub.max_messages = 2
+        h.advance(30.0)
+        self.assertEqual(len(h.stub.unique), 8)
+        self.assertTrue(all(n <= 2 for n in h.stub.sizes(200)))
+        self.assertEqual(os.listdir(h.spill_dir), [])
+
+    def test_401_in_replay_stops(self):
+        """
+        A 401 while re-sending a spill file stops sync and keeps the file.
+        """
+        h = self.spilled()
+        h.stub.key = "rotated"
+        h.advance(30.0)
+        self.assertEqual(h.service.state, UNAUTHORIZED)
+        self.assertEqual(h.spill.files, 1)
+        h.source.add(3)
+        h.advance(60.0)
+        self.assertEqual(h.stub.unique, set())
+
+    def test_replay_alternates_with_live(self):
+        """
+        While spill files are re-sent, live batches that are ready go out in
+        between, so a long replay does not stall new messages.
+        """
+        h = Harness(self, batch_size=2, batch_delay=0.0, retries=0, spill_retry_interval=30.0)
+        h.stub.status = 503
+        h.source.add(6)
+        h.settle()
+        self.assertEqual(h.spill.files, 3)
+        h.stub.status = None
+        h.source.add(4)
+        h.advance(30.0)
+        order = [m["id"] for doc in h.stub.docs() for m in doc["messages"]][-10:]
+        self.assertEqual(len(h.stub.unique), 10)
+        live_positions = [order.index("msg-{:08d}".format(i)) for i in (7, 9)]
+        spill_positions = [order.index("msg-{:08d}".format(i)) for i in (1, 3, 5)]
+        self.assertLess(min(live_positions), max(spill_positions))
