@@ -15,8 +15,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from relay.client import (
-    Client, ClientClosed, ConnectFailed, HandshakeRefused, SendRefused, connect,
-    default_endpoint)
+    Client, ClientClosed, ConnectFailed, HandshakeRefused, ProtocolViolation, SendRefused,
+    connect, default_endpoint, fetch_status)
 
 
 def decode_frames(transport):
@@ -498,3 +498,56 @@ class EarlyCloseTests(unittest.TestCase):
         h.drop()
         self.successResultOf(closed)
         self.failureResultOf(d, ClientClosed)
+
+
+class FetchStatusTests(unittest.TestCase):
+    """fetch_status: the STATUS request without HELLO."""
+
+    def start(self, timeout=5.0):
+        self.reactor = MemoryReactorClock()
+        self.d = fetch_status(self.reactor, "unix:/nowhere/relay.sock", timeout=timeout)
+        factory = self.reactor.unixClients[-1][1]
+        self.proto = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        (request,) = decode_frames(self.transport)
+        return request
+
+    def reply(self, env):
+        self.proto.dataReceived(encode(env))
+
+    def test_reply(self):
+        """STATUS goes out first (no HELLO); the reply with the same id is the
+        result, then the client says BYE."""
+        request = self.start()
+        self.assertEqual(request["type"], "STATUS")
+        self.reply({"v": 1, "type": "STATUS_REPLY", "id": "other", "payload": {"x": 0}})
+        self.assertNoResult(self.d)
+        self.reply({"v": 1, "type": "STATUS_REPLY", "id": request["id"],
+                    "payload": {"agents": [], "uptime_s": 1.0}})
+        self.assertEqual(self.successResultOf(self.d), {"agents": [], "uptime_s": 1.0})
+        self.assertEqual([f["type"] for f in decode_frames(self.transport)], ["BYE"])
+
+    def test_old_daemon(self):
+        """A daemon without the extension answers ERROR: a clear ProtocolViolation."""
+        self.start()
+        self.reply({"v": 1, "type": "ERROR", "payload": {"code": "BAD_REQUEST",
+                                                         "message": "HELLO first"}})
+        error = self.failureResultOf(self.d, ProtocolViolation).value
+        self.assertIn("does not answer STATUS", str(error))
+
+    def test_timeout(self):
+        """No reply within the timeout fails with ConnectFailed('timeout')."""
+        self.start(timeout=2)
+        self.reactor.advance(2.1)
+        self.assertEqual(self.failureResultOf(self.d, ConnectFailed).value.reason, "timeout")
+
+    def test_refused(self):
+        """A refused connection fails with ConnectFailed('refused')."""
+        reactor = MemoryReactorClock()
+        d = fetch_status(reactor, "unix:/nowhere/relay.sock")
+        factory = reactor.unixClients[-1][1]
+        factory.clientConnectionFailed(reactor.connectors[-1],
+                                       Failure(ConnectionRefusedError()))
+        self.assertEqual(self.failureResultOf(d, ConnectFailed).value.reason, "refused")
+        self.assertEqual(reactor.getDelayedCalls(), [])
