@@ -77,11 +77,17 @@ class IngestProcess:
     def output(self):
         return b"".join(self.collector.output).decode("utf-8", "replace")
 
-    @defer.inlineCallbacks
     def start(self):
         """
-        Spawn the process and wait until C{/healthz} answers 200, polling
-        with a bound of L{startTimeout} seconds.
+        Spawn the process and wait until C{/healthz} answers 200 (see
+        L{waitHealthy}).
+        """
+        self.spawn()
+        return self.waitHealthy()
+
+    def spawn(self):
+        """
+        Spawn C{twistd -n relay-ingest} with the plugin from this tree.
         """
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -94,26 +100,43 @@ class IngestProcess:
         self.collector = _Collector()
         self.transport = self.reactor.spawnProcess(
             self.collector, TWISTD, args, env=env, path=REPO_ROOT)
+
+    def getHealth(self):
+        """
+        GET /healthz; fires with the response (body read), or fails.
+        """
+        if self.agent is not None:
+            d = treq.get(self.url + "/healthz", timeout=2, agent=self.agent)
+        else:
+            d = treq.get(self.url + "/healthz", timeout=2, pool=self.httpPool)
+
+        def read(response):
+            return response.content().addCallback(lambda _: response)
+        return d.addCallback(read)
+
+    @defer.inlineCallbacks
+    def waitHealth(self, code):
+        """
+        Poll C{/healthz} until it answers C{code}, with a bound of
+        L{startTimeout} seconds; fire with that response.
+        """
         deadline = self.reactor.seconds() + self.startTimeout
         while True:
             if self.collector.ended.called:
-                raise RuntimeError("relay-ingest exited during startup:\n" + self.output())
+                raise RuntimeError("relay-ingest exited:\n" + self.output())
             try:
-                if self.agent is not None:
-                    response = yield treq.get(self.url + "/healthz", timeout=2,
-                                              agent=self.agent)
-                else:
-                    response = yield treq.get(self.url + "/healthz", timeout=2,
-                                              pool=self.httpPool)
-                yield response.content()
-                if response.code == 200:
-                    return
+                response = yield self.getHealth()
+                if response.code == code:
+                    return response
             except Exception:
                 pass
             if self.reactor.seconds() > deadline:
-                raise RuntimeError("relay-ingest not healthy within %ss:\n%s"
-                                   % (self.startTimeout, self.output()))
+                raise RuntimeError("relay-ingest /healthz not %d within %ss:\n%s"
+                                   % (code, self.startTimeout, self.output()))
             yield task.deferLater(self.reactor, 0.1, lambda: None)
+
+    def waitHealthy(self):
+        return self.waitHealth(200)
 
     def listenDescription(self):
         if self.tls is None:

@@ -365,6 +365,45 @@ class PostgresOutageTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual(self.count(), 1600)
 
 
+class PostgresDownAtStartTests(_ServiceMixin, unittest.TestCase):
+    """
+    The service started while PostgreSQL is unreachable (through the same
+    cut proxy as L{PostgresOutageTests}).
+    """
+
+    def setUp(self):
+        self.dsn = testDatabaseDSN(self)
+        truncate(self.dsn)
+        parts = parse_dsn(self.dsn)
+        self.proxy = CuttableProxy(reactor, parts.get("host", "127.0.0.1"),
+                                   int(parts.get("port", 5432)))
+        self.addCleanup(self.proxy.stop)
+        self.key = self.createKey(WS)
+        self.service = IngestProcess(reactor, self.serviceDSN(), self.extraArgs)
+        self.addCleanup(self.service.stop)
+        self.service.spawn()
+
+    def serviceDSN(self):
+        return make_dsn(self.dsn, host="127.0.0.1", port=str(self.proxy.port))
+
+    @defer.inlineCallbacks
+    def test_startsWithoutPostgres(self):
+        """
+        The service comes up and answers 503 with Retry-After (health and
+        sync) while PostgreSQL is away, then prepares its schema and serves
+        by itself once PostgreSQL is reachable.
+        """
+        response = yield self.service.waitHealth(503)
+        self.assertTrue(response.headers.getRawHeaders(b"Retry-After"))
+        code, body, headers = yield self.post(batch([makeMessage(1)]))
+        self.assertEqual(code, 503, body)
+        self.assertTrue(headers.getRawHeaders(b"Retry-After"))
+        self.proxy.start()
+        yield self.service.waitHealthy()
+        code, body, _ = yield self.post(batch([makeMessage(1)]))
+        self.assertEqual((code, body), (200, {"synced": 1, "duplicates": 0}))
+
+
 def selfSignedCertificate(directory):
     """
     Write a key and a self-signed certificate for "localhost" into

@@ -148,7 +148,7 @@ class IngestRequest(server.Request):
             site.maxInflatedBytes,
             encoding,
             length,
-            discard=not auth.startswith(b"Bearer "),
+            discard=not auth[:7].lower() == b"bearer ",
             metrics=site.metrics,
         )
 
@@ -251,10 +251,10 @@ class SyncResource(Resource):
 
     async def _authenticate(self, request):
         header = request.getHeader(b"Authorization") or b""
-        if not header.startswith(b"Bearer "):
+        if header[:7].lower() != b"bearer ":
             raise BadRequest(401, "missing Authorization: Bearer <key> header")
         try:
-            key = header[len(b"Bearer "):].strip().decode("ascii")
+            key = header[7:].strip().decode("ascii")
         except UnicodeDecodeError:
             key = ""
         keyId = keys.parseKey(key)
