@@ -551,3 +551,37 @@ class FetchStatusTests(unittest.TestCase):
                                        Failure(ConnectionRefusedError()))
         self.assertEqual(self.failureResultOf(d, ConnectFailed).value.reason, "refused")
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class FatalErrorTests(unittest.TestCase):
+    """A fatal ERROR on an active connection."""
+
+    def test_replaced_not_reconnecting(self):
+        """Replaced by a newer connection of the same name: the client closes
+        (when_closed fires with the reason), fails waiting sends, and does not
+        reconnect to throw the newer one out."""
+        h = Harness(self)
+        h.client.start()
+        h.accept()
+        h.welcome()
+        closed = h.client.when_closed()
+        d = h.client.send("bob", "x")
+        h.feed("ERROR", {"code": "BAD_REQUEST", "fatal": True,
+                         "message": "replaced by a newer connection for agent alice"})
+        h.drop()
+        reason = self.successResultOf(closed)
+        self.assertIsInstance(reason, ClientClosed)
+        self.assertIn("replaced by a newer connection", str(reason))
+        self.assertIn("replaced", str(self.failureResultOf(d, ClientClosed).value))
+        h.reactor.advance(60)
+        self.assertEqual(h.attempts(), 1)
+        self.assertIs(self.successResultOf(h.client.when_closed()), reason)
+
+    def test_non_fatal_error_keeps_going(self):
+        """A non-fatal ERROR is logged; the connection and client stay up."""
+        h = Harness(self)
+        h.client.start()
+        h.accept()
+        h.welcome()
+        h.feed("ERROR", {"code": "BAD_REQUEST", "fatal": False, "message": "odd frame"})
+        self.assertEqual(h.client.state, "active")

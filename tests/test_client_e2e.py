@@ -253,3 +253,31 @@ class RestartTests(unittest.TestCase):
         queued = alice.send("bob", "never")
         yield alice.close()
         yield self.assertFailure(queued, ClientClosed)
+
+
+class SameNameTests(unittest.TestCase):
+    """Two clients with one agent name do not fight."""
+
+    @defer.inlineCallbacks
+    def test_newer_connection_wins(self):
+        """The older client is closed with the daemon's reason and stays
+        closed; the newer one keeps its first connection and receives."""
+        daemon = DaemonProcess(self)
+        yield daemon.start()
+        policy = lambda attempt: 0.05  # noqa: E731
+        old = yield connect(reactor, daemon.endpoint, "bob", retry_policy=policy)
+        new = yield connect(reactor, daemon.endpoint, "bob", retry_policy=policy)
+        try:
+            reason = yield old.when_closed()
+            self.assertIn("replaced", str(reason))
+            yield sleep(0.5)
+            self.assertEqual((old.state, new.state, new.connections),
+                             ("closed", "active", 1))
+            alice = yield connect(reactor, daemon.endpoint, "alice")
+            yield alice.send("bob", "to the newer bob")
+            yield alice.close()
+            message = yield new.next_message()
+            self.assertEqual(message.body, "to the newer bob")
+        finally:
+            yield new.close()
+            yield daemon.stop()

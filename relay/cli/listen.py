@@ -136,6 +136,11 @@ def _listen(reactor, args, endpoint):
             return _fail(EXIT_FAILED, str(e))
         for topic in args.topic:
             client.subscribe(topic)
+
+        def closed(reason):
+            if not finished.called:
+                finished.callback(_fail(EXIT_FAILED, str(reason)))
+        client.when_closed().addCallback(closed)
         sys.stderr.write("relay listen: listening as {} on {}{}\n".format(
             args.agent, endpoint, " (topics: {})".format(", ".join(args.topic))
             if args.topic else ""))

@@ -25,6 +25,9 @@ restarts.
   the message out. A callback that fails is logged and its message is not ACKed,
   so the daemon delivers it again after its ack timeout. Redeliveries of an id
   already handled are ACKed again and not passed on.
+- A fatal ERROR on an active connection (the daemon's way of saying a newer
+  connection took this agent name) closes the client instead of reconnecting:
+  two clients with one name would otherwise throw each other out forever.
 """
 
 import collections
@@ -112,6 +115,9 @@ class Client:
         self._retry_call = None
         self._first = None
         self._close_waiters = []
+        self._closed_watchers = []
+        self._fatal = None
+        self.close_reason = None    # the ClientClosed error once CLOSED
         self._pending = collections.OrderedDict()   # SEND id -> _PendingSend
         self._topics = {}                            # ordered set
         self._seen = collections.OrderedDict()       # DELIVER id -> "running" | "done"
@@ -297,6 +303,11 @@ class Client:
         self.log.warn("{agent}: daemon ERROR {code}: {message}{fatal}", agent=self.agent_name,
                       code=code, message=message,
                       fatal=" (fatal)" if payload.get("fatal") else "")
+        if payload.get("fatal") and self.state == ACTIVE:
+            # The daemon is closing this connection on purpose, e.g. a newer
+            # connection took this agent name: reconnecting would throw that one
+            # out in turn, so this client stops instead.
+            self._fatal = "the daemon closed the connection: {} {}".format(code, message)
 
     def connection_lost(self, proto, reason):
         if proto is not self._proto:
@@ -319,6 +330,11 @@ class Client:
                 error = ConnectFailed("the daemon closed the connection during HELLO ({})"
                                       .format(self.endpoint_string), "closed")
             self._attempt_failed(error)
+            return
+        if self.state == ACTIVE and self._fatal:
+            self.log.error("{agent}: {why}; not reconnecting", agent=self.agent_name,
+                           why=self._fatal)
+            self._finish(ClientClosed(self._fatal))
             return
         if self.state == ACTIVE:
             self.log.info("{agent}: connection to the daemon lost ({why}); {n} SENDs wait",
@@ -522,12 +538,26 @@ class Client:
             self._finish(ClientClosed("the client was closed"))
         return d
 
+    def when_closed(self):
+        """
+        A Deferred firing with the ``ClientClosed`` error (as its result, not a
+        failure) once this client is closed for good: by ``close()``, by a fatal
+        ERROR such as a newer connection taking the name, or after giving up
+        reconnecting.
+        """
+        if self.state == CLOSED:
+            return defer.succeed(self.close_reason)
+        d = defer.Deferred()
+        self._closed_watchers.append(d)
+        return d
+
     def _finish(self, error, first_error=None):
         """
         Become CLOSED; fail whatever still waits with ``error`` (the first
         connection's Deferred with ``first_error`` if given).
         """
         self.state = CLOSED
+        self.close_reason = error
         self._cancel_timeout()
         pending, self._pending = self._pending, collections.OrderedDict()
         for item in pending.values():
@@ -539,6 +569,9 @@ class Client:
         waiters, self._close_waiters = self._close_waiters, []
         for waiter in waiters:
             waiter.callback(None)
+        watchers, self._closed_watchers = self._closed_watchers, []
+        for watcher in watchers:
+            watcher.callback(error)
         first = self._first
         if first is not None and not first.called:
             # The first connection failed, or close() came before WELCOME.
