@@ -218,3 +218,57 @@ class HelpersTests(unittest.TestCase):
                        {"RELAY_SYNC_KEY": "k"})
         self.assertEqual(config["sync-batch-size"], 10)
         self.assertEqual(config["spill-dir"], "/tmp/x.sqlite.sync-spill")
+
+
+class MakeServiceTests(unittest.TestCase):
+    """
+    L{make_sync_service} from parsed options.
+    """
+
+    def config(self, *args):
+        self.patch(os, "environ", {"RELAY_SYNC_KEY": "k1"})
+        config = Options()
+        config.parseOptions(["--db", os.path.abspath(self.mktemp())] + list(args))
+        return config
+
+    def test_none_without_url(self):
+        """
+        Without --sync-url there is no sync service.
+        """
+        from twisted.internet import reactor
+
+        from relay.sync.service import make_sync_service
+        self.assertIsNone(make_sync_service(self.config(), object(), reactor))
+
+    def test_service_from_options(self):
+        """
+        The options reach the service, which reports them in its stats.
+        """
+        from twisted.internet import reactor
+
+        from relay.sync.service import make_sync_service
+        from tests.sync_support import FakeSyncSource
+        config = self.config("--sync-url", "http://127.0.0.1:1", "--workspace-id", WORKSPACE,
+                             "--sync-batch-size", "7", "--sync-batch-delay-ms", "50")
+        service = make_sync_service(config, FakeSyncSource(), reactor)
+        self.addCleanup(service.poster.close)
+        self.assertEqual((service.batch_size, service.batch_delay), (7, 0.05))
+        self.assertEqual(service.poster.url, "http://127.0.0.1:1" + SYNC_PATH)
+        self.assertEqual(service.stats()["workspace_id"], WORKSPACE)
+        self.assertTrue(os.path.isdir(config["spill-dir"]))
+
+    def test_unusable_spill_dir(self):
+        """
+        A spill directory that cannot be created stops startup with one
+        line, not a traceback.
+        """
+        from twisted.internet import reactor
+
+        from relay.sync.service import make_sync_service
+        blocker = os.path.abspath(self.mktemp())
+        open(blocker, "w").close()
+        config = self.config("--sync-url", "http://127.0.0.1:1", "--workspace-id", WORKSPACE,
+                             "--spill-dir", os.path.join(blocker, "spill"))
+        e = self.assertRaises(SystemExit, make_sync_service, config, object(), reactor)
+        self.assertIn("cannot use --spill-dir", str(e))
+        self.assertNotIn("\n", str(e))

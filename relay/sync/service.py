@@ -634,6 +634,8 @@ def make_sync_service(config, store, reactor):
     Build the sync service from checked options (L{relay.sync.options.check}).
 
     @return: an C{IService}, or None when C{--sync-url} was not given.
+    @raise SystemExit: with a one-line reason when the spill directory
+        cannot be created or read.
     """
     if not config.get("sync-url"):
         return None
@@ -642,7 +644,11 @@ def make_sync_service(config, store, reactor):
     client, pool = make_treq_client(reactor, config.get("sync-ca-file"))
     poster = Poster(reactor, config["sync-endpoint"], config["sync-key"], config["sync-timeout"],
                     config["sync-compress-threshold"], client, pool)
-    spill = SpillDir(config["spill-dir"], config["spill-max-bytes"], reactor)
+    try:
+        spill = SpillDir(config["spill-dir"], config["spill-max-bytes"], reactor)
+    except OSError as e:
+        raise SystemExit("relay: cannot use --spill-dir {}: {}".format(
+            config["spill-dir"], e.strerror or e))
     backoff = Backoff(config["sync-retry-delay-ms"] / 1000.0, rng=random.Random())
     return SyncService(
         store, poster, spill, reactor, backoff,
