@@ -31,6 +31,19 @@ def wait_for(condition, bound=10.0, step=0.02):
         yield sleep(step)
 
 
+@defer.inlineCallbacks
+def wait_for_status(endpoint, condition, bound=10.0):
+    """Poll STATUS until ``condition(status)``; return that status."""
+    deadline = reactor.seconds() + bound
+    while True:
+        status = yield fetch_status(reactor, endpoint)
+        if condition(status):
+            return status
+        if reactor.seconds() > deadline:
+            raise AssertionError("status condition not met: {}".format(status))
+        yield sleep(0.05)
+
+
 class ClientDaemonTests(unittest.TestCase):
     """The client library through a real daemon."""
 
@@ -99,6 +112,12 @@ class ClientDaemonTests(unittest.TestCase):
         self.assertEqual([m.body for m in bob_inbox], ["everyone", "news only"])
         self.assertEqual([m.body for m in carol_inbox], ["everyone"])
         self.assertTrue(all(m.is_broadcast for m in bob_inbox))
+        bob.unsubscribe("news")
+        yield bob.status()
+        yield alice.broadcast("news again", topic="news")
+        yield alice.send("bob", "direct")
+        yield wait_for(lambda: len(bob_inbox) == 3)
+        self.assertEqual(bob_inbox[-1].body, "direct")
 
     @defer.inlineCallbacks
     def test_status(self):
@@ -110,6 +129,10 @@ class ClientDaemonTests(unittest.TestCase):
         self.assertEqual(names, ["alice"])
         self.assertIn("store", status)
         self.assertIn("uptime_s", status)
+        # close() says BYE: the daemon forgets the agent.
+        yield self.clients.pop().close()
+        status = yield wait_for_status(self.daemon.endpoint, lambda s: not s["agents"])
+        self.assertEqual(status["agents"], [])
 
     @defer.inlineCallbacks
     def test_connect_errors(self):
