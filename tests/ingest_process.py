@@ -224,5 +224,21 @@ class CuttableProxy:
     def restore(self):
         self.start()
 
+    def freeze(self):
+        """
+        Stop forwarding in both directions on every open connection without
+        closing any: PostgreSQL seems hung.
+        """
+        for server in list(self.factory.servers):
+            server.transport.pauseProducing()
+            if server.peer is not None:
+                server.peer.transport.pauseProducing()
+
+    def thaw(self):
+        for server in list(self.factory.servers):
+            server.transport.resumeProducing()
+            if server.peer is not None:
+                server.peer.transport.resumeProducing()
+
     def stop(self):
         return self.cut()

@@ -365,6 +365,55 @@ class PostgresOutageTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual(self.count(), 1600)
 
 
+class PostgresHungTests(_ServiceMixin, unittest.TestCase):
+    """
+    PostgreSQL that stops answering without closing its connections,
+    simulated by freezing the loopback proxy of L{PostgresOutageTests}.
+    """
+
+    extraArgs = LIMIT_ARGS + ["--db-timeout", "1", "--pool-size", "2"]
+
+    def setUp(self):
+        self.dsn = testDatabaseDSN(self)
+        parts = parse_dsn(self.dsn)
+        self.proxy = CuttableProxy(reactor, parts.get("host", "127.0.0.1"),
+                                   int(parts.get("port", 5432)))
+        self.proxy.start()
+        self.addCleanup(self.proxy.stop)
+        return _ServiceMixin.setUp(self)
+
+    def serviceDSN(self):
+        return make_dsn(self.dsn, host="127.0.0.1", port=str(self.proxy.port))
+
+    @defer.inlineCallbacks
+    def test_hungDatabase(self):
+        """
+        While PostgreSQL does not answer, requests get 503 with Retry-After
+        after --db-timeout instead of hanging; once it answers again, the
+        batch is accepted, exactly once.
+        """
+        code, _, _ = yield self.post(batch([makeMessage(0)]))
+        self.assertEqual(code, 200)
+        self.proxy.freeze()
+        started = reactor.seconds()
+        code, body, headers = yield self.post(batch([makeMessage(i) for i in range(1, 20)]))
+        self.assertEqual(code, 503, body)
+        self.assertTrue(headers.getRawHeaders(b"Retry-After"))
+        self.assertLess(reactor.seconds() - started, 10)
+        response = yield self.service.getHealth()
+        self.assertEqual(response.code, 503)
+        self.proxy.thaw()
+        deadline = reactor.seconds() + 30
+        while True:
+            code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1, 20)]))
+            if code == 200 or reactor.seconds() > deadline:
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(code, 200, body)
+        self.assertEqual(body["synced"] + body["duplicates"], 19)
+        self.assertEqual(self.count(), 20)
+
+
 class PostgresDownAtStartTests(_ServiceMixin, unittest.TestCase):
     """
     The service started while PostgreSQL is unreachable (through the same

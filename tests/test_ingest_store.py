@@ -342,3 +342,60 @@ class ConcurrentBatchesTests(unittest.TestCase):
             results = yield defer.gatherResults(ds, consumeErrors=True)
             self.assertEqual(sum(r[0] for r in results), 600)
             self.assertEqual(sum(r[1] for r in results), 1800)
+
+
+class DeadlineTests(unittest.TestCase):
+    """
+    L{db.withDeadline} and L{db.withKeepalives}.
+    """
+
+    def test_inTime(self):
+        """
+        A result before the deadline passes through and the timer is gone.
+        """
+        from twisted.internet.task import Clock
+        clock = Clock()
+        d = defer.Deferred()
+        r = db.withDeadline(d, 5, clock)
+        clock.advance(4)
+        d.callback("ok")
+        self.assertEqual(self.successResultOf(r), "ok")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_failureInTime(self):
+        """
+        A failure before the deadline passes through.
+        """
+        from twisted.internet.task import Clock
+        clock = Clock()
+        d = defer.Deferred()
+        r = db.withDeadline(d, 5, clock)
+        d.errback(ValueError("x"))
+        self.failureResultOf(r, ValueError)
+
+    def test_late(self):
+        """
+        Past the deadline the result fails with TimeoutError, the original
+        Deferred is not cancelled, and its late outcome is dropped.
+        """
+        from twisted.internet.task import Clock
+        clock = Clock()
+        cancelled = []
+        d = defer.Deferred(cancelled.append)
+        r = db.withDeadline(d, 5, clock)
+        self.assertNoResult(r)
+        clock.advance(5)
+        self.failureResultOf(r, defer.TimeoutError)
+        self.assertEqual(cancelled, [])
+        d.errback(ValueError("late"))
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_keepalives(self):
+        """
+        Keepalive settings are added to a DSN, without overriding its own.
+        """
+        from psycopg2.extensions import parse_dsn
+        got = parse_dsn(db.withKeepalives("host=h dbname=d keepalives_idle=7"))
+        self.assertEqual(got["keepalives_idle"], "7")
+        self.assertEqual(got["keepalives_count"], "3")
+        self.assertEqual((got["host"], got["dbname"]), ("h", "d"))

@@ -60,7 +60,8 @@ class OptionsTests(unittest.TestCase):
         """
         for argv in (["--pool-size", "0"], ["--chunk-size", "x"],
                      ["--copy-threshold", "-3"], ["--small-strategy", "magic"],
-                     ["--postgres", "host=a =broken"], ["--listen", "nonsense"]):
+                     ["--postgres", "host=a =broken"], ["--listen", "nonsense"],
+                     ["--db-timeout", "0"], ["--db-timeout", "soon"]):
             self.assertRaises(usage.UsageError, self.parse, *argv)
 
 

@@ -13,15 +13,67 @@ available right now" (answered 503 with Retry-After) rather than a bug.
 """
 
 import psycopg2
+from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
 
 DEFAULT_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 _log = Logger()
+
+
+# TCP keepalives, unless the DSN sets its own: a server that vanishes without
+# closing its connections (a host gone, a network partition) is noticed in
+# about a minute instead of the kernel's retransmission timeout.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+
+
+def withKeepalives(dsn):
+    """
+    Return C{dsn} with L{KEEPALIVES} for the parameters it does not set.
+    """
+    given = parse_dsn(dsn)
+    extra = {k: v for k, v in KEEPALIVES.items() if k not in given}
+    return make_dsn(dsn, **extra) if extra else dsn
+
+
+def withDeadline(d, seconds, reactor):
+    """
+    Fire with C{d}'s result, or fail with L{defer.TimeoutError} after
+    C{seconds} if C{d} has not fired by then.
+
+    C{d} is not cancelled: cancelling a txpostgres query makes a blocking
+    C{PQcancel} call in the reactor thread, which against a hung server
+    would hang the whole service.  A late result of C{d} is dropped (a
+    batch that commits after its request got 503 is counted as duplicates
+    when the sender retries it).
+    """
+    result = defer.Deferred()
+
+    def expire():
+        result.errback(defer.TimeoutError("no answer from PostgreSQL in %gs" % (seconds,)))
+
+    timer = reactor.callLater(seconds, expire)
+
+    def fire(outcome):
+        if timer.active():
+            timer.cancel()
+            result.callback(outcome)
+        elif isinstance(outcome, Failure):
+            _log.info("A late database operation failed: {error}",
+                      error=outcome.getErrorMessage())
+
+    d.addBoth(fire)
+    return result
 
 
 def isUnavailable(failure):

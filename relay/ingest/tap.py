@@ -60,6 +60,8 @@ class Options(usage.Options):
          _positiveInt("--max-body-bytes")],
         ["max-inflated-bytes", None, 64 * MiB, "Largest request body after gzip inflation.",
          _positiveInt("--max-inflated-bytes")],
+        ["db-timeout", None, 30.0,
+         "Seconds to wait for PostgreSQL before answering 503.", float],
         ["small-strategy", None, DEFAULT_SMALL_STRATEGY,
          "Insert strategy up to --copy-threshold rows: %s." % (" or ".join(SMALL_STRATEGIES),)],
     ]
@@ -86,6 +88,8 @@ class Options(usage.Options):
             parse_dsn(self["postgres"])
         except Exception as e:
             raise usage.UsageError("--postgres is not a valid DSN: %s" % (e,))
+        if not self["db-timeout"] > 0:
+            raise usage.UsageError("--db-timeout must be a positive number of seconds")
         if self["small-strategy"] not in SMALL_STRATEGIES:
             raise usage.UsageError("--small-strategy must be one of %s"
                                    % (", ".join(SMALL_STRATEGIES),))
@@ -110,6 +114,7 @@ class IngestService(service.Service):
         self.config = config
         self.reactor = reactor
         self.metrics = metrics
+        self.dbTimeout = config["db-timeout"]
         self.ready = False
         self.txPool = None
         self.threadPool = None
@@ -120,8 +125,9 @@ class IngestService(service.Service):
         from relay.ingest import inserters
         service.Service.startService(self)
         c = self.config
-        self.txPool = db.TxPostgresPool(c["postgres"], c["pool-size"], self.reactor)
-        self.threadPool = db.threadPool(c["postgres"], c["pool-size"], self.reactor)
+        dsn = db.withKeepalives(c["postgres"])
+        self.txPool = db.TxPostgresPool(dsn, c["pool-size"], self.reactor)
+        self.threadPool = db.threadPool(dsn, c["pool-size"], self.reactor)
         if c["small-strategy"] == "multirow":
             small = inserters.MultiRowInserter(self.txPool, c["chunk-size"])
         else:

@@ -19,7 +19,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from relay.ingest import keys
-from relay.ingest.db import isUnavailable
+from relay.ingest.db import isUnavailable, withDeadline
 from relay.ingest.validate import BadRequest, parseBatch
 
 _log = Logger()
@@ -227,8 +227,9 @@ class SyncResource(Resource):
             inserter = service.inserter.choose(batch.rows)
             started = service.reactor.seconds()
             try:
-                synced, duplicates = await inserter.insert(
-                    batch.workspace_id, batch.daemon_id, batch.rows)
+                synced, duplicates = await withDeadline(
+                    inserter.insert(batch.workspace_id, batch.daemon_id, batch.rows),
+                    service.dbTimeout, service.reactor)
             except Exception:
                 f = Failure()
                 if isUnavailable(f):
@@ -263,7 +264,9 @@ class SyncResource(Resource):
         if not self.service.ready:
             raise Unavailable()
         try:
-            rows = await self.service.txPool.runQuery(keys.LOOKUP_SQL, (keyId,))
+            rows = await withDeadline(
+                self.service.txPool.runQuery(keys.LOOKUP_SQL, (keyId,)),
+                self.service.dbTimeout, self.service.reactor)
         except Exception:
             f = Failure()
             if isUnavailable(f):
@@ -282,7 +285,6 @@ class HealthResource(Resource):
     """
 
     isLeaf = True
-    timeout = 5.0
 
     def __init__(self, service):
         Resource.__init__(self)
@@ -294,8 +296,8 @@ class HealthResource(Resource):
             _respond(request, 503, {"status": "unavailable", "error": "schema not ready"},
                      retryAfter=True)
             return server.NOT_DONE_YET
-        d = service.txPool.runQuery("SELECT 1")
-        d.addTimeout(self.timeout, service.reactor)
+        d = withDeadline(service.txPool.runQuery("SELECT 1"),
+                         min(service.dbTimeout, 5.0), service.reactor)
         d.addCallbacks(
             lambda _: _respond(request, 200, {"status": "ok"}),
             lambda f: _respond(request, 503, {"status": "unavailable",
