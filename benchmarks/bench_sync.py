@@ -26,11 +26,9 @@ import gzip
 import os
 import random
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
