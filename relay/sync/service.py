@@ -536,8 +536,12 @@ class SyncService(service.Service):
     # -- spill replay ----------------------------------------------------
 
     def _spill_tick(self):
+        # The loop must survive anything the pump raises, or replay stops.
         self._spill_due = True
-        self._pump()
+        try:
+            self._pump()
+        except Exception:
+            self.log.failure("Sync pump failed on the spill timer")
 
     async def _replay_one(self):
         """
