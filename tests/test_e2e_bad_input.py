@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_e2e_bad_input -*-
+"""
+Bad input through the real C{twistd -n relay} process: each gets the answer
+PROTOCOL.md gives, and meanwhile the daemon keeps serving other agents.
+"""
+
+import struct
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from tests.daemon_support import DaemonProcess, connect_agent, encode, hello, send
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % (pid,)) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % (pid,))
+
+
+class BadInputTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.daemon = DaemonProcess(self, ["--batch-delay-ms", "10"])
+        yield self.daemon.start()
+        self.alice = yield connect_agent(self.daemon, "alice")
+        self.bob = yield connect_agent(self.daemon, "bob")
+        self.checks = 0
+
+    def tearDown(self):
+        return self.daemon.stop()
+
+    @defer.inlineCallbacks
+    def assertStillServing(self):
+        """
+        The bystanders can still exchange a receipted message.
+        """
+        self.checks += 1
+        self.alice.send(send("bob", "check %d" % (self.checks,), requires_ack=True))
+        yield self.alice.wait_type("ACK", self.checks)
+        yield self.bob.wait_for(
+            lambda a: any(f["payload"]["body"] == "check %d" % (self.checks,)
+                          for f in a.of_type("DELIVER")))
+
+    def assertError(self, env, fatal):
+        self.assertEqual(env["type"], "ERROR")
+        self.assertEqual(env["payload"]["code"], "BAD_REQUEST")
+        self.assertIs(env["payload"]["fatal"], fatal)
+        self.assertIsInstance(env["payload"]["message"], str)
+
+    @defer.inlineCallbacks
+    def test_length_prefix_over_limit(self):
+        """
+        A length prefix over max_frame_bytes (here 4 GiB - 1) gets a fatal
+        ERROR BAD_REQUEST and the connection is closed, on the prefix alone:
+        the daemon neither waits for nor allocates the announced bytes.
+        """
+        before = rss_kib(self.daemon.pid)
+        agent = yield connect_agent(self.daemon)
+        agent.write_raw(struct.pack(">I", 0xFFFFFFFF))
+        yield agent.wait_closed()
+        [error] = agent.frames
+        self.assertError(error, True)
+        self.assertIn("max_frame_bytes", error["payload"]["message"])
+        self.assertLess(rss_kib(self.daemon.pid) - before, 64 * 1024)
+        yield self.assertStillServing()
+
+    @defer.inlineCallbacks
+    def test_length_just_over_limit_after_hello(self):
+        """
+        A registered agent announcing max_frame_bytes + 1 is closed with a
+        fatal ERROR too, and its name is free again.
+        """
+        agent = yield connect_agent(self.daemon, "carol")
+        agent.write_raw(struct.pack(">I", 1048577) + b"{")
+        yield agent.wait_closed()
+        self.assertError(agent.of_type("ERROR")[0], True)
+        yield self.assertStillServing()
+        again = yield connect_agent(self.daemon, "carol")
+        self.assertEqual(len(again.of_type("WELCOME")), 1)
+
+    @defer.inlineCallbacks
+    def test_bad_frames_are_not_fatal(self):
+        """
+        Invalid JSON, JSON that is not an object, invalid UTF-8, an object
+        without a string type and an empty frame each get a non-fatal ERROR
+        BAD_REQUEST; the connection stays open and usable afterwards.
+        """
+        agent = yield connect_agent(self.daemon)
+        bad = [b"{this is not json", b"[1, 2, 3]", b"42", b'"SEND"',
+               b'{"type": "PING", "bad": "\xc3\x28"}', b'{"v": 1}', b'{"type": null}',
+               b""]
+        agent.write_raw(b"".join(struct.pack(">I", len(b)) + b for b in bad))
+        yield agent.wait_type("ERROR", len(bad))
+        for error in agent.of_type("ERROR"):
+            self.assertError(error, False)
+        self.assertFalse(agent.closed.called)
+        yield self.assertStillServing()
+        agent.send(hello("dave"))
+        yield agent.wait_type("WELCOME")
+        agent.send(send("bob", "from dave", requires_ack=True))
+        yield agent.wait_type("ACK")
+
+    @defer.inlineCallbacks
+    def test_send_before_hello(self):
+        """
+        A SEND before HELLO gets a non-fatal ERROR BAD_REQUEST, is not
+        routed, and the connection can say HELLO afterwards.
+        """
+        agent = yield connect_agent(self.daemon)
+        agent.send(send("bob", "sneaky", requires_ack=True))
+        frames = yield agent.wait_type("ERROR")
+        self.assertError(frames[0], False)
+        agent.send(hello("erin"))
+        yield agent.wait_type("WELCOME")
+        yield self.assertStillServing()
+        self.assertNotIn("sneaky", [f["payload"]["body"] for f in self.bob.of_type("DELIVER")])
+        self.assertEqual(agent.of_type("ACK"), [])
+
+    @defer.inlineCallbacks
+    def test_one_byte_at_a_time(self):
+        """
+        A HELLO and a SEND dripped one byte per write (with a reactor turn
+        between writes) are handled like whole frames.
+        """
+        agent = yield connect_agent(self.daemon)
+        data = encode(hello("drip")) + encode(send("bob", "dripped", requires_ack=True))
+        for i in range(len(data)):
+            agent.write_raw(data[i:i + 1])
+            yield task.deferLater(reactor, 0, lambda: None)
+        yield agent.wait_type("ACK")
+        self.assertEqual([f["type"] for f in agent.frames if f["type"] != "PING"],
+                         ["WELCOME", "ACK"])
+        yield self.bob.wait_for(lambda a: any(f["payload"]["body"] == "dripped"
+                                              for f in a.of_type("DELIVER")))
+
+    @defer.inlineCallbacks
+    def test_thousand_frames_in_one_write(self):
+        """
+        A HELLO and 1000 SENDs in a single write are all handled in order:
+        1000 receipts in send order, 1000 deliveries in send order.
+        """
+        agent = yield connect_agent(self.daemon)
+        sends = [send("bob", "burst %d" % i, requires_ack=True) for i in range(1000)]
+        agent.write_raw(encode(hello("burst")) + b"".join(encode(e) for e in sends))
+        yield agent.wait_type("ACK", 1000, timeout=30)
+        self.assertEqual([a["payload"]["ack_id"] for a in agent.of_type("ACK")],
+                         [e["id"] for e in sends])
+        yield self.bob.wait_type("DELIVER", 1000, timeout=30)
+        self.assertEqual([d["payload"]["body"] for d in self.bob.of_type("DELIVER")
+                          if d["from"] == "burst"], ["burst %d" % i for i in range(1000)])
+        yield self.assertStillServing()
+
+    @defer.inlineCallbacks
+    def test_disconnect_mid_frame(self):
+        """
+        A connection that drops in the middle of a frame costs nothing: the
+        daemon forgets it and keeps serving.
+        """
+        agent = yield connect_agent(self.daemon, "quitter")
+        agent.write_raw(encode(send("bob", "never finished"))[:-5])
+        agent.transport.loseConnection()
+        yield agent.closed
+        yield self.assertStillServing()
+        self.assertNotIn("never finished",
+                         [f["payload"]["body"] for f in self.bob.of_type("DELIVER")])
