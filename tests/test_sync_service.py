@@ -569,3 +569,32 @@ class ReplayTests(unittest.TestCase):
         live_positions = [order.index("msg-{:08d}".format(i)) for i in (7, 9)]
         spill_positions = [order.index("msg-{:08d}".format(i)) for i in (1, 3, 5)]
         self.assertLess(min(live_positions), max(spill_positions))
+
+
+class StopTests(unittest.TestCase):
+    """
+    Stopping while the pipeline waits on the store.
+    """
+
+    def test_no_post_after_stop(self):
+        """
+        A stop that arrives while a dead letter is being written lets the
+        write finish but sends nothing more; the rest stays behind the
+        cursor.
+        """
+        from twisted.internet import defer
+
+        source = FakeSyncSource()
+        h = Harness(self, source=source, batch_size=5, batch_delay=0.0)
+        writes = []
+        source.add_dead_letter = lambda seq, mid, reason: writes.append(defer.Deferred()) or writes[-1]
+        h.stub.reject = {"msg-00000002": "body"}
+        source.add(5)
+        h.settle()
+        self.assertEqual(len(writes), 1)
+        d = h.service.stopService()
+        writes[0].callback(None)
+        h.settle()
+        self.successResultOf(d)
+        self.assertEqual(len(h.stub.requests), 1)
+        self.assertEqual(source.cursor, 0)

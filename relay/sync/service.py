@@ -350,6 +350,8 @@ class SyncService(service.Service):
     # -- posting ---------------------------------------------------------
 
     async def _post(self, items, daemon_id=None, workspace_id=None):
+        if not self.running:
+            raise defer.CancelledError()
         body = batch_body(daemon_id or self.daemon_id, workspace_id or self.workspace_id, items)
         self.in_flight = len(items)
         self.state = SENDING
@@ -371,6 +373,8 @@ class SyncService(service.Service):
         return outcome
 
     async def _sleep(self, seconds):
+        if not self.running:
+            raise defer.CancelledError()
         self._waiting = task.deferLater(self.clock, seconds, lambda: None)
         try:
             await self._waiting
