@@ -130,7 +130,10 @@ def _json(i, m, field):
         return None
     if value.__class__ is not dict:
         _bad(i, m, field, "%s must be an object or null" % (field,))
-    dumped = orjson.dumps(value)
+    try:
+        dumped = orjson.dumps(value)
+    except orjson.JSONEncodeError as e:
+        _bad(i, m, field, "%s cannot be stored as JSON: %s" % (field, e))
     # orjson writes NUL as \u0000; only then look closer (a literal
     # backslash followed by "u0000" in a string also matches the bytes).
     if b"\\u0000" in dumped and _hasNul(value):
