@@ -113,3 +113,24 @@ class SpillDirTests(unittest.TestCase):
         spill.remove(name)
         self.assertTrue(spill.has_room())
         self.assertEqual(os.listdir(self.path), [])
+
+    def test_rewrite_keeps_place(self):
+        """
+        A file rewritten in parts (after a split) keeps its place: its parts
+        sort after older files, before newer ones, and in part order.
+        """
+        spill = SpillDir(self.path, 10 ** 6, self.clock)
+        old = spill.write(DAEMON, WORKSPACE, items(1, 2))
+        self.clock.advance(1)
+        middle = spill.write(DAEMON, WORKSPACE, items(3, 4))
+        self.clock.advance(1)
+        new = spill.write(DAEMON, WORKSPACE, items(7, 2))
+        self.clock.advance(1)
+        parts = [spill.write(DAEMON, WORKSPACE, items(3, 2), replacing=middle, part=0),
+                 spill.write(DAEMON, WORKSPACE, items(5, 2), replacing=middle, part=1)]
+        spill.remove(middle)
+        again = [spill.write(DAEMON, WORKSPACE, items(3, 1), replacing=parts[0], part=0),
+                 spill.write(DAEMON, WORKSPACE, items(4, 1), replacing=parts[0], part=1)]
+        spill.remove(parts[0])
+        self.assertEqual(spill.names(), [old] + again + [parts[1], new])
+        self.assertEqual([spill.read(n)[2][0].seq for n in spill.names()], [1, 3, 4, 5, 7])

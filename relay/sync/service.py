@@ -599,8 +599,8 @@ class SyncService(service.Service):
         original goes only once all the new ones are on disk.
         """
         try:
-            for items in parts:
-                self.spill.write(daemon_id, workspace_id, items)
+            for part, items in enumerate(parts):
+                self.spill.write(daemon_id, workspace_id, items, replacing=name, part=part)
         except OSError as e:
             self._spill_due = False
             self.last_error = "spill: {}".format(e)

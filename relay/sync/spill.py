@@ -7,7 +7,8 @@ A spill file is one batch, gzip-compressed JSON
 C{{"version": 1, "daemon_id", "workspace_id", "seqs": [...], "messages": [...]}},
 named C{<ms>-<counter>-<uuid4>.spill.gz}: the UUID makes names unique across
 processes, the time and a per-process counter make name order the order
-they were written (oldest first).  A file is written under a temporary name,
+they were written (oldest first).  A file rewritten after a split or a dead
+letter becomes C{<its name>.<part>.spill.gz}, keeping its place.  A file is written under a temporary name,
 fsynced, renamed into place and the directory fsynced, so a crash leaves
 either no file or a whole one.  Files are deleted only after the ingest
 answered 2xx for them; a file that cannot be read is renamed to
@@ -80,10 +81,13 @@ class SpillDir:
     def has_room(self):
         return self.bytes < self.max_bytes
 
-    def write(self, daemon_id, workspace_id, items):
+    def write(self, daemon_id, workspace_id, items, replacing=None, part=0):
         """
         Write C{items} as one spill file, durably.
 
+        @param replacing: the name of a spill file this one replaces (after
+            a split or a dead letter); the new name is that name plus
+            C{".<part>"}, so it keeps its place in the replay order.
         @return: the file's name.
         @raise OSError: when the disk refuses; nothing was written then.
         """
@@ -93,10 +97,14 @@ class SpillDir:
             b',"messages":[', b",".join(i.json for i in items), b"]}",
         ])
         data = gzip.compress(body, compresslevel=6, mtime=0)
-        name = "{:013d}-{:06d}-{}{}".format(
-            int(self._clock.seconds() * 1000), next(self._counter) % 1000000, uuid.uuid4().hex, SUFFIX)
+        if replacing is not None:
+            name = "{}.{}{}".format(replacing[:-len(SUFFIX)], part, SUFFIX)
+        else:
+            name = "{:013d}-{:06d}-{}{}".format(
+                int(self._clock.seconds() * 1000), next(self._counter) % 1000000,
+                uuid.uuid4().hex, SUFFIX)
         tmp = os.path.join(self.path, TMP_PREFIX + name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(data)
             while view:
