@@ -10,6 +10,7 @@ C{create} prints the new key once, alone on the last line of its output, so
 scripts can take it with C{tail -1}; only its SHA-256 hash is stored.
 """
 
+import argparse
 import os
 import sys
 import uuid
@@ -107,10 +108,24 @@ def revoke(args):
     return EXIT_OK
 
 
+EPILOG = """\
+examples:
+  relay keys create --workspace 6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01 | tail -1 > key
+  relay keys list --workspace 6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01
+  relay keys revoke 529e31eb017ae03e
+
+Each command brings the ingest schema up to date first. Only a SHA-256 hash of
+a key is stored; the key is printed once, by create, alone on its last line.
+Exit codes: 0 ok, 1 unknown key to revoke, 2 bad usage, 3 PostgreSQL
+unreachable.
+"""
+
+
 def register(subparsers):
     parser = subparsers.add_parser(
         "keys", help="manage ingest service API keys",
         description="Create, list and revoke API keys of the ingest service.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=lambda args: (parser.print_help(sys.stderr), EXIT_USAGE)[1])
     sub = parser.add_subparsers(dest="keys_command", metavar="ACTION")
@@ -120,16 +135,19 @@ def register(subparsers):
                        help="PostgreSQL DSN (default: $RELAY_POSTGRES_DSN, else the local server)")
 
     p = sub.add_parser("create", help="create a key; prints it once, on the last line")
-    p.add_argument("--workspace", required=True, metavar="UUID")
+    p.add_argument("--workspace", required=True, metavar="UUID",
+                   help="the workspace whose daemons will use the key")
     common(p)
     p.set_defaults(func=create)
 
     p = sub.add_parser("list", help="list keys (ids, workspaces, revocation)")
-    p.add_argument("--workspace", metavar="UUID", default=None)
+    p.add_argument("--workspace", metavar="UUID", default=None,
+                   help="only the keys of this workspace")
     common(p)
     p.set_defaults(func=list_)
 
     p = sub.add_parser("revoke", help="revoke a key by its id (or the key itself)")
-    p.add_argument("key_id", metavar="KEY_ID")
+    p.add_argument("key_id", metavar="KEY_ID",
+                   help="the key id shown by list (the full key works too)")
     common(p)
     p.set_defaults(func=revoke)
