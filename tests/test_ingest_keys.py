@@ -131,6 +131,36 @@ class KeysCommandTests(unittest.TestCase):
         self.assertEqual(rc, 3)
         self.assertIn("cannot connect", err)
 
+    def test_databaseError(self):
+        """
+        A database error (here: a role that may not create the schema) is
+        one line on stderr and exit 1, not a traceback.
+        """
+        from tests.ingest_support import freshDatabase
+        dsn = freshDatabase(self)
+        # Roles are shared by the whole server: a unique name.
+        role = "relay_keys_nobody_%s" % (uuid.uuid4().hex[:8],)
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as c:
+            c.execute('CREATE ROLE "%s" LOGIN' % (role,))
+            c.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        conn.close()
+        self.addCleanup(self._dropRole, dsn, role)
+        from psycopg2.extensions import make_dsn
+        rc, out, err = run("keys", "list", "--postgres", make_dsn(dsn, user=role))
+        self.assertEqual(rc, 1)
+        self.assertIn("PostgreSQL error", err)
+        self.assertEqual(len(err.strip().splitlines()), 1)
+
+    def _dropRole(self, dsn, role):
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as c:
+            c.execute('DROP OWNED BY "%s"' % (role,))
+            c.execute('DROP ROLE "%s"' % (role,))
+        conn.close()
+
     def test_createMigrates(self):
         """
         create works on a database that has no schema yet.

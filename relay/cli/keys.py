@@ -37,8 +37,30 @@ def _connect(args):
         print("relay keys: cannot connect to PostgreSQL: %s" % (str(e).strip(),),
               file=sys.stderr)
         return None
-    migrate(conn)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _databaseErrors(command):
+    """
+    Report a database error (permissions, a broken schema...) in one line
+    and exit 1, instead of a traceback.
+    """
+    def run(args):
+        import psycopg2
+        try:
+            return command(args)
+        except psycopg2.Error as e:
+            print("relay keys: PostgreSQL error: %s" % (str(e).strip().splitlines()[0],),
+                  file=sys.stderr)
+            return EXIT_FAILED
+    run.__name__ = command.__name__
+    run.__doc__ = command.__doc__
+    return run
 
 
 def _workspace(value):
@@ -49,6 +71,7 @@ def _workspace(value):
         return None
 
 
+@_databaseErrors
 def create(args):
     from relay.ingest.keys import createKey
     workspace = _workspace(args.workspace)
@@ -67,6 +90,7 @@ def create(args):
     return EXIT_OK
 
 
+@_databaseErrors
 def list_(args):
     from relay.ingest.keys import listKeys
     workspace = None
@@ -89,6 +113,7 @@ def list_(args):
     return EXIT_OK
 
 
+@_databaseErrors
 def revoke(args):
     from relay.ingest.keys import revokeKey
     conn = _connect(args)
