@@ -172,7 +172,7 @@ def main(reactor, argv):
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--batch-delay-ms", type=float, default=100.0)
     parser.add_argument("--batch-bytes", type=int, default=1048576)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dir", default=None, help="where the files go (default: a temp dir)")
     args = parser.parse_args(argv)
 
