@@ -26,7 +26,7 @@ setup(
         "prometheus_client>=0.17",
     ],
     extras_require={
-        "test": ["hypothesis>=6.0"],
+        "test": ["hypothesis>=6.0", "wheel>=0.40"],
     },
     entry_points={"console_scripts": ["relay = relay.cli:main"]},
 )
