@@ -1,0 +1,280 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+Tests for L{relay.store.Store} on real SQLite files through its real adbapi
+writer thread.
+"""
+
+import os
+import sqlite3
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from relay.interfaces import ISyncSource
+from relay.store import Store, StoreError
+
+
+class _StoreTestCase(unittest.TestCase):
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "relay.sqlite")
+
+    def open(self, **kw):
+        store = Store(reactor, self.path, batch_delay=0.01, **kw)
+        store.open()
+        self.addCleanup(store.close)
+        return store
+
+    def rows(self, sql, *args):
+        conn = sqlite3.connect(self.path)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def message(self, store, to="bob", sender="alice", ttl_ms=60000, now_ms=1000, body="hi",
+                topic=None, meta=None):
+        seq = store.next_seq()
+        mid = store.message_id(seq)
+        store.add_message([seq, mid, "s%d" % seq, now_ms, sender, to, topic, None, "message",
+                           '{"kind":"message","body":"%s"}' % (body,), meta, None,
+                           now_ms + ttl_ms], 100)
+        return seq, mid
+
+
+class OpenTests(_StoreTestCase):
+
+    def test_schema_created(self):
+        """
+        Opening a new file creates the schema at the newest version, in WAL
+        mode, with an id prefix for message ids.
+        """
+        store = self.open()
+        self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
+                         [("1",)])
+        self.assertEqual(self.rows("PRAGMA journal_mode"), [("wal",)])
+        self.assertTrue(store.id_prefix)
+        self.assertEqual(store.message_id(7), "%s-7" % (store.id_prefix,))
+
+    @defer.inlineCallbacks
+    def test_counters_survive_reopen(self):
+        """
+        After a close and reopen the message seq goes on from the last
+        stored one, the id prefix is the same and stream seqs are loaded.
+        """
+        store = self.open()
+        self.message(store)
+        seq, _ = self.message(store)
+        store.add_delivery("bob", seq, ("bob", "default", "alice"), 2, "pending", 1000)
+        prefix = store.id_prefix
+        yield store.close()
+        again = self.open()
+        self.assertEqual(again.id_prefix, prefix)
+        self.assertEqual(again.next_seq(), seq + 1)
+        self.assertEqual(again.last_seq(), seq)
+        self.assertEqual(again.streams, {("bob", "default", "alice"): 2})
+
+    def test_missing_directory(self):
+        """
+        A store in a directory that does not exist raises StoreError with a
+        one-line reason.
+        """
+        store = Store(reactor, "/nonexistent-dir/relay.sqlite")
+        e = self.assertRaises(StoreError, store.open)
+        self.assertIn("does not exist", str(e))
+
+    def test_not_a_database(self):
+        """
+        A file that is not SQLite raises StoreError naming the file.
+        """
+        with open(self.path, "wb") as f:
+            f.write(b"this is not a database, just text" * 100)
+        e = self.assertRaises(StoreError, Store(reactor, self.path).open)
+        self.assertIn(self.path, str(e))
+
+    def test_newer_schema_refused(self):
+        """
+        A file written by a newer relay (higher schema version) is refused
+        instead of being used half-understood.
+        """
+        conn = sqlite3.connect(self.path)
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+        conn.commit()
+        conn.close()
+        e = self.assertRaises(StoreError, Store(reactor, self.path).open)
+        self.assertIn("newer", str(e))
+
+    def test_sync_source(self):
+        """
+        The store provides ISyncSource.
+        """
+        self.assertTrue(verifyObject(ISyncSource, self.open()))
+
+
+class WriteTests(_StoreTestCase):
+
+    @defer.inlineCallbacks
+    def test_message_and_delivery(self):
+        """
+        A message and its delivery rows are on disk once the batcher's
+        flush fires, not before.
+        """
+        store = self.open()
+        seq, mid = self.message(store)
+        store.add_delivery("bob", seq, ("bob", "default", "alice"), 1, "pending", 1000)
+        self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(0,)])
+        yield store.batcher.flush()
+        self.assertEqual(self.rows("SELECT seq, id, sender, recipient FROM messages"),
+                         [(seq, mid, "alice", "bob")])
+        self.assertEqual(self.rows("SELECT recipient, message_seq, stream_seq, status"
+                                   " FROM deliveries"), [("bob", seq, 1, "pending")])
+        self.assertEqual(self.rows("SELECT * FROM streams"), [("bob", "default", "alice", 1)])
+
+    @defer.inlineCallbacks
+    def test_status_edited_in_place(self):
+        """
+        A status change while the delivery's insert still waits in the open
+        batch edits that row (no UPDATE is queued); after the batch is taken
+        an UPDATE is queued instead, and both reach the disk.
+        """
+        store = self.open()
+        seq, _ = self.message(store)
+        handle = store.add_delivery("bob", seq, ("bob", "default", "alice"), 1, "pending", 1000)
+        handle = store.set_status(handle, "bob", seq, "delivered", 1, 1001)
+        self.assertEqual(store.batcher.current.rows["status"], [])
+        self.assertEqual(store.batcher.current.rows["delivery"][0][3:], ["delivered", 1, 1001])
+        yield store.batcher.flush()
+        self.assertEqual(self.rows("SELECT status, attempts FROM deliveries"), [("delivered", 1)])
+        handle = store.set_status(handle, "bob", seq, "acked", 1, 1002)
+        self.assertIsNone(handle)
+        self.assertEqual(len(store.batcher.current.rows["status"]), 1)
+        yield store.batcher.flush()
+        self.assertEqual(self.rows("SELECT status, updated_at FROM deliveries"), [("acked", 1002)])
+
+    @defer.inlineCallbacks
+    def test_acked_never_downgraded(self):
+        """
+        A late 'delivered' (a redelivery racing its ACK) does not turn an
+        acked delivery back into an open one.
+        """
+        store = self.open()
+        seq, _ = self.message(store)
+        store.add_delivery("bob", seq, ("bob", "default", "alice"), 1, "acked", 1000)
+        yield store.batcher.flush()
+        store.set_status(None, "bob", seq, "delivered", 2, 1001)
+        yield store.batcher.flush()
+        self.assertEqual(self.rows("SELECT status FROM deliveries"), [("acked",)])
+
+    @defer.inlineCallbacks
+    def test_expire_due(self):
+        """
+        expire_due marks open deliveries of messages past their expiry as
+        expired; acked ones and ones with time left are untouched, and no
+        message row is deleted.
+        """
+        store = self.open()
+        old, _ = self.message(store, ttl_ms=100)
+        done, _ = self.message(store, ttl_ms=100)
+        fresh, _ = self.message(store, ttl_ms=10 ** 9)
+        for seq, status in ((old, "delivered"), (done, "acked"), (fresh, "pending")):
+            store.add_delivery("bob", seq, ("bob", "default", "alice"), seq, status, 1000)
+        store.expire_due(5000)
+        yield store.batcher.flush()
+        self.assertEqual(self.rows("SELECT message_seq, status FROM deliveries ORDER BY 1"),
+                         [(old, "expired"), (done, "acked"), (fresh, "pending")])
+        self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(3,)])
+
+    @defer.inlineCallbacks
+    def test_close_flushes(self):
+        """
+        close() writes everything still queued before closing the file.
+        """
+        store = self.open()
+        for _ in range(3):
+            self.message(store)
+        yield store.close()
+        self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(3,)])
+
+    @defer.inlineCallbacks
+    def test_commit_listener_and_last_seq(self):
+        """
+        Commit listeners hear the highest committed message seq after each
+        commit that stored messages; last_seq follows commits, not queueing.
+        """
+        store = self.open()
+        heard = []
+        store.add_commit_listener(heard.append)
+        base = store.last_seq()
+        self.message(store)
+        seq, _ = self.message(store)
+        self.assertEqual(store.last_seq(), base)
+        yield store.batcher.flush()
+        self.assertEqual(heard, [seq])
+        self.assertEqual(store.last_seq(), seq)
+
+
+class ReadTests(_StoreTestCase):
+
+    @defer.inlineCallbacks
+    def test_read_open_deliveries(self):
+        """
+        read_open_deliveries returns a recipient's pending and delivered
+        deliveries after a cursor, in message order, up to a limit.
+        """
+        store = self.open()
+        seqs = []
+        for i, status in enumerate(["pending", "acked", "delivered", "expired", "pending"]):
+            seq, _ = self.message(store, body="m%d" % i)
+            store.add_delivery("bob", seq, ("bob", "default", "alice"), i + 1, status, 1000)
+            store.add_delivery("carol", seq, ("carol", "default", "alice"), i + 1, "pending", 1000)
+            seqs.append(seq)
+        yield store.batcher.flush()
+        rows = yield store.read_open_deliveries("bob", 0, 10)
+        self.assertEqual([r[0] for r in rows], [seqs[0], seqs[2], seqs[4]])
+        rows = yield store.read_open_deliveries("bob", seqs[0], 1)
+        self.assertEqual([r[0] for r in rows], [seqs[2]])
+
+    @defer.inlineCallbacks
+    def test_read_messages_after(self):
+        """
+        read_messages_after decodes committed messages for sync, in seq
+        order, flagging broadcasts and urgent ones.
+        """
+        store = self.open()
+        a, aid = self.message(store, to="*", topic="t", meta='{"importance":"high"}')
+        b, _ = self.message(store, to="bob")
+        yield store.batcher.flush()
+        got = yield store.read_messages_after(0, 10)
+        self.assertEqual([m["seq"] for m in got], [a, b])
+        first = got[0]
+        self.assertEqual((first["id"], first["from"], first["to"], first["topic"], first["body"]),
+                         (aid, "alice", "*", "t", "hi"))
+        self.assertTrue(first["is_broadcast"])
+        self.assertTrue(first["is_urgent"])
+        self.assertEqual(first["payload_meta"], {"importance": "high"})
+        self.assertFalse(got[1]["is_broadcast"])
+        self.assertFalse(got[1]["is_urgent"])
+        got = yield store.read_messages_after(a, 10)
+        self.assertEqual([m["seq"] for m in got], [b])
+
+    @defer.inlineCallbacks
+    def test_meta_and_dead_letters(self):
+        """
+        set_meta/get_meta round-trip through the disk; dead letters are
+        recorded and counted.
+        """
+        store = self.open()
+        yield store.set_meta("sync_cursor", "42")
+        value = yield store.get_meta("sync_cursor")
+        self.assertEqual(value, "42")
+        missing = yield store.get_meta("nothing")
+        self.assertIsNone(missing)
+        seq, mid = self.message(store)
+        yield store.add_dead_letter(seq, mid, "400: bad body")
+        count = yield store.dead_letter_count()
+        self.assertEqual(count, 1)
+        self.assertEqual(self.rows("SELECT id, reason FROM dead_letters"), [(mid, "400: bad body")])
