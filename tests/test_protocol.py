@@ -650,3 +650,51 @@ class InvalidSendTests(unittest.TestCase):
                          ["message", "action", "state", "thinking"])
         yield self.relay.flush()
         self.assertEqual(self.relay.rows("SELECT count(*) FROM messages"), [(4,)])
+
+    def test_bad_ttl(self):
+        """
+        A SEND whose payload_meta.ttl_ms is not a positive integer is
+        refused.
+        """
+        for ttl in (0, -5, "soon", 1.5, True):
+            env = send("bob", meta={"ttl_ms": ttl})
+            self.alice.feed(env)
+            [nack] = self.alice.new()
+            self.assertEqual((nack["type"], nack["payload"]["code"]), ("NACK", "INVALID"), ttl)
+            self.assertIn("ttl_ms", nack["payload"]["message"])
+        self.assertEqual(self.bob.of_type("DELIVER"), [])
+
+    def test_meta_not_object(self):
+        """
+        A SEND whose payload_meta is not an object is refused.
+        """
+        env = send("bob")
+        env["payload_meta"] = ["requires_ack"]
+        return self.assertNack(env, "payload_meta")
+
+    def test_data_not_object(self):
+        """
+        A SEND whose payload.data is not an object is refused.
+        """
+        env = send("bob")
+        env["payload"]["data"] = "text"
+        return self.assertNack(env, "data")
+
+    def test_thread_not_string(self):
+        """
+        A SEND whose payload.thread is not a string is refused.
+        """
+        env = send("bob")
+        env["payload"]["thread"] = 12
+        return self.assertNack(env, "thread")
+
+    def test_ack_needs_ack_id(self):
+        """
+        An ACK without a string payload.ack_id gets a non-fatal ERROR
+        BAD_REQUEST.
+        """
+        self.bob.new()
+        self.bob.feed({"v": 1, "type": "ACK", "payload": {"seq": 1}})
+        [error] = self.bob.new()
+        self.assertEqual((error["type"], error["payload"]["code"], error["payload"]["fatal"]),
+                         ("ERROR", "BAD_REQUEST", False))

@@ -417,3 +417,31 @@ class ExpiryTests(unittest.TestCase):
         self.assertEqual(len(bob.of_type("DELIVER")), 1)
         yield self.relay.flush()
         self.assertEqual(self.statuses(), [("hurry", "expired")])
+
+
+class EarlierConnectionAckTests(unittest.TestCase):
+
+    def setUp(self):
+        self.relay = Relay(self)
+
+    @defer.inlineCallbacks
+    def test_ack_from_earlier_connection(self):
+        """
+        An ACK sent on a new connection for a delivery written on an earlier
+        one (the id says which message) marks it acked in the store, and a
+        later 'delivered' status does not undo that.
+        """
+        alice = yield self.relay.agent("alice")
+        bob = yield self.relay.agent("bob")
+        alice.feed(send("bob", "ack me later"))
+        [d] = bob.of_type("DELIVER")
+        bob.transport.loseConnection()
+        yield self.relay.flush()
+        bob2 = self.relay.connect()
+        bob2.feed(hello("bob"))
+        bob2.ack(d)
+        yield self.relay.live("bob")
+        yield self.relay.flush()
+        self.assertEqual(self.relay.rows("SELECT status FROM deliveries"), [("acked",)])
+        bob3 = yield self.relay.agent("bob")
+        self.assertEqual(bob3.of_type("DELIVER"), [])
