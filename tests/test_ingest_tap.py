@@ -50,8 +50,8 @@ class OptionsTests(unittest.TestCase):
         """
         --listen may be given several times.
         """
-        o = self.parse("--listen", "tcp:1", "--listen", "ssl:2:privateKey=k.pem")
-        self.assertEqual(o["listen"], ["tcp:1", "ssl:2:privateKey=k.pem"])
+        o = self.parse("--listen", "tcp:1", "--listen", "unix:/tmp/ingest.sock")
+        self.assertEqual(o["listen"], ["tcp:1", "unix:/tmp/ingest.sock"])
 
     def test_badValues(self):
         """
@@ -61,6 +61,8 @@ class OptionsTests(unittest.TestCase):
         for argv in (["--pool-size", "0"], ["--chunk-size", "x"],
                      ["--copy-threshold", "-3"], ["--small-strategy", "magic"],
                      ["--postgres", "host=a =broken"], ["--listen", "nonsense"],
+                     ["--listen", "8080"], ["--listen", "tcp:http"],
+                     ["--listen", "ssl:8443:privateKey=/nonexistent/key.pem"],
                      ["--db-timeout", "0"], ["--db-timeout", "soon"]):
             self.assertRaises(usage.UsageError, self.parse, *argv)
 

@@ -7,6 +7,7 @@ and bulk-inserts them into PostgreSQL.
 import os
 
 from twisted.application import service, strports
+from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -94,9 +95,12 @@ class Options(usage.Options):
             raise usage.UsageError("--small-strategy must be one of %s"
                                    % (", ".join(SMALL_STRATEGIES),))
         for description in self["listen"]:
-            if not description or ":" not in description and not description.isdigit():
-                raise usage.UsageError("--listen %r is not a strports description"
-                                       % (description,))
+            # Parse it now (without a reactor: nothing listens yet), so a
+            # typo or a missing certificate file is a usage error.
+            try:
+                endpoints.serverFromString(None, description)
+            except Exception as e:
+                raise usage.UsageError("--listen %r: %s" % (description, e))
 
 
 class IngestService(service.Service):
