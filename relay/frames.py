@@ -17,9 +17,18 @@ KINDS = frozenset(("message", "action", "state", "thinking"))
 # Envelope fields the daemon understands; anything else is preserved.
 KNOWN_FIELDS = frozenset(("v", "type", "id", "ts", "from", "to", "topic", "payload", "payload_meta"))
 
-# How much a DELIVER can outgrow the SEND it comes from: our id, the
-# recipient's name (at most 128), the delivery object, the type name.
-DELIVER_OVERHEAD = 384
+# How much a DELIVER can outgrow the (re-encoded) SEND it comes from, at
+# most, when the SEND left out every optional field: "v":1, (6), DELIVER
+# for SEND (3), "id":"<12 hex>-<19 digits>", (41), "ts":<16 digits>, (22),
+# "from":"<128>", (138), "to" growing from "*" to 128 characters (127) and
+# ,"delivery":{"seq":<19 digits>,"session_id":"<32 hex>","originalTo":"*"}
+# (104): 441.
+DELIVER_OVERHEAD = 448
+
+# Re-encoding can grow JSON (orjson writes 1e15 back as 1000000000000000.0:
+# at most 4x, for numbers in a list); below this fraction of the limit no
+# SEND can reach it, so only larger ones are re-encoded to be measured.
+REENCODE_GROWTH = 4
 
 
 def frame(envelope):
@@ -80,6 +89,9 @@ def check_send(env, max_frame_bytes, size):
         ttl = meta.get("ttl_ms")
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
             return "payload_meta.ttl_ms must be a positive integer"
+    if size * REENCODE_GROWTH + DELIVER_OVERHEAD > max_frame_bytes:
+        # Measure what the daemon will send, not what it was sent.
+        size = len(orjson.dumps(env))
     if size + DELIVER_OVERHEAD > max_frame_bytes:
         return "message too large: its DELIVER would exceed max_frame_bytes (%d)" % (max_frame_bytes,)
     return None
