@@ -698,3 +698,65 @@ class InvalidSendTests(unittest.TestCase):
         [error] = self.bob.new()
         self.assertEqual((error["type"], error["payload"]["code"], error["payload"]["fatal"]),
                          ("ERROR", "BAD_REQUEST", False))
+
+
+class DeliverSizeTests(unittest.TestCase):
+    """
+    PROTOCOL.md: a SEND whose DELIVER would exceed max_frame_bytes gets NACK
+    INVALID.  Whatever is accepted must therefore reach its recipients in
+    frames they accept.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.relay = Relay(self, max_frame_bytes=4096)
+        # A realistic clock: ts has 13 digits, as in production.
+        self.relay.clock.advance(1795702969.5)
+        self.sender = yield self.relay.agent("s" * 128)
+        self.recipient = yield self.relay.agent("r" * 128)
+        self.sender.new()
+
+    def deliver_sizes(self):
+        return [len(orjson.dumps(d)) for d in self.recipient.of_type("DELIVER")]
+
+    def test_near_the_limit(self):
+        """
+        Minimal SENDs (no v, id, ts or from) of every size up to the frame
+        limit between 128-character names: each is refused or delivered
+        in a frame within max_frame_bytes.
+        """
+        accepted = 0
+        for to in ("r" * 128, "*"):
+            for fill in range(3400, 4096, 7):
+                env = {"type": "SEND", "to": to, "payload": {"body": "x" * fill}}
+                if len(orjson.dumps(env)) > 4096:
+                    break
+                self.sender.feed(env)
+                replies = self.sender.new()
+                if not replies:
+                    accepted += 1
+                else:
+                    self.assertEqual(replies[0]["type"], "NACK")
+        self.assertGreater(accepted, 0)
+        self.assertEqual(len(self.deliver_sizes()), accepted)
+        self.assertLessEqual(max(self.deliver_sizes()), 4096)
+
+    def test_re_encoding_growth(self):
+        """
+        A SEND whose JSON grows when re-encoded (1e15 is written back as
+        1000000000000000.0) is measured as the daemon will send it: refused
+        when its DELIVER would not fit, rather than sent oversized.
+        """
+        env = {"type": "SEND", "id": "grow", "to": "r" * 128,
+               "payload": {"body": "", "data": {"n": []}}}
+        data = orjson.dumps(env)
+        count = (2000 - len(data)) // 5
+        raw = data.replace(b'"n":[]', b'"n":[' + b",".join([b"1e15"] * count) + b"]")
+        self.assertLess(len(raw), 2048)
+        self.sender.raw(struct.pack(">I", len(raw)) + raw)
+        replies = self.sender.new()
+        if replies:
+            self.assertEqual((replies[0]["type"], replies[0]["payload"]["code"]),
+                             ("NACK", "INVALID"))
+        self.assertTrue(all(n <= 4096 for n in self.deliver_sizes()), self.deliver_sizes())
+        self.assertEqual(len(replies) + len(self.deliver_sizes()), 1)
