@@ -155,6 +155,21 @@ class _Detector(reconnection.DeadConnectionDetector):
             self._reconnecting.cancel()
 
 
+class _Connection(txpostgres.Connection):
+    """
+    A txpostgres connection whose idle socket, when the server goes away,
+    reports the loss as the reason for disconnection instead of raising
+    out of C{doRead} (which the reactor logs as an unhandled error with a
+    traceback).  L{_Detector} logs the loss in one line and reconnects.
+    """
+
+    def doRead(self):
+        try:
+            return txpostgres.Connection.doRead(self)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            return e
+
+
 def _backoff():
     return retrying.simpleBackoffIterator(
         initialDelay=0.25, maxDelay=5.0, factor=2.0, maxRetries=0, now=True
@@ -176,7 +191,7 @@ class TxPostgresPool:
         self._all = []
         for _ in range(size):
             detector = _Detector(reactor)
-            conn = txpostgres.Connection(reactor=reactor, detector=detector)
+            conn = _Connection(reactor=reactor, detector=detector)
             self._all.append(conn)
             self._idle.append(conn)
         self._semaphore = defer.DeferredSemaphore(size)
