@@ -281,3 +281,30 @@ def connect_agent(daemon, name=None, **hello_extra):
         agent.send(hello(name, **hello_extra))
         yield agent.wait_type("WELCOME")
     return agent
+
+
+@defer.inlineCallbacks
+def daemon_status(daemon):
+    """
+    The daemon's STATUS reply payload, asked over a fresh connection.
+    """
+    probe = yield connect_agent(daemon)
+    probe.send({"v": 1, "type": "STATUS", "id": "status-probe"})
+    yield probe.wait_type("STATUS_REPLY")
+    probe.transport.loseConnection()
+    return probe.of_type("STATUS_REPLY")[0]["payload"]
+
+
+@defer.inlineCallbacks
+def wait_status(daemon, predicate, timeout=15.0):
+    """
+    Poll the daemon's STATUS until C{predicate(payload)} holds.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        status = yield daemon_status(daemon)
+        if predicate(status):
+            return status
+        if reactor.seconds() > deadline:
+            raise AssertionError("daemon status never matched: %r" % (status,))
+        yield task.deferLater(reactor, 0.05, lambda: None)

@@ -5,12 +5,11 @@ process, over real Unix sockets, with a real SQLite file.
 """
 
 import sqlite3
-import struct
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.daemon_support import DaemonProcess, connect_agent, encode, hello, send
+from tests.daemon_support import DaemonProcess, connect_agent, send, wait_status
 
 
 def stored(db_path, sql, *args):
@@ -54,6 +53,9 @@ class ConversationTests(unittest.TestCase):
         self.assertEqual({d["from"] for d in delivered}, {"alice"})
         self.assertEqual(len({d["id"] for d in delivered}), 3)
         self.assertEqual(alice.of_type("DELIVER")[0]["payload"]["body"], "hello back")
+        # The agents' ACKs may still be on their way: wait until the daemon
+        # has read all four before stopping it.
+        yield wait_status(self.daemon, lambda s: s["messages"]["acked"] == 4)
         yield self.daemon.stop()
         rows = stored(self.daemon.db_path, "SELECT sender, recipient, json_extract(payload, '$.body')"
                       " FROM messages ORDER BY seq")

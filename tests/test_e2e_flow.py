@@ -10,7 +10,7 @@ import sqlite3
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.daemon_support import DaemonProcess, connect_agent, send
+from tests.daemon_support import DaemonProcess, connect_agent, daemon_status, send
 
 
 def rss_kib(pid):
@@ -23,18 +23,6 @@ def rss_kib(pid):
 
 def pause(seconds):
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def status_of(agent):
-    """
-    Ask the daemon for its STATUS over a fresh connection.
-    """
-    probe = yield connect_agent(agent.daemon)
-    probe.send({"v": 1, "type": "STATUS", "id": "st"})
-    yield probe.wait_type("STATUS_REPLY")
-    probe.transport.loseConnection()
-    return probe.of_type("STATUS_REPLY")[0]["payload"]
 
 
 def bodies(agent):
@@ -68,7 +56,7 @@ class StalledReceiverTests(unittest.TestCase):
             yield pause(0.1)
             peak = max(peak, rss_kib(daemon.pid))
         self.assertLess(receiver.counts.get("DELIVER", 0), n)
-        status = yield status_of(receiver)
+        status = yield daemon_status(daemon)
         agents = {a["name"]: a for a in status["agents"]}
         self.assertTrue(agents["rx"]["backpressured"])
         self.assertEqual(agents["tx"]["paused"], ["('queue', 'rx')"])
@@ -110,7 +98,7 @@ class BroadcastStallTests(unittest.TestCase):
             yield m.wait_type("DELIVER", n, timeout=120)
             self.assertEqual(bodies(m), ["%05d" % i for i in range(n)])
         self.assertLess(stalled.counts.get("DELIVER", 0), n)
-        status = yield status_of(sender)
+        status = yield daemon_status(daemon)
         m00 = [a for a in status["agents"] if a["name"] == "m00"][0]
         # Its queue stopped at --queue-max; the rest waits in the store.
         self.assertFalse(m00["live"])
