@@ -56,10 +56,21 @@ def envelope(type_, payload=None, **fields):
     return env
 
 
+# The largest ttl_ms: the largest integer JSON peers (JavaScript) agree on;
+# far larger values would also overflow the store's INTEGER columns.
+MAX_TTL_MS = 2 ** 53 - 1
+
+
 def check_send(env, max_frame_bytes, size):
     """
     The reason a SEND must be refused with C{NACK INVALID}, or None.
+
+    Everything that reaches the store must be storable: a value SQLite
+    cannot bind would fail its whole write batch again on every retry.
     """
+    send_id = env.get("id")
+    if send_id is not None and not isinstance(send_id, str):
+        return "id must be a string"
     to = env.get("to")
     if not isinstance(to, str) or not to:
         return "missing 'to': an agent name or '*'"
@@ -87,8 +98,9 @@ def check_send(env, max_frame_bytes, size):
         return "payload_meta must be an object"
     if meta:
         ttl = meta.get("ttl_ms")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
-            return "payload_meta.ttl_ms must be a positive integer"
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0
+                                or ttl > MAX_TTL_MS):
+            return "payload_meta.ttl_ms must be a positive integer up to %d" % (MAX_TTL_MS,)
     if size * REENCODE_GROWTH + DELIVER_OVERHEAD > max_frame_bytes:
         # Measure what the daemon will send, not what it was sent.
         size = len(orjson.dumps(env))
