@@ -337,9 +337,11 @@ class Router:
         if not isinstance(message_id, str):
             return None
         prefix, _, seq = message_id.rpartition("-")
-        if prefix != self.store.id_prefix or not seq.isdigit():
+        if prefix != self.store.id_prefix or not (seq.isascii() and seq.isdigit()):
             return None
-        return int(seq)
+        n = int(seq)
+        # Only a seq this store has given names a message (and fits SQLite).
+        return n if 0 < n <= self.store._seq else None
 
     # -- flow control --------------------------------------------------------
 
