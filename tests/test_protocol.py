@@ -527,6 +527,9 @@ class InvalidSendTests(unittest.TestCase):
     saying which, and stores nothing.
     """
 
+    # A bad value reaching the store would make flushes wait forever.
+    timeout = 20
+
     @defer.inlineCallbacks
     def setUp(self):
         self.relay = Relay(self, max_frame_bytes=2048)
@@ -650,6 +653,43 @@ class InvalidSendTests(unittest.TestCase):
                          ["message", "action", "state", "thinking"])
         yield self.relay.flush()
         self.assertEqual(self.relay.rows("SELECT count(*) FROM messages"), [(4,)])
+
+    def test_id_not_string(self):
+        """
+        A SEND whose id is not a string (object, list, a number too large
+        for SQLite) is refused, and the store keeps working: such an id
+        must never reach a write batch, where it would fail it for good.
+        """
+        for bad in ({"x": 1}, ["a"], 10 ** 19, True):
+            env = send("bob")
+            env["id"] = bad
+            self.alice.feed(env)
+            [nack] = self.alice.new()
+            self.assertEqual((nack["type"], nack["payload"]["code"]), ("NACK", "INVALID"))
+            self.assertIn("id", nack["payload"]["message"])
+        return self.assertStillStoring()
+
+    def test_ttl_too_large(self):
+        """
+        A ttl_ms beyond 2**53 - 1 (the largest integer JSON peers agree on)
+        is refused instead of overflowing the store's INTEGER column; a TTL
+        of ten years is accepted.
+        """
+        self.alice.feed(send("bob", meta={"ttl_ms": 10 ** 19}))
+        [nack] = self.alice.new()
+        self.assertEqual((nack["type"], nack["payload"]["code"]), ("NACK", "INVALID"))
+        self.assertIn("ttl_ms", nack["payload"]["message"])
+        self.alice.feed(send("bob", meta={"ttl_ms": 10 * 365 * 86400 * 1000}))
+        self.assertEqual(self.alice.new(), [])
+        return self.assertStillStoring()
+
+    @defer.inlineCallbacks
+    def assertStillStoring(self):
+        env = send("bob", "after", requires_ack=True)
+        self.alice.feed(env)
+        yield self.relay.flush()
+        self.assertEqual([a["payload"]["ack_id"] for a in self.alice.of_type("ACK")], [env["id"]])
+        self.assertEqual(self.relay.store.batcher.metrics["failures"], 0)
 
     def test_bad_ttl(self):
         """

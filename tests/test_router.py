@@ -421,6 +421,9 @@ class ExpiryTests(unittest.TestCase):
 
 class EarlierConnectionAckTests(unittest.TestCase):
 
+    # A bad value reaching the store would make flushes wait forever.
+    timeout = 20
+
     def setUp(self):
         self.relay = Relay(self)
 
@@ -445,3 +448,26 @@ class EarlierConnectionAckTests(unittest.TestCase):
         self.assertEqual(self.relay.rows("SELECT status FROM deliveries"), [("acked",)])
         bob3 = yield self.relay.agent("bob")
         self.assertEqual(bob3.of_type("DELIVER"), [])
+
+    @defer.inlineCallbacks
+    def test_ack_ids_that_are_no_message(self):
+        """
+        ACKs whose id has the store's prefix but names no message (a seq
+        beyond any given, too large for SQLite, non-ASCII digits) are
+        ignored: no error, the connection stays open and the store keeps
+        committing.
+        """
+        alice = yield self.relay.agent("alice")
+        bob = yield self.relay.agent("bob")
+        prefix = self.relay.store.id_prefix
+        bob.new()
+        for seq in ("9" * 30, "123456", "\u00b2", "", "-1"):
+            bob.feed({"v": 1, "type": "ACK", "payload": {"ack_id": "%s-%s" % (prefix, seq),
+                                                         "seq": 1}})
+        self.assertEqual(bob.new(), [])
+        self.assertFalse(bob.closed)
+        env = send("bob", "after", requires_ack=True)
+        alice.feed(env)
+        yield self.relay.flush()
+        self.assertEqual([a["payload"]["ack_id"] for a in alice.of_type("ACK")], [env["id"]])
+        self.assertEqual(self.relay.store.batcher.metrics["failures"], 0)
