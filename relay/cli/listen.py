@@ -76,6 +76,32 @@ def format_message(message):
     return line
 
 
+def log_to_stderr(command, level="info"):
+    """
+    Show relay.client's log events of ``level`` and above on stderr, one line
+    each (``relay listen: ...``), without tracebacks.
+    """
+    from twisted.logger import (
+        FilteringLogObserver, LogLevel, LogLevelFilterPredicate, formatEvent,
+        globalLogBeginner)
+
+    threshold = LogLevel.lookupByName(level)
+
+    def observer(event):
+        # The client's own events; Twisted's chatter ("Starting factory") only
+        # when it is a warning or worse.
+        if not event.get("log_namespace", "").startswith("relay.") and \
+                event.get("log_level", LogLevel.info) < LogLevel.warn:
+            return
+        text = formatEvent(event)
+        if text:
+            sys.stderr.write("relay {}: {}\n".format(command, text.splitlines()[0]))
+            sys.stderr.flush()
+    predicate = LogLevelFilterPredicate(defaultLogLevel=threshold)
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])],
+                                     redirectStandardIO=False)
+
+
 def main(args):
     from relay.client import check_agent_name
     from relay.client.commandline import endpoint_from_args, run_job
@@ -89,6 +115,7 @@ def main(args):
     for topic in args.topic:
         if not topic:
             return _fail(EXIT_USAGE, "--topic must not be empty")
+    log_to_stderr("listen")
     code, failure = run_job(_listen, args, endpoint_from_args(args))
     if failure is not None:
         return _fail(EXIT_FAILED, "unexpected error: {}".format(failure.getErrorMessage()))
@@ -107,8 +134,9 @@ def _listen(reactor, args, endpoint):
 
     def on_message(message):
         if finished.called:
-            # Past --count: leave it un-ACKed for the next reader.
-            raise _Stopped()
+            # Past --count (or the output broke): a Deferred that never fires
+            # keeps it un-ACKed, so the daemon gives it to the next reader.
+            return defer.Deferred()
         if args.json:
             line = json.dumps(message.as_dict(), ensure_ascii=False)
         else:
@@ -119,7 +147,7 @@ def _listen(reactor, args, endpoint):
         except (BrokenPipeError, OSError) as e:
             if not finished.called:
                 finished.callback(_fail(EXIT_FAILED, "cannot write the output: {}".format(e)))
-            raise _Stopped()
+            return defer.Deferred()
         state["count"] += 1
         if args.count is not None and state["count"] >= args.count:
             # ACKed once this returns; stop after that ACK is written.
@@ -152,6 +180,3 @@ def _listen(reactor, args, endpoint):
         return code
     return job()
 
-
-class _Stopped(Exception):
-    """Raised from the callback so that the message is not ACKed."""

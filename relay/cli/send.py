@@ -87,6 +87,8 @@ def main(args):
         body = sys.stdin.read()
         if body.endswith("\n") and args.body is None:
             body = body[:-1]
+    from relay.cli.listen import log_to_stderr
+    log_to_stderr("send", "critical")
     code, failure = run_job(_send, args, body, data, endpoint_from_args(args))
     if failure is not None:
         return _fail(EXIT_FAILED, "unexpected error: {}".format(failure.getErrorMessage()))

@@ -85,6 +85,8 @@ class RelayClientProtocol(Int32StringReceiver):
 class RelayClientFactory(Factory):
     """Builds one ``RelayClientProtocol`` per connection for ``owner``."""
 
+    noisy = False       # no "Starting factory" line per reconnect attempt
+
     def __init__(self, owner, clock):
         self.owner = owner
         self.clock = clock
