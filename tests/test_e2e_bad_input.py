@@ -167,3 +167,49 @@ class BadInputTests(unittest.TestCase):
         yield self.assertStillServing()
         self.assertNotIn("never finished",
                          [f["payload"]["body"] for f in self.bob.of_type("DELIVER")])
+
+    @defer.inlineCallbacks
+    def test_values_the_store_cannot_hold(self):
+        """
+        A SEND with a non-string id or a ttl_ms too large for SQLite gets
+        NACK INVALID, an ACK naming no message is ignored, and none of them
+        stops the store: later messages are still stored and receipted.
+        """
+        agent = yield connect_agent(self.daemon, "frank")
+        bad_id = send("bob", "bad id")
+        bad_id["id"] = {"not": "a string"}
+        bad_ttl = send("bob", "bad ttl")
+        bad_ttl["payload_meta"] = {"ttl_ms": 10 ** 19}
+        agent.send_many([bad_id, bad_ttl])
+        frames = yield agent.wait_type("NACK", 2)
+        nacks = [f for f in frames if f["type"] == "NACK"]
+        self.assertEqual([n["payload"]["code"] for n in nacks], ["INVALID", "INVALID"])
+        self.assertEqual(nacks[0]["payload"]["ack_id"], {"not": "a string"})
+        self.assertIn("ttl_ms", nacks[1]["payload"]["message"])
+        yield self.assertStillServing()
+        prefix = self.bob.of_type("DELIVER")[0]["id"].rpartition("-")[0]
+        self.bob.send({"v": 1, "type": "ACK", "payload": {"ack_id": prefix + "-" + "9" * 30,
+                                                          "seq": 1}})
+        yield self.assertStillServing()
+        self.assertFalse(self.bob.closed.called)
+
+    @defer.inlineCallbacks
+    def test_send_growing_past_the_limit(self):
+        """
+        A SEND under max_frame_bytes whose JSON grows past it when the
+        daemon re-encodes it for the DELIVER (1e15 becomes
+        1000000000000000.0) gets NACK INVALID instead of an oversized
+        DELIVER.
+        """
+        agent = yield connect_agent(self.daemon, "grower")
+        head = b'{"v":1,"type":"SEND","id":"grow","to":"bob","payload":{"body":"","data":{"n":['
+        count = 300000 // 5
+        raw = head + b",".join([b"1e15"] * count) + b"]}}}"
+        self.assertLess(len(raw), 1048576)
+        agent.write_raw(struct.pack(">I", len(raw)) + raw)
+        frames = yield agent.wait_type("NACK")
+        [nack] = [f for f in frames if f["type"] == "NACK"]
+        self.assertEqual((nack["payload"]["ack_id"], nack["payload"]["code"]), ("grow", "INVALID"))
+        self.assertIn("too large", nack["payload"]["message"])
+        yield self.assertStillServing()
+        self.assertEqual([d for d in self.bob.of_type("DELIVER") if d["from"] == "grower"], [])
