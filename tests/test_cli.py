@@ -402,3 +402,30 @@ class BrokenOutputTests(unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertEqual(json.loads(out)["body"], "second")
         yield daemon.stop()
+
+
+class HistoryUnderLoadTests(unittest.TestCase):
+    """relay history next to a daemon busy writing."""
+
+    @defer.inlineCallbacks
+    def test_history_during_load(self):
+        """While the load generator pushes 4000 durable messages through the
+        daemon, repeated relay history runs succeed, and the run loses nothing
+        and completes (the read-only WAL reader blocks no writer)."""
+        from twisted.internet import threads
+
+        from relay import loadgen
+        daemon = DaemonProcess(self, extra_args=["--no-rate-limit"])
+        yield daemon.start()
+        running = threads.deferToThread(loadgen.run, daemon.socket_path, messages=4000,
+                                        size=100, window=100)
+        reads = 0
+        while not running.called or reads == 0:
+            out, err, code = yield run_cli(["history", "--db", daemon.db_path, "--limit", "5",
+                                            "--json"])
+            self.assertEqual(code, 0, err)
+            reads += 1
+        result = yield running
+        self.assertEqual((result["lost"], result["complete"]), (0, True))
+        self.assertEqual(result["receipts"], 4000)
+        yield daemon.stop()
