@@ -25,6 +25,12 @@ restarts.
   the message out. A callback that fails is logged and its message is not ACKed,
   so the daemon delivers it again after its ack timeout. Redeliveries of an id
   already handled are ACKed again and not passed on.
+- Why not ``ClientService``: the HELLO/WELCOME handshake would be its
+  ``prepareConnection``, and in Twisted 26.10 a connection lost while that is
+  pending (the daemon restarting or refusing the HELLO) raises automat's
+  ``NoTransition: no transition for _clientDisconnected in ... 'Connecting'``
+  and the service never retries. The loop here is small and uses the same
+  ``backoffPolicy``.
 - A fatal ERROR on an active connection (the daemon's way of saying a newer
   connection took this agent name) closes the client instead of reconnecting:
   two clients with one name would otherwise throw each other out forever.
