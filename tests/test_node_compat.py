@@ -84,10 +84,15 @@ alice.sendMessage('python', 'hi python');
 await until(() => got.alice.length === 2, 'python to answer');
 alice.broadcast('everyone');
 await until(() => got.bob.length === 2, 'bob to get the broadcast');
+bob.subscribe('news');            // RelayClient's SEND has no topic: python publishes
+await wait(100);
+alice.sendMessage('python', 'publish news');
+await until(() => got.bob.length === 3, 'bob to get the topic broadcast');
+alice.sendLog('a LOG frame, which our daemon does not know');
 await wait(hold);          // many heartbeats: PINGs must be answered
 const stillReady = alice.state === 'READY' && bob.state === 'READY';
 alice.sendMessage('bob', 'after the pings');
-await until(() => got.bob.length === 3, 'bob to get the last one');
+await until(() => got.bob.length === 4, 'bob to get the last one');
 alice.disconnect();
 bob.disconnect();
 await wait(100);
@@ -139,6 +144,8 @@ class NodeClientTests(unittest.TestCase):
             python_inbox.append(message)
             if message.body == "hi python":
                 return python.send(message.sender, "hello from python", durable=False)
+            if message.body == "publish news":
+                return python.broadcast("topic news", topic="news")
         python = yield connect(reactor, daemon.endpoint, "python", on_message=answer)
         try:
             script = os.path.join(os.path.abspath(self.mktemp()) + ".mjs")
@@ -159,6 +166,9 @@ class NodeClientTests(unittest.TestCase):
             yield python.close()
 
         self.assertEqual(result["errors"], [])
+        # The unknown LOG frame gets at most a non-fatal ERROR, which the Node
+        # client only prints; it stays connected (checked below).
+        self.assertNotIn("fatal: true", err)
         self.assertTrue(result["stillReady"], result["states"])
         for name in ("alice", "bob"):
             # One connection each, never dropped: READY until our disconnect().
@@ -170,13 +180,14 @@ class NodeClientTests(unittest.TestCase):
         alice = result["got"]["alice"]
         self.assertEqual([(m["from"], m["body"]) for m in bob],
                          [("alice", "hi bob"), ("alice", "everyone"),
-                          ("alice", "after the pings")])
+                          ("python", "topic news"), ("alice", "after the pings")])
         self.assertEqual(bob[0]["data"], {"n": 1})
         self.assertEqual(bob[1]["originalTo"], "*")
         self.assertEqual([(m["from"], m["body"]) for m in alice],
                          [("bob", "hi alice"), ("python", "hello from python")])
         self.assertEqual([(m.sender, m.body) for m in python_inbox],
-                         [("alice", "hi python"), ("alice", "everyone")])
+                         [("alice", "hi python"), ("alice", "everyone"),
+                          ("alice", "publish news")])
         yield daemon.stop()
         db = sqlite3.connect("file:{}?mode=ro".format(daemon.db_path), uri=True)
         self.addCleanup(db.close)
@@ -184,5 +195,5 @@ class NodeClientTests(unittest.TestCase):
             "SELECT d.recipient, d.status, d.attempts FROM deliveries d JOIN messages m "
             "ON m.seq = d.message_seq WHERE d.recipient IN ('alice', 'bob') "
             "ORDER BY m.seq").fetchall()
-        self.assertEqual(len(statuses), 5)
+        self.assertEqual(len(statuses), 6)
         self.assertEqual({s for _, s, _ in statuses}, {"acked"}, statuses)
