@@ -288,7 +288,18 @@ def _load_state(txn, conn):
         conn.commit()
     txn.execute("SELECT recipient, topic, sender, last_seq FROM streams")
     streams = {(r, t, s): n for r, t, s, n in txn.fetchall()}
-    return seq, prefix, streams
+    # Each run gets its own id prefix.  Messages are delivered live before
+    # their batch commits; a crash loses those, and their seqs are given
+    # again after the restart.  Clients drop a DELIVER whose id they have
+    # seen, so an id must never name two messages: the run number in it,
+    # written durably before anything listens, keeps them apart.
+    txn.execute("SELECT value FROM meta WHERE key = 'runs'")
+    row = txn.fetchone()
+    runs = int(row[0]) + 1 if row else 1
+    conn.execute("PRAGMA synchronous=FULL")
+    txn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('runs', ?)", (str(runs),))
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return seq, "%s.%d" % (prefix, runs), streams
 
 
 def _write_rows(txn, rows):
