@@ -251,3 +251,38 @@ class DuplicateNameTests(_DaemonTestCase):
         alice.send(send("bob", "which bob?", requires_ack=True))
         yield new.wait_type("DELIVER")
         self.assertEqual(old.of_type("DELIVER"), [])
+
+
+class CrashIdTests(_DaemonTestCase):
+    # Nothing commits on its own: a delivered message stays uncommitted.
+    args = ["--batch-delay-ms", "60000", "--batch-size", "100000"]
+
+    @defer.inlineCallbacks
+    def test_no_id_given_twice_across_a_crash(self):
+        """
+        A message delivered live but not yet committed when the daemon is
+        killed is lost with its sender's receipt (it never got one), but
+        its id is never given to another message after the restart:
+        clients drop a DELIVER whose id they have seen, so a reused id would
+        silently lose the new, receipted message.
+        """
+        alice = yield connect_agent(self.daemon, "alice")
+        bob = yield connect_agent(self.daemon, "bob")
+        # A receipted message first: once bob has it, he is caught up and
+        # gets the next one live, before any commit.
+        alice.send(send("bob", "warm-up", requires_ack=True))
+        yield alice.wait_type("ACK")
+        yield bob.wait_type("DELIVER")
+        alice.send(send("bob", "A, not receipted"))
+        yield bob.wait_type("DELIVER", 2)
+        seen = {f["id"] for f in bob.of_type("DELIVER")}
+        yield self.daemon.kill()
+        yield self.daemon.start()
+        alice = yield connect_agent(self.daemon, "alice")
+        bob = yield connect_agent(self.daemon, "bob")
+        alice.send(send("bob", "B, receipted", requires_ack=True))
+        yield alice.wait_type("ACK")
+        yield bob.wait_for(lambda a: any(f["payload"]["body"] == "B, receipted"
+                                         for f in a.of_type("DELIVER")))
+        [second] = [f for f in bob.of_type("DELIVER") if f["payload"]["body"] == "B, receipted"]
+        self.assertNotIn(second["id"], seen)
