@@ -286,3 +286,25 @@ class CrashIdTests(_DaemonTestCase):
                                          for f in a.of_type("DELIVER")))
         [second] = [f for f in bob.of_type("DELIVER") if f["payload"]["body"] == "B, receipted"]
         self.assertNotIn(second["id"], seen)
+
+
+class PausedHeartbeatTests(_DaemonTestCase):
+    # 2 messages/s after a burst of 1: the daemon stops reading a sender of
+    # three for about a second, more than six 50 ms heartbeats.
+    args = ["--batch-delay-ms", "10", "--heartbeat-ms", "50", "--rate-limit", "2",
+            "--rate-burst", "1", "--rate-limit-policy", "throttle"]
+
+    @defer.inlineCallbacks
+    def test_not_closed_while_throttled(self):
+        """
+        While the daemon itself is not reading an agent's socket (rate
+        throttling) the agent's PONGs cannot arrive, and the heartbeat does
+        not close it: all its messages are accepted and receipted.
+        """
+        alice = yield connect_agent(self.daemon, "alice")
+        started = reactor.seconds()
+        alice.send_many([send("alice", "m%d" % i, requires_ack=True) for i in range(3)])
+        yield alice.wait_type("ACK", 3, timeout=10)
+        self.assertGreater(reactor.seconds() - started, 6 * 0.05)
+        self.assertFalse(alice.closed.called)
+        self.assertGreaterEqual(len(alice.of_type("BUSY")), 1)
