@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from relay.client import (
     Client, ClientClosed, ConnectFailed, HandshakeRefused, ProtocolViolation, SendRefused,
-    connect, default_endpoint, fetch_status)
+    TooManyPending, connect, default_endpoint, fetch_status)
 
 
 def decode_frames(transport):
@@ -585,3 +585,28 @@ class FatalErrorTests(unittest.TestCase):
         h.welcome()
         h.feed("ERROR", {"code": "BAD_REQUEST", "fatal": False, "message": "odd frame"})
         self.assertEqual(h.client.state, "active")
+
+
+class MaxPendingTests(unittest.TestCase):
+    """Sends while the daemon is away are bounded."""
+
+    def test_refused_beyond_max_pending(self):
+        """Beyond max_pending waiting SENDs, send() fails at once with
+        TooManyPending; the waiting ones still go out after reconnecting."""
+        h = Harness(self, max_pending=2)
+        h.client.start()
+        h.accept()
+        h.welcome()
+        h.drop()
+        first, second = h.client.send("bob", "1"), h.client.send("bob", "2")
+        error = self.failureResultOf(h.client.send("bob", "3"), TooManyPending).value
+        self.assertIn("2 messages already wait", str(error))
+        h.reactor.advance(1)
+        h.accept()
+        h.welcome()
+        frames = h.sent()
+        self.assertEqual([f["payload"]["body"] for f in frames], ["1", "2"])
+        for frame in frames:
+            h.feed("ACK", {"ack_id": frame["id"], "seq": 0})
+        self.successResultOf(first)
+        self.successResultOf(second)

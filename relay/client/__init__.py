@@ -16,7 +16,7 @@ See ``relay.client.client`` for the delivery, receipt and reconnect rules and
 from relay.client.client import Client, check_agent_name, connect
 from relay.client.errors import (
     ClientClosed, ConnectFailed, HandshakeRefused, ProtocolViolation, RelayClientError,
-    SendRefused)
+    SendRefused, TooManyPending)
 from relay.client.message import Message
 from relay.client.status import fetch_status
 
@@ -37,5 +37,5 @@ def default_endpoint(environ=None):
 __all__ = [
     "connect", "Client", "Message", "fetch_status", "default_endpoint", "DEFAULT_SOCKET",
     "check_agent_name", "RelayClientError", "ConnectFailed", "HandshakeRefused",
-    "SendRefused", "ClientClosed", "ProtocolViolation",
+    "SendRefused", "ClientClosed", "ProtocolViolation", "TooManyPending",
 ]

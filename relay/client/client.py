@@ -46,7 +46,8 @@ from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
 from relay.client.errors import (
-    ClientClosed, ConnectFailed, HandshakeRefused, SendRefused, describe_connect_failure)
+    ClientClosed, ConnectFailed, HandshakeRefused, SendRefused, TooManyPending,
+    describe_connect_failure)
 from relay.client.message import Message
 from relay.client.protocol import RelayClientFactory, envelope
 
@@ -85,7 +86,7 @@ class Client:
 
     def __init__(self, reactor, endpoint_string, agent_name, on_message=None,
                  reconnect=True, timeout=10.0, retry_policy=None, max_attempts=None,
-                 dedupe_size=10000, queue_high=1000, hello_fields=None):
+                 dedupe_size=10000, queue_high=1000, hello_fields=None, max_pending=10000):
         check_agent_name(agent_name)
         try:
             self._endpoint = clientFromString(reactor, endpoint_string)
@@ -103,6 +104,7 @@ class Client:
         self._max_attempts = max_attempts
         self._dedupe_size = dedupe_size
         self._queue_high = queue_high
+        self._max_pending = max_pending
 
         self.state = IDLE
         self.session_id = None
@@ -356,10 +358,17 @@ class Client:
         Send ``body`` to agent ``to`` (``"*"`` broadcasts). Returns a Deferred
         firing with the SEND id once the daemon's receipt arrives (``durable``),
         or once written (not ``durable``); failing with ``SendRefused`` on NACK or
-        ``ClientClosed`` if the client is closed first.
+        ``ClientClosed`` if the client is closed first; failing at once with
+        ``TooManyPending`` when ``max_pending`` SENDs already wait (memory stays
+        bounded while the daemon is away).
         """
         if self.state == CLOSED or self.state == CLOSING:
             return defer.fail(ClientClosed("the client is closed"))
+        if len(self._pending) >= self._max_pending:
+            # Bounded memory while the daemon is away: refuse loudly.
+            return defer.fail(TooManyPending(
+                "{} messages already wait for the daemon's receipt (max_pending); "
+                "try again later".format(len(self._pending))))
         if not isinstance(body, str):
             return defer.fail(TypeError("body must be a string, not {}".format(
                 type(body).__name__)))
@@ -585,7 +594,8 @@ class Client:
 
 
 def connect(reactor, endpoint_string, agent_name, *, on_message=None, reconnect=True,
-            timeout=10.0, retry_policy=None, max_attempts=None, **hello_fields):
+            timeout=10.0, retry_policy=None, max_attempts=None, max_pending=10000,
+            **hello_fields):
     """
     Connect to the daemon at ``endpoint_string`` (any Twisted client endpoint,
     e.g. ``unix:/tmp/agent-relay.sock``) as ``agent_name``. Extra keyword
@@ -598,7 +608,8 @@ def connect(reactor, endpoint_string, agent_name, *, on_message=None, reconnect=
     try:
         client = Client(reactor, endpoint_string, agent_name, on_message=on_message,
                         reconnect=reconnect, timeout=timeout, retry_policy=retry_policy,
-                        max_attempts=max_attempts, hello_fields=hello_fields)
+                        max_attempts=max_attempts, hello_fields=hello_fields,
+                        max_pending=max_pending)
     except (ValueError, ConnectFailed) as e:
         return defer.fail(e)
     return client.start()

@@ -50,6 +50,13 @@ class SendRefused(RelayClientError):
         self.retry_after_ms = retry_after_ms
 
 
+class TooManyPending(RelayClientError):
+    """
+    ``max_pending`` SENDs already wait for a receipt (typically while the daemon
+    is unreachable); this one was not queued.
+    """
+
+
 class ClientClosed(RelayClientError):
     """The client was closed (or gave up reconnecting) before this completed."""
 
