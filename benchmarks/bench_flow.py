@@ -25,8 +25,15 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_core import Daemon, print_table  # noqa: E402
+from bench_core import Daemon  # noqa: E402
 from relay import loadgen  # noqa: E402
+from relay.cli.bench import format_table  # noqa: E402
+
+
+def print_table(rows, out):
+    for line in format_table(rows):
+        out.write(line + "\n")
+
 
 NO_RATE_LIMIT = ["--no-rate-limit"]
 FLOW_OFF = ["--queue-high", "100000000", "--queue-low", "1", "--queue-max", "100000001",

@@ -3,7 +3,7 @@
 The interfaces between the daemon's parts.
 """
 
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 
 class ISyncSource(Interface):

@@ -308,3 +308,16 @@ def wait_status(daemon, predicate, timeout=15.0):
         if reactor.seconds() > deadline:
             raise AssertionError("daemon status never matched: %r" % (status,))
         yield task.deferLater(reactor, 0.05, lambda: None)
+
+
+@defer.inlineCallbacks
+def send_receipted(daemon, name, envelopes, timeout=30.0):
+    """
+    Connect as C{name}, send C{envelopes} (SENDs asking for receipts), wait
+    for every receipt, then disconnect.
+    """
+    agent = yield connect_agent(daemon, name)
+    agent.send_many(envelopes)
+    yield agent.wait_type("ACK", len(envelopes), timeout=timeout)
+    agent.transport.loseConnection()
+    yield agent.closed

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from relay.store import connect_readonly
 from relay.sync.spill import SpillDir
 from relay.sync.wire import encode_message
-from tests.daemon_support import DaemonProcess, connect_agent, send
+from tests.daemon_support import DaemonProcess, daemon_status, send, send_receipted
 from tests.sync_support import KEY, WORKSPACE, IngestServer, make_row, wait_until
 
 TEXT = ("Finished the refactor of the router's delivery loop; all 214 tests pass. "
@@ -57,21 +57,14 @@ class SyncEndToEndTests(unittest.TestCase):
         Send C{count} messages from alice to (absent) bob and wait for every
         store receipt.
         """
-        agent = yield connect_agent(daemon, "alice-{}".format(start))
-        for i in range(start, start + count):
-            agent.send(send("bob", TEXT.format(i=i), requires_ack=True))
-        yield agent.wait_type("ACK", count, timeout=30)
-        agent.transport.loseConnection()
-        yield agent.closed
+        yield send_receipted(daemon, "alice-{}".format(start),
+                             [send("bob", TEXT.format(i=i), requires_ack=True)
+                              for i in range(start, start + count)])
 
     @defer.inlineCallbacks
     def status(self, daemon):
-        agent = yield connect_agent(daemon)
-        agent.send({"v": 1, "type": "STATUS", "id": "st-1", "ts": 0, "payload": {}})
-        frames = yield agent.wait_type("STATUS_REPLY")
-        agent.transport.loseConnection()
-        yield agent.closed
-        return [f for f in frames if f["type"] == "STATUS_REPLY"][0]["payload"]["sync"]
+        status = yield daemon_status(daemon)
+        return status["sync"]
 
     @defer.inlineCallbacks
     def test_outage_of_ten_seconds(self):

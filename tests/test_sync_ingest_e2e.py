@@ -18,7 +18,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from relay.ingest import keys
-from tests.daemon_support import DaemonProcess, connect_agent, send
+from tests.daemon_support import DaemonProcess, daemon_status, send, send_receipted
 from tests.ingest_process import IngestProcess
 from tests.ingest_support import fetchAll, testDatabaseDSN, truncate
 from tests.sync_support import wait_until
@@ -61,21 +61,14 @@ class SyncToIngestTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def send_messages(self, daemon, count, start):
-        agent = yield connect_agent(daemon, "alice-{}".format(start))
-        for i in range(start, start + count):
-            agent.send(send("bob", TEXT.format(i=i), requires_ack=True))
-        yield agent.wait_type("ACK", count, timeout=30)
-        agent.transport.loseConnection()
-        yield agent.closed
+        yield send_receipted(daemon, "alice-{}".format(start),
+                             [send("bob", TEXT.format(i=i), requires_ack=True)
+                              for i in range(start, start + count)])
 
     @defer.inlineCallbacks
     def sync_status(self, daemon):
-        agent = yield connect_agent(daemon)
-        agent.send({"v": 1, "type": "STATUS", "id": "st", "ts": 0, "payload": {}})
-        frames = yield agent.wait_type("STATUS_REPLY")
-        agent.transport.loseConnection()
-        yield agent.closed
-        return [f for f in frames if f["type"] == "STATUS_REPLY"][0]["payload"]["sync"]
+        status = yield daemon_status(daemon)
+        return status["sync"]
 
     @defer.inlineCallbacks
     def test_outage_kill_and_lost_cursor_end_exactly_once(self):

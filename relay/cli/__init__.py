@@ -25,6 +25,15 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 
+def fail(command, code, message):
+    """
+    Print C{relay COMMAND: message} on stderr and return C{code}, the exit
+    status: every sub-command reports errors as this one line.
+    """
+    sys.stderr.write("relay {}: {}\n".format(command, message))
+    return code
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="relay",

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 
 EPILOG = """\
 examples:
@@ -57,8 +57,7 @@ def register(subparsers):
 
 
 def _fail(code, message):
-    sys.stderr.write("relay history: {}\n".format(message))
-    return code
+    return fail("history", code, message)
 
 
 def parse_since(text):

@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 
 EPILOG = """\
 examples:
@@ -52,8 +52,7 @@ def register(subparsers):
 
 
 def _fail(code, message):
-    sys.stderr.write("relay listen: {}\n".format(message))
-    return code
+    return fail("listen", code, message)
 
 
 def format_message(message):

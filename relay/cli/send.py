@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 
 EPILOG = """\
 examples:
@@ -58,8 +58,7 @@ def register(subparsers):
 
 
 def _fail(code, message):
-    sys.stderr.write("relay send: {}\n".format(message))
-    return code
+    return fail("send", code, message)
 
 
 def main(args):

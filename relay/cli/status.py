@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 
 EPILOG = """\
 examples:
@@ -42,8 +42,7 @@ def register(subparsers):
 
 
 def _fail(code, message):
-    sys.stderr.write("relay status: {}\n".format(message))
-    return code
+    return fail("status", code, message)
 
 
 def _duration(seconds):
