@@ -17,7 +17,8 @@ from twisted.logger import Logger
 
 # The statements a batch carries, in the order a flush runs them: a message
 # row is on disk before its delivery rows, an insert before its updates.
-STATEMENTS = ("message", "delivery", "status", "stream", "expire", "meta", "dead_letter")
+STATEMENTS = ("message", "delivery", "status", "ack_by_id", "stream", "expire", "meta",
+              "dead_letter")
 
 
 class Batch:

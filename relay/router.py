@@ -326,22 +326,12 @@ class Router:
                                   STATUS_ACKED, delivery.attempts, self.now_ms())
             session.conn.outbox.acked()
             return True
-        # An ACK for a delivery of an earlier connection: the id says which.
-        seq = self._seq_of(ack_id)
-        if seq is not None:
-            self.store.set_status(None, session.name, seq, STATUS_ACKED, 1, self.now_ms())
+        # An ACK for a delivery of an earlier connection (or an earlier run
+        # of the daemon): the store finds the message by its id.
+        if isinstance(ack_id, str) and 0 < len(ack_id) <= 255:
+            self.store.ack_by_id(session.name, ack_id, self.now_ms())
             return True
         return False
-
-    def _seq_of(self, message_id):
-        if not isinstance(message_id, str):
-            return None
-        prefix, _, seq = message_id.rpartition("-")
-        if prefix != self.store.id_prefix or not (seq.isascii() and seq.isdigit()):
-            return None
-        n = int(seq)
-        # Only a seq this store has given names a message (and fits SQLite).
-        return n if 0 < n <= self.store._seq else None
 
     # -- flow control --------------------------------------------------------
 

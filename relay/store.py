@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relay.batcher import Batcher
+from relay.batcher import STATEMENTS, Batcher
 from relay.interfaces import ISyncSource
 
 SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schema")
@@ -33,6 +33,11 @@ SQL = {
     "status": (
         "UPDATE deliveries SET status = ?, attempts = ?, updated_at = ?"
         " WHERE recipient = ? AND message_seq = ? AND status != 'acked'"
+    ),
+    "ack_by_id": (
+        "UPDATE deliveries SET status = 'acked', updated_at = ?"
+        " WHERE recipient = ? AND status != 'acked'"
+        " AND message_seq = (SELECT seq FROM messages WHERE id = ?)"
     ),
     "stream": (
         "INSERT INTO streams (recipient, topic, sender, last_seq) VALUES (?,?,?,?)"
@@ -213,6 +218,14 @@ class Store:
         self.batcher.add("status", (status, attempts, now_ms, recipient, message_seq), 40)
         return None
 
+    def ack_by_id(self, recipient, message_id, now_ms):
+        """
+        Queue the marking of C{recipient}'s delivery of the message with id
+        C{message_id} as acked, whichever run of the daemon gave that id (an
+        id naming no message of C{recipient}'s changes nothing).
+        """
+        self.batcher.add("ack_by_id", (now_ms, recipient, message_id), 48 + len(message_id))
+
     def expire_due(self, now_ms):
         """
         Queue the marking of every open delivery whose message's TTL has
@@ -303,7 +316,7 @@ def _load_state(txn, conn):
 
 
 def _write_rows(txn, rows):
-    for name in ("message", "delivery", "status", "stream", "expire", "meta", "dead_letter"):
+    for name in STATEMENTS:
         batch = rows[name]
         if batch:
             txn.executemany(SQL[name], batch)

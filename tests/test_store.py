@@ -186,6 +186,28 @@ class WriteTests(_StoreTestCase):
         self.assertEqual(self.rows("SELECT status FROM deliveries"), [("acked",)])
 
     @defer.inlineCallbacks
+    def test_ack_by_id_across_runs(self):
+        """
+        An ACK naming a message id given by an earlier run of the daemon
+        (another id prefix) marks exactly that recipient's delivery acked;
+        ids naming no message, or another recipient's, change nothing.
+        """
+        first = self.open()
+        seq, mid = self.message(first)
+        first.add_delivery("bob", seq, ("bob", "default", "alice"), 1, "delivered", 1000)
+        first.add_delivery("carol", seq, ("carol", "default", "alice"), 1, "delivered", 1000)
+        yield first.close()
+        second = self.open()
+        self.assertNotEqual(second.id_prefix, first.id_prefix)
+        second.ack_by_id("bob", mid, 2000)
+        second.ack_by_id("bob", "no-such-id", 2000)
+        second.ack_by_id("dave", mid, 2000)
+        yield second.batcher.flush()
+        self.assertEqual(self.rows("SELECT recipient, status FROM deliveries ORDER BY recipient"),
+                         [("bob", "acked"), ("carol", "delivered")])
+        self.assertEqual(second.batcher.metrics["failures"], 0)
+
+    @defer.inlineCallbacks
     def test_expire_due(self):
         """
         expire_due marks open deliveries of messages past their expiry as
