@@ -159,7 +159,7 @@ class _Conn:
         self.closed = False
         self.reading = True
         # Frames that came in the same read as WELCOME stay in self.frames.
-        self.sock, self.frames = _handshake(path, name, timeout)
+        self.sock, self.frames = _handshake(path, name, timeout, run.wall)
         self.sock.setblocking(False)
 
     def queue(self, frame):
@@ -203,7 +203,7 @@ class _Conn:
             payload = envelope.get("payload") or {}
             self.queue(encode_frame({
                 "v": 1, "type": "PONG", "id": "pong-" + str(envelope.get("id")),
-                "ts": int(time.time() * 1000), "payload": {"nonce": payload.get("nonce")}}))
+                "ts": self.run.wall_ms, "payload": {"nonce": payload.get("nonce")}}))
             return True
         if kind == "ERROR":
             payload = envelope.get("payload") or {}
@@ -400,7 +400,7 @@ class _Receiver(_Conn):
         return True
 
 
-def _handshake(path, name, timeout):
+def _handshake(path, name, timeout, wall):
     """
     Connect, say HELLO and wait for WELCOME, with a blocking socket; return the
     socket and the frame buffer (which may already hold frames after WELCOME).
@@ -422,7 +422,7 @@ def _handshake(path, name, timeout):
         sock.close()
         raise LoadgenError("cannot connect to {}: {}".format(path, e))
     hello = {
-        "v": 1, "type": "HELLO", "id": "hello-" + name, "ts": int(time.time() * 1000),
+        "v": 1, "type": "HELLO", "id": "hello-" + name, "ts": int(wall() * 1000),
         "payload": {"agent": name, "capabilities": {
             "ack": True, "resume": False, "max_inflight": 256, "supports_topics": True}},
     }
@@ -446,7 +446,7 @@ def _handshake(path, name, timeout):
                     payload.get("code"), payload.get("message")))
             if kind == "PING":
                 sock.sendall(encode_frame({
-                    "v": 1, "type": "PONG", "id": "pong", "ts": int(time.time() * 1000),
+                    "v": 1, "type": "PONG", "id": "pong", "ts": int(wall() * 1000),
                     "payload": {"nonce": (envelope.get("payload") or {}).get("nonce")}}))
     except socket.timeout:
         sock.close()
@@ -460,7 +460,7 @@ def _handshake(path, name, timeout):
 class _Run:
     def __init__(self, path, senders, receivers, messages, size, window, open_loop,
                  receiver_rate, durable, progress, idle_timeout, connect_timeout,
-                 honor_busy=False):
+                 honor_busy=False, wall=time.time):
         if senders < 1 or receivers < 1:
             raise LoadgenError("senders and receivers must be at least 1")
         if messages < 0 or size < 0:
@@ -482,7 +482,10 @@ class _Run:
         base, extra = divmod(messages, senders)
         self.per_sender = [base + (1 if i < extra else 0) for i in range(senders)]
         self.receiver_names = ["{}-r{}".format(self.prefix, j) for j in range(receivers)]
-        self.wall_ms = int(time.time() * 1000)
+        # The wall clock, only for the envelopes' "ts" field (latency uses
+        # time.monotonic()); injectable like any clock.
+        self.wall = wall
+        self.wall_ms = int(wall() * 1000)
         self.frames_sent = 0
         self.receipts = 0
         self.nacked = 0
@@ -549,7 +552,7 @@ class _Run:
         senders = self.senders
         while self.settled < total:
             now = time.monotonic()
-            self.wall_ms = int(time.time() * 1000)
+            self.wall_ms = int(self.wall() * 1000)
             for sender in senders:
                 sender.fill(now)
             timeout = 0.05
@@ -651,7 +654,7 @@ class _Run:
 
 def run(endpoint_path, senders=1, receivers=1, messages=20000, size=200, window=None,
         open_loop=False, receiver_rate=None, durable=True, progress=None,
-        idle_timeout=10.0, connect_timeout=5.0, honor_busy=False):
+        idle_timeout=10.0, connect_timeout=5.0, honor_busy=False, wall=time.time):
     """
     Run one load test against the daemon listening on ``endpoint_path`` (a Unix
     socket path or ``unix:PATH`` endpoint string) and return a dict of results:
@@ -664,6 +667,8 @@ def run(endpoint_path, senders=1, receivers=1, messages=20000, size=200, window=
     ``p50_ms``/``p90_ms``/``p99_ms``/``max_ms`` latency, ``complete``, ``errors``
     and ``agent_prefix`` (every agent name of this run starts with it).
 
+    ``wall`` is the wall clock for the envelopes' ``ts`` field (latency uses
+    ``time.monotonic()``).
     ``window`` is the in-flight limit per sender in closed loop (default 1000);
     ``open_loop`` ignores it. ``size`` is the body length in bytes.
     ``progress(settled, total)`` is called about ten times a second.
@@ -671,7 +676,7 @@ def run(endpoint_path, senders=1, receivers=1, messages=20000, size=200, window=
     """
     state = _Run(endpoint_path, senders, receivers, messages, size, window, open_loop,
                  receiver_rate, durable, progress, idle_timeout, connect_timeout,
-                 honor_busy)
+                 honor_busy, wall)
     state.connect()
     try:
         elapsed = state.loop()
