@@ -11,6 +11,7 @@ C{pause_reading(reason)}, C{resume_reading(reason)}, C{close(error)}.
 
 import secrets
 import uuid
+import zlib
 from collections import OrderedDict
 
 import orjson
@@ -25,6 +26,16 @@ STATUS_ACKED = "acked"
 STATUS_EXPIRED = "expired"
 
 CATCH_UP_PAGE = 500
+
+
+def fingerprint(to, topic, payload_bytes):
+    """
+    A checksum of what a SEND says (recipient, topic, payload), so that a
+    client reusing an id for a different message is not taken for a
+    retransmission.
+    """
+    head = ("%s\0%s\0" % (to, "" if topic is None else topic)).encode()
+    return zlib.crc32(payload_bytes, zlib.crc32(head))
 
 
 class Delivery:
@@ -81,7 +92,7 @@ class Router:
 
     def __init__(self, clock, store, max_frame_bytes=1048576, heartbeat=5.0, ack_timeout=5.0,
                  message_ttl=86400.0, queue_high=1500, queue_low=500, queue_max=2000,
-                 limiter=None, rate_policy="throttle", window=1000):
+                 limiter=None, rate_policy="throttle", window=1000, dedupe_window=10000):
         self.clock = clock
         self.store = store
         self.max_frame_bytes = max_frame_bytes
@@ -94,6 +105,10 @@ class Router:
         self.limiter = limiter
         self.rate_policy = rate_policy
         self.default_window = window
+        self.dedupe_window = dedupe_window
+        # (sender, SEND id) -> (message id, fingerprint) of recent SENDs, to
+        # recognise a client re-sending what it got no receipt for.
+        self.recent_sends = OrderedDict()
         self.sessions = {}
         self.connections = set()
         self.topics = {}
@@ -103,7 +118,7 @@ class Router:
         self.store_paused = False
         self.sync_stats = None
         self.counters = {"accepted": 0, "delivered": 0, "acked": 0, "redelivered": 0,
-                         "expired": 0, "nacked": 0, "busy": 0}
+                         "expired": 0, "nacked": 0, "busy": 0, "retransmits": 0}
         store.batcher.add_overload_listener(self._store_overload)
         self._sweeper = task.LoopingCall(self._sweep)
         self._sweeper.clock = clock
@@ -112,6 +127,9 @@ class Router:
 
     def start(self):
         self.streams = self.store.streams
+        for sender, send_id, mid, to, topic, payload in self.store.recent_sends:
+            self._remember(sender, send_id, mid, fingerprint(to, topic, payload.encode()))
+        self.store.recent_sends = ()
         self._sweeper.start(max(0.05, min(self.ack_timeout / 4.0, 1.0)), now=False)
         self._expirer.start(60.0, now=True)
 
@@ -225,6 +243,16 @@ class Router:
         ttl = meta.get("ttl_ms") if meta else None
         expires = now_ms + (ttl if ttl else self.message_ttl_ms)
 
+        payload_bytes = orjson.dumps(payload)
+        send_id = env.get("id")
+        if self.dedupe_window and isinstance(send_id, str) and send_id:
+            fp = fingerprint(to, topic, payload_bytes)
+            seen = self.recent_sends.get((sender, send_id))
+            if seen is not None and seen[1] == fp:
+                return self._retransmitted(session, send_id, meta, seen[0])
+        else:
+            fp = None
+
         if to == "*":
             if topic is None:
                 targets = [s for s in self.sessions.values() if s is not session]
@@ -241,7 +269,9 @@ class Router:
         extra = None
         if len(env) > 9 or any(k not in KNOWN_FIELDS for k in env):
             extra = {k: v for k, v in env.items() if k not in KNOWN_FIELDS} or None
-        payload_text = orjson.dumps(payload).decode()
+        payload_text = payload_bytes.decode()
+        if fp is not None:
+            self._remember(sender, send_id, mid, fp)
         store.add_message([
             seq, mid, env.get("id"), now_ms, sender, to, topic, payload.get("thread"),
             payload.get("kind", "message"), payload_text,
@@ -298,6 +328,25 @@ class Router:
             store.batcher.soon()
         if store.batcher.pending_bytes() > store.batcher.overload_bytes:
             store.batcher.check_overload()
+        return mid
+
+    def _remember(self, sender, send_id, mid, fp):
+        recent = self.recent_sends
+        recent[(sender, send_id)] = (mid, fp)
+        if len(recent) > self.dedupe_window:
+            recent.popitem(last=False)
+
+    def _retransmitted(self, session, send_id, meta, mid):
+        """
+        C{session} sent again a SEND it sent before (same id, recipient and
+        payload), most likely because the connection broke before its
+        receipt arrived: receipt it again once the original is on disk, but
+        neither store nor deliver it twice.
+        """
+        self.counters["retransmits"] += 1
+        if meta and meta.get("requires_ack"):
+            self.store.after_commit(self._receipt, (session, send_id))
+            self.store.batcher.soon()
         return mid
 
     def _receipt(self, arg):

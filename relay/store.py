@@ -120,7 +120,8 @@ class Store:
 
     log = Logger()
 
-    def __init__(self, reactor, path, batch_size=50, batch_delay=0.1, batch_bytes=1048576):
+    def __init__(self, reactor, path, batch_size=50, batch_delay=0.1, batch_bytes=1048576,
+                 recent_sends=10000):
         self.reactor = reactor
         self.path = path
         self.pool = None
@@ -132,6 +133,8 @@ class Store:
         self._committed_seq = 0
         self.id_prefix = None
         self.streams = {}
+        self.recent_sends_limit = recent_sends
+        self.recent_sends = ()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -153,6 +156,7 @@ class Store:
                 _open_connection(conn)
                 upgrade(conn, self.log, self.path)
                 self._seq, self.id_prefix, self.streams = _load_state(conn.cursor(), conn)
+                self.recent_sends = _recent_sends(conn, self.recent_sends_limit)
             finally:
                 conn.close()
         except sqlite3.Error as e:
@@ -313,6 +317,20 @@ def _load_state(txn, conn):
     txn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('runs', ?)", (str(runs),))
     conn.execute("PRAGMA synchronous=NORMAL")
     return seq, "%s.%d" % (prefix, runs), streams
+
+
+def _recent_sends(conn, limit):
+    """
+    The last C{limit} SENDs that carried an id, oldest first, as (sender,
+    send id, message id, recipient, topic, payload text).
+    """
+    if not limit:
+        return []
+    rows = conn.execute(
+        "SELECT sender, send_id, id, recipient, topic, payload FROM messages"
+        " WHERE send_id IS NOT NULL ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+    rows.reverse()
+    return rows
 
 
 def _write_rows(txn, rows):

@@ -26,6 +26,19 @@ def _positive_int(name):
     return convert
 
 
+def _non_negative_int(name):
+    def convert(value):
+        try:
+            n = int(value)
+        except ValueError:
+            raise usage.UsageError("--%s must be an integer, not %r" % (name, value))
+        if n < 0:
+            raise usage.UsageError("--%s must not be negative, not %d" % (name, n))
+        return n
+    convert.coerceDoc = "A non-negative integer."
+    return convert
+
+
 def _positive_float(name):
     def convert(value):
         try:
@@ -89,6 +102,10 @@ class Options(usage.Options):
          _positive_float("rate-limit")],
         ["rate-burst", None, 1000, "Messages an agent may send in a burst.",
          _positive_float("rate-burst")],
+        ["dedupe-window", None, 10000,
+         "Recent SENDs per daemon remembered by (sender, id), so that a client re-sending one "
+         "it got no receipt for is receipted again, not stored twice (0: off).",
+         _non_negative_int("dedupe-window")],
         ["rate-limit-policy", None, "throttle",
          "throttle: stop reading an agent over its budget; reject: NACK BUSY its SENDs."],
     ]
@@ -202,7 +219,7 @@ def makeService(config, reactor=None):
 
     store = Store(reactor, config["db"], batch_size=config["batch-size"],
                   batch_delay=config["batch-delay-ms"] / 1000.0,
-                  batch_bytes=config["batch-bytes"])
+                  batch_bytes=config["batch-bytes"], recent_sends=config["dedupe-window"])
     limiter = None
     if not config["no-rate-limit"]:
         limiter = RateLimiter(reactor, rate=config["rate-limit"], burst=config["rate-burst"])
@@ -211,7 +228,8 @@ def makeService(config, reactor=None):
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
         message_ttl=config["message-ttl"], queue_high=config["queue-high"],
         queue_low=config["queue-low"], queue_max=config["queue-max"], limiter=limiter,
-        rate_policy=config["rate-limit-policy"], window=config["max-inflight"])
+        rate_policy=config["rate-limit-policy"], window=config["max-inflight"],
+        dedupe_window=config["dedupe-window"])
     factory = RelayFactory(
         router, reactor, max_frame_bytes=config["max-frame-bytes"],
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
