@@ -86,22 +86,19 @@ class Router:
     @param clock: IReactorTime (seconds, callLater).
     @param store: L{relay.store.Store}.
     @param limiter: a L{relay.ratelimit.RateLimiter} or None.
+
+    Framing limits, the heartbeat and the queue water marks belong to the
+    connections (L{relay.protocol.RelayFactory}, L{relay.outbox.Outbox}).
     """
 
     log = Logger()
 
-    def __init__(self, clock, store, max_frame_bytes=1048576, heartbeat=5.0, ack_timeout=5.0,
-                 message_ttl=86400.0, queue_high=1500, queue_low=500, queue_max=2000,
-                 limiter=None, rate_policy="throttle", window=1000, dedupe_window=10000):
+    def __init__(self, clock, store, ack_timeout=5.0, message_ttl=86400.0, limiter=None,
+                 rate_policy="throttle", window=1000, dedupe_window=10000):
         self.clock = clock
         self.store = store
-        self.max_frame_bytes = max_frame_bytes
-        self.heartbeat = heartbeat
         self.ack_timeout = ack_timeout
         self.message_ttl_ms = int(message_ttl * 1000)
-        self.queue_high = queue_high
-        self.queue_low = queue_low
-        self.queue_max = queue_max
         self.limiter = limiter
         self.rate_policy = rate_policy
         self.default_window = window

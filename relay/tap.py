@@ -224,10 +224,8 @@ def makeService(config, reactor=None):
     if not config["no-rate-limit"]:
         limiter = RateLimiter(reactor, rate=config["rate-limit"], burst=config["rate-burst"])
     router = Router(
-        reactor, store, max_frame_bytes=config["max-frame-bytes"],
-        heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
-        message_ttl=config["message-ttl"], queue_high=config["queue-high"],
-        queue_low=config["queue-low"], queue_max=config["queue-max"], limiter=limiter,
+        reactor, store, ack_timeout=config["ack-timeout-ms"] / 1000.0,
+        message_ttl=config["message-ttl"], limiter=limiter,
         rate_policy=config["rate-limit-policy"], window=config["max-inflight"],
         dedupe_window=config["dedupe-window"])
     factory = RelayFactory(

@@ -44,10 +44,11 @@ class Harness:
         self.store.open()
         testcase.addCleanup(self.store.close)
         limiter = RateLimiter(self.clock, rate=rate, burst=burst) if rate else None
-        self.router = Router(self.clock, self.store, limiter=limiter, rate_policy=policy, **kw)
+        fkw = {k: v for k, v in kw.items() if k in ("queue_high", "queue_low", "queue_max", "window")}
+        rkw = {k: v for k, v in kw.items() if k not in ("queue_high", "queue_low", "queue_max")}
+        self.router = Router(self.clock, self.store, limiter=limiter, rate_policy=policy, **rkw)
         self.router.start()
         testcase.addCleanup(self.router.stop)
-        fkw = {k: v for k, v in kw.items() if k in ("queue_high", "queue_low", "queue_max", "window")}
         self.factory = RelayFactory(self.router, self.clock, rate_policy=policy, **fkw)
 
     def connect(self, name):

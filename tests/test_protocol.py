@@ -144,8 +144,7 @@ class Relay:
         self.store = Store(reactor, self.db_path, batch_delay=0.01)
         self.store.open()
         testcase.addCleanup(self.store.close)
-        self.router = Router(self.clock, self.store, max_frame_bytes=max_frame_bytes,
-                             heartbeat=heartbeat, ack_timeout=ack_timeout,
+        self.router = Router(self.clock, self.store, ack_timeout=ack_timeout,
                              message_ttl=message_ttl, **router_kw)
         self.router.start()
         testcase.addCleanup(self.router.stop)

@@ -109,7 +109,9 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIsInstance(top, tap.RelayService)
         self.assertEqual(len(list(top)), 2)
         self.assertEqual(top.store.path, db)
-        self.assertEqual(top.router.heartbeat, 1.5)
+        factory = list(top)[0].factory
+        self.assertEqual(factory.heartbeat, 1.5)
+        self.assertIs(factory.router, top.router)
         self.assertEqual(top.router.ack_timeout, 0.7)
         self.assertIsNone(top.router.limiter)
 
