@@ -27,6 +27,10 @@ STATUS_EXPIRED = "expired"
 
 CATCH_UP_PAGE = 500
 
+# What an agent said about itself in its HELLO, shown by STATUS.
+HELLO_INFO = ("entityType", "cli", "program", "model", "task", "workingDirectory",
+              "displayName")
+
 
 def fingerprint(to, topic, payload_bytes):
     """
@@ -545,6 +549,8 @@ class Router:
                 "inflight": len(s.inflight), "backpressured": outbox.backpressured,
                 "paused": sorted(str(r) for r in s.conn.pause_reasons),
                 "live": s.live, "topics": sorted(s.topics),
+                "info": {k: s.hello[k] for k in HELLO_INFO
+                         if isinstance(s.hello.get(k), (str, int, float))},
                 "sent": s.sent, "delivered": s.delivered,
             })
         limiter = self.limiter

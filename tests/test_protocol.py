@@ -316,6 +316,20 @@ class HandshakeTests(unittest.TestCase):
         peer.feed(hello("alice"))
         self.assertEqual([f["type"] for f in peer.new()], ["WELCOME"])
 
+    def test_status_lists_agents_with_their_hello_info(self):
+        """
+        STATUS lists each connected agent with what its HELLO said about it
+        (cli, model, ...), leaving out anything that is not a plain value.
+        """
+        peer = self.relay.connect()
+        peer.feed(hello("alice", cli="claude", model="m-1", task={"nested": True}))
+        peer.new()
+        peer.feed({"v": 1, "type": "STATUS", "id": "st"})
+        [status] = peer.new()
+        [agent] = status["payload"]["agents"]
+        self.assertEqual(agent["name"], "alice")
+        self.assertEqual(agent["info"], {"cli": "claude", "model": "m-1"})
+
     def test_unknown_type(self):
         """
         An unknown frame type gets a non-fatal ERROR BAD_REQUEST naming it.
