@@ -5,6 +5,7 @@ L{twisted.enterprise.adbapi} by a single writer thread, in group-commit
 batches (L{relay.batcher}).
 """
 
+import json
 import os
 import secrets
 import sqlite3
@@ -127,6 +128,7 @@ class Store:
         self.pool = None
         self.batcher = Batcher(reactor, self._write_batch, size=batch_size, delay=batch_delay,
                                max_bytes=batch_bytes, on_committed=self._committed)
+        self.batcher.metrics["quarantined"] = 0
         self._commit_listeners = []
         self._dirty_streams = {}
         self._seq = 0
@@ -254,7 +256,31 @@ class Store:
             batch.rows["stream"].extend(
                 (k[0], k[1], k[2], v) for k, v in self._dirty_streams.items())
             self._dirty_streams = {}
-        return self.pool.runInteraction(_write_rows, batch.rows)
+        d = self.pool.runInteraction(_write_rows, batch.rows)
+        d.addErrback(self._isolate, batch)
+        return d
+
+    def _isolate(self, failure, batch):
+        """
+        SQLite (or the binding of a value) refused a row of this batch
+        outright; retrying would fail forever and stop every write.  Write
+        the batch row by row instead and keep each refused row, as JSON with
+        its reason, in the quarantine table.  A transient failure (disk
+        full, database locked) is passed on: the batcher retries it.
+        """
+        failure.trap(*ROW_ERRORS)
+        self.log.error("store: SQLite refused a row ({error}); writing the batch row by row "
+                       "and quarantining what it refuses", error=failure.getErrorMessage())
+        d = self.pool.runInteraction(_write_rows_isolated, batch.rows,
+                                     int(self.reactor.seconds() * 1000))
+        d.addCallback(self._quarantined)
+        return d
+
+    def _quarantined(self, refused):
+        self.batcher.metrics["quarantined"] += len(refused)
+        for statement, row, error in refused:
+            self.log.critical("store: quarantined a {statement} row SQLite refuses ({error}): {row}",
+                              statement=statement, error=error, row=row)
 
     def _committed(self, max_seq):
         if max_seq > self._committed_seq:
@@ -331,6 +357,33 @@ def _recent_sends(conn, limit):
         " WHERE send_id IS NOT NULL ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
     rows.reverse()
     return rows
+
+
+# Errors that mean "this row can never be written", as opposed to a full disk
+# or a locked database, which a retry may get past.
+ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+              sqlite3.DataError, OverflowError, ValueError, TypeError)
+
+
+def _write_rows_isolated(txn, rows, now_ms):
+    refused = []
+    for name in STATEMENTS:
+        for row in rows[name]:
+            txn.execute("SAVEPOINT relay_row")
+            try:
+                txn.execute(SQL[name], row)
+            except ROW_ERRORS as e:
+                txn.execute("ROLLBACK TO relay_row")
+                # Plain ASCII JSON: whatever SQLite refused (a huge integer,
+                # a lone surrogate, an odd type) can be written down.
+                text = json.dumps(list(row), default=repr)
+                error = ("%s: %s" % (e.__class__.__name__, e)).encode(
+                    "ascii", "backslashreplace").decode("ascii")
+                refused.append((name, text, error))
+                txn.execute("INSERT INTO quarantine (ts, statement, row, error) VALUES (?,?,?,?)",
+                            (now_ms, name, text, refused[-1][2]))
+            txn.execute("RELEASE relay_row")
+    return refused
 
 
 def _write_rows(txn, rows):

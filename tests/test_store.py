@@ -54,7 +54,7 @@ class OpenTests(_StoreTestCase):
         """
         store = self.open()
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
-                         [("1",)])
+                         [("2",)])
         self.assertEqual(self.rows("PRAGMA journal_mode"), [("wal",)])
         self.assertTrue(store.id_prefix)
         self.assertEqual(store.message_id(7), "%s-7" % (store.id_prefix,))
@@ -92,6 +92,34 @@ class OpenTests(_StoreTestCase):
         self.assertEqual(lost.rpartition("-")[2], reused.rpartition("-")[2])
         self.assertNotEqual(lost, reused)
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'runs'"), [("2",)])
+
+    @defer.inlineCallbacks
+    def test_upgrade_from_version_1(self):
+        """
+        A store written by schema version 1 is upgraded in place to the
+        newest version at startup: the new table appears, every row stays,
+        and the store works on.
+        """
+        from relay.store import SCHEMA_DIR
+        conn = sqlite3.connect(self.path)
+        with open(os.path.join(SCHEMA_DIR, "001_initial.sql")) as f:
+            conn.executescript(f.read())
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute("INSERT INTO messages VALUES (1, 'old-1', 's1', 5, 'alice', 'bob', NULL,"
+                     " NULL, 'message', '{\"body\":\"kept\"}', NULL, NULL, 99999999999999)")
+        conn.commit()
+        conn.close()
+        self.assertEqual(self.rows("SELECT count(*) FROM sqlite_master WHERE name = 'quarantine'"),
+                         [(0,)])
+        store = self.open()
+        self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
+                         [("2",)])
+        self.assertEqual(self.rows("SELECT count(*) FROM quarantine"), [(0,)])
+        self.assertEqual(self.rows("SELECT id FROM messages"), [("old-1",)])
+        self.assertEqual(store.last_seq(), 1)
+        self.message(store)
+        yield store.batcher.flush()
+        self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(2,)])
 
     def test_missing_directory(self):
         """
@@ -206,6 +234,34 @@ class WriteTests(_StoreTestCase):
         self.assertEqual(self.rows("SELECT recipient, status FROM deliveries ORDER BY recipient"),
                          [("bob", "acked"), ("carol", "delivered")])
         self.assertEqual(second.batcher.metrics["failures"], 0)
+
+    @defer.inlineCallbacks
+    def test_refused_row_is_quarantined_not_retried_forever(self):
+        """
+        A row SQLite can never take (here an integer too large to bind)
+        does not stop the store: its batch is written row by row, the
+        refused row is kept as JSON with the reason in the quarantine
+        table, the other rows and the receipts go through, and later
+        batches commit as usual.
+        """
+        store = self.open()
+        good_seq, _ = self.message(store, body="good")
+        bad_seq = store.next_seq()
+        store.add_message([bad_seq, store.message_id(bad_seq), "s-bad", 2 ** 70, "alice", "bob",
+                           None, None, "message", '{"body":"bad"}', None, None, 10 ** 13], 100)
+        receipts = []
+        store.after_commit(receipts.append, "r")
+        yield store.batcher.flush()
+        self.assertEqual(receipts, ["r"])
+        self.assertEqual(self.rows("SELECT seq FROM messages"), [(good_seq,)])
+        [(statement, row, error)] = self.rows("SELECT statement, row, error FROM quarantine")
+        self.assertEqual(statement, "message")
+        self.assertIn(str(2 ** 70), row)
+        self.assertIn("OverflowError", error)
+        self.assertEqual(store.batcher.metrics["quarantined"], 1)
+        self.message(store, body="later")
+        yield store.batcher.flush()
+        self.assertEqual(self.rows("SELECT count(*) FROM messages"), [(2,)])
 
     @defer.inlineCallbacks
     def test_expire_due(self):
