@@ -8,7 +8,6 @@ sync. It says no HELLO, so it registers no agent name.
 import argparse
 import json
 import sys
-import time
 
 from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 
@@ -155,7 +154,7 @@ def _status(reactor, args, endpoint):
         if args.json:
             sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
         else:
-            sys.stdout.write("\n".join(format_status(status, endpoint, time.time())) + "\n")
+            sys.stdout.write("\n".join(format_status(status, endpoint, reactor.seconds())) + "\n")
         sys.stdout.flush()
         return EXIT_OK
 
