@@ -254,6 +254,15 @@ class RelayProtocol(Int32StringReceiver):
     def frame_PONG(self, env, size):
         pass
 
+    def frame_LOG(self, env, size):
+        # agent-relay's wrapper streams an agent's terminal output as LOG
+        # frames for its dashboard.  They are not messages: accept them (no
+        # ERROR for every line) and keep them in the daemon's debug log.
+        payload = env.get("payload")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        self.log.debug("agent {name} output: {data}", name=self.session.name,
+                       data=str(data)[:2000])
+
     def _topic(self, env):
         topic = env.get("topic")
         if not isinstance(topic, str) or not topic:

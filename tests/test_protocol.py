@@ -330,6 +330,20 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(agent["name"], "alice")
         self.assertEqual(agent["info"], {"cli": "claude", "model": "m-1"})
 
+    def test_log_frames_accepted_quietly(self):
+        """
+        LOG frames (agent output that agent-relay's wrapper streams) are
+        accepted without an ERROR reply, and the connection goes on.
+        """
+        peer = self.relay.connect()
+        peer.feed(hello("alice"))
+        peer.new()
+        peer.feed({"v": 1, "type": "LOG", "id": "l1", "payload": {"data": "line\n",
+                                                                  "timestamp": 1}})
+        peer.feed({"v": 1, "type": "LOG", "id": "l2", "payload": "not an object"})
+        self.assertEqual(peer.new(), [])
+        self.assertFalse(peer.closed)
+
     def test_unknown_type(self):
         """
         An unknown frame type gets a non-fatal ERROR BAD_REQUEST naming it.
