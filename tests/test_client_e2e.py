@@ -17,7 +17,13 @@ from relay.client import (
 from tests.daemon_support import DaemonProcess
 
 
-def sleep(seconds):
+def elapse(seconds):
+    """
+    Let C{seconds} of real time pass on the reactor.  Used only where a test
+    must show that something does NOT happen within a window (no further
+    duplicates, no reconnect, a connection kept through many heartbeats);
+    waiting for something to happen uses L{wait_for} instead.
+    """
     return task.deferLater(reactor, seconds, lambda: None)
 
 
@@ -28,7 +34,7 @@ def wait_for(condition, bound=10.0, step=0.02):
     while not condition():
         if reactor.seconds() > deadline:
             raise AssertionError("condition not met within {}s".format(bound))
-        yield sleep(step)
+        yield task.deferLater(reactor, step, lambda: None)
 
 
 @defer.inlineCallbacks
@@ -41,7 +47,7 @@ def wait_for_status(endpoint, condition, bound=10.0):
             return status
         if reactor.seconds() > deadline:
             raise AssertionError("status condition not met: {}".format(status))
-        yield sleep(0.05)
+        yield task.deferLater(reactor, 0.05, lambda: None)
 
 
 class ClientDaemonTests(unittest.TestCase):
@@ -195,7 +201,7 @@ class RedeliveryTests(unittest.TestCase):
             yield wait_for(lambda: bob.duplicates >= 1)
             gate.callback(None)
             settled = bob.duplicates
-            yield sleep(0.6)
+            yield elapse(0.6)
             self.assertEqual(len(calls), 1)
             # At most one redelivery already on its way when the ACK went out.
             self.assertLessEqual(bob.duplicates, settled + 1)
@@ -216,7 +222,7 @@ class HeartbeatTests(unittest.TestCase):
         yield daemon.start()
         alice = yield connect(reactor, daemon.endpoint, "alice")
         try:
-            yield sleep(1.0)
+            yield elapse(1.0)
             self.assertEqual(alice.state, "active")
             yield alice.send("bob", "still here")
             self.assertEqual(alice.connections, 1)
@@ -247,7 +253,7 @@ class RestartTests(unittest.TestCase):
             queued = alice.send("bob", "sent while down")
             self.assertNoResult(queued)
             self.assertEqual(alice.pending_sends, 1)
-            yield sleep(0.3)
+            yield elapse(0.3)
             self.assertNoResult(queued)
             yield daemon.start()
             send_id = yield queued
@@ -293,7 +299,7 @@ class SameNameTests(unittest.TestCase):
         try:
             reason = yield old.when_closed()
             self.assertIn("replaced", str(reason))
-            yield sleep(0.5)
+            yield elapse(0.5)
             self.assertEqual((old.state, new.state, new.connections),
                              ("closed", "active", 1))
             alice = yield connect(reactor, daemon.endpoint, "alice")
