@@ -299,15 +299,10 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual(m['relay_ingest_requests_total{status="401"}'], 1)
 
 
-class PostgresOutageTests(_ServiceMixin, unittest.TestCase):
+class _ProxiedServiceMixin(_ServiceMixin):
     """
-    PostgreSQL going away and coming back while the service runs.
-
-    The machine's PostgreSQL is shared with other tests, so it is not
-    stopped: the service reaches it through a loopback TCP proxy
-    (L{twisted.protocols.portforward}) that the test cuts (stops listening
-    and aborts every connection) and restores, which the service sees
-    exactly as the server going away and starting again.
+    The service reaches PostgreSQL through a L{CuttableProxy} the test can
+    cut, restore or freeze.
     """
 
     def setUp(self):
@@ -321,6 +316,18 @@ class PostgresOutageTests(_ServiceMixin, unittest.TestCase):
 
     def serviceDSN(self):
         return make_dsn(self.dsn, host="127.0.0.1", port=str(self.proxy.port))
+
+
+class PostgresOutageTests(_ProxiedServiceMixin, unittest.TestCase):
+    """
+    PostgreSQL going away and coming back while the service runs.
+
+    The machine's PostgreSQL is shared with other tests, so it is not
+    stopped: the service reaches it through a loopback TCP proxy
+    (L{twisted.protocols.portforward}) that the test cuts (stops listening
+    and aborts every connection) and restores, which the service sees
+    exactly as the server going away and starting again.
+    """
 
     @defer.inlineCallbacks
     def test_stopAndStart(self):
@@ -365,25 +372,13 @@ class PostgresOutageTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual(self.count(), 1600)
 
 
-class PostgresHungTests(_ServiceMixin, unittest.TestCase):
+class PostgresHungTests(_ProxiedServiceMixin, unittest.TestCase):
     """
     PostgreSQL that stops answering without closing its connections,
     simulated by freezing the loopback proxy of L{PostgresOutageTests}.
     """
 
     extraArgs = LIMIT_ARGS + ["--db-timeout", "1", "--pool-size", "2"]
-
-    def setUp(self):
-        self.dsn = testDatabaseDSN(self)
-        parts = parse_dsn(self.dsn)
-        self.proxy = CuttableProxy(reactor, parts.get("host", "127.0.0.1"),
-                                   int(parts.get("port", 5432)))
-        self.proxy.start()
-        self.addCleanup(self.proxy.stop)
-        return _ServiceMixin.setUp(self)
-
-    def serviceDSN(self):
-        return make_dsn(self.dsn, host="127.0.0.1", port=str(self.proxy.port))
 
     @defer.inlineCallbacks
     def test_hungDatabase(self):
