@@ -15,7 +15,7 @@ import os
 import sys
 import uuid
 
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 
 
 def _dsn(args):
@@ -34,8 +34,7 @@ def _connect(args):
     try:
         conn = psycopg2.connect(_dsn(args), connect_timeout=10)
     except psycopg2.OperationalError as e:
-        print("relay keys: cannot connect to PostgreSQL: %s" % (str(e).strip(),),
-              file=sys.stderr)
+        fail("keys", EXIT_UNREACHABLE, "cannot connect to PostgreSQL: %s" % (str(e).strip(),))
         return None
     try:
         migrate(conn)
@@ -55,9 +54,8 @@ def _databaseErrors(command):
         try:
             return command(args)
         except psycopg2.Error as e:
-            print("relay keys: PostgreSQL error: %s" % (str(e).strip().splitlines()[0],),
-                  file=sys.stderr)
-            return EXIT_FAILED
+            return fail("keys", EXIT_FAILED,
+                        "PostgreSQL error: %s" % (str(e).strip().splitlines()[0],))
     run.__name__ = command.__name__
     run.__doc__ = command.__doc__
     return run
@@ -67,7 +65,7 @@ def _workspace(value):
     try:
         return uuid.UUID(value)
     except ValueError:
-        print("relay keys: --workspace must be a UUID, not %r" % (value,), file=sys.stderr)
+        fail("keys", EXIT_USAGE, "--workspace must be a UUID, not %r" % (value,))
         return None
 
 
@@ -124,8 +122,7 @@ def revoke(args):
     finally:
         conn.close()
     if outcome == "unknown":
-        print("relay keys: no key with id %r" % (args.key_id,), file=sys.stderr)
-        return EXIT_FAILED
+        return fail("keys", EXIT_FAILED, "no key with id %r" % (args.key_id,))
     if outcome == "already":
         print("Key %s was already revoked." % (args.key_id,))
     else:
