@@ -152,6 +152,26 @@ class Daemon:
             self.process.wait()
 
 
+def start_daemon(bench, prefix, daemon_arg, rate_limited):
+    """
+    Start the real daemon in a new temporary directory with C{daemon_arg}
+    (plus --no-rate-limit unless C{rate_limited}); on failure print one line
+    naming C{bench} and return None.
+    """
+    daemon_args = list(daemon_arg)
+    if not rate_limited and "--no-rate-limit" not in daemon_args:
+        daemon_args.insert(0, "--no-rate-limit")
+    daemon = Daemon(tempfile.mkdtemp(prefix=prefix), daemon_args)
+    try:
+        daemon.start()
+    except RuntimeError as e:
+        sys.stderr.write("{}: {}\n".format(bench, e))
+        daemon.stop()
+        shutil.rmtree(daemon.directory, True)
+        return None
+    return daemon
+
+
 def stored_rows(db_path, prefix):
     """Rows in ``messages`` sent by this run's agents (read-only open)."""
     db = sqlite3.connect("file:{}?mode=ro".format(db_path), uri=True)
@@ -180,17 +200,10 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
 
-    directory = tempfile.mkdtemp(prefix="relay-bench-")
-    daemon_args = list(args.daemon_arg)
-    if not args.rate_limited and "--no-rate-limit" not in daemon_args:
-        daemon_args.insert(0, "--no-rate-limit")
-    daemon = Daemon(directory, daemon_args)
+    daemon = start_daemon("bench_core", "relay-bench-", args.daemon_arg, args.rate_limited)
+    if daemon is None:
+        return 3
     try:
-        try:
-            daemon.start()
-        except RuntimeError as e:
-            sys.stderr.write("bench_core: {}\n".format(e))
-            return 3
         daemon.sample_rss()
         try:
             result = loadgen.run(
@@ -210,9 +223,9 @@ def main(argv=None):
     finally:
         daemon.stop()
         if args.keep:
-            sys.stderr.write("kept {}\n".format(directory))
+            sys.stderr.write("kept {}\n".format(daemon.directory))
         else:
-            shutil.rmtree(directory, True)
+            shutil.rmtree(daemon.directory, True)
 
     accepted = result["sent"] - result["rejected"]
     result["stored_rows"] = rows
@@ -225,7 +238,7 @@ def main(argv=None):
         return 0 if ok else 1
     out = sys.stdout
     out.write("relay core benchmark: {}\n".format(describe_run(result, args.receiver_rate)))
-    out.write("daemon: twistd -n relay {}\n".format(" ".join(daemon_args)))
+    out.write("daemon: twistd -n relay {}\n".format(" ".join(daemon.extra_args)))
     rows_table = result_rows(result) + [
         ("stored rows", "{} (accepted {}) {}".format(
             rows, accepted, "OK" if rows == accepted else "MISMATCH")),

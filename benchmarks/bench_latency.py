@@ -21,12 +21,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_core import ROOT, Daemon  # noqa: E402,F401  (ROOT puts the tree on sys.path)
+from bench_core import ROOT, start_daemon  # noqa: E402,F401  (ROOT puts the tree on sys.path)
 
 from relay import loadgen  # noqa: E402
 from relay.cli.bench import describe_run, format_table, progress_printer, result_rows  # noqa
@@ -48,17 +47,10 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    daemon_args = list(args.daemon_arg)
-    if not args.rate_limited and "--no-rate-limit" not in daemon_args:
-        daemon_args.insert(0, "--no-rate-limit")
-    directory = tempfile.mkdtemp(prefix="relay-lat-")
-    daemon = Daemon(directory, daemon_args)
+    daemon = start_daemon("bench_latency", "relay-lat-", args.daemon_arg, args.rate_limited)
+    if daemon is None:
+        return 3
     try:
-        try:
-            daemon.start()
-        except RuntimeError as e:
-            sys.stderr.write("bench_latency: {}\n".format(e))
-            return 3
         try:
             result = loadgen.run(daemon.socket_path, messages=args.messages, size=args.size,
                                  window=args.window, durable=args.durable,
@@ -68,7 +60,7 @@ def main(argv=None):
             return 3
     finally:
         daemon.stop()
-        shutil.rmtree(directory, True)
+        shutil.rmtree(daemon.directory, True)
 
     met = {key: result[key] is not None and result[key] < GOAL[key] for key in GOAL}
     ok = all(met.values()) and result["lost"] == 0 and result["complete"]
@@ -78,7 +70,7 @@ def main(argv=None):
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return 0 if ok else 1
     lines = ["relay latency benchmark: " + describe_run(result),
-             "daemon: twistd -n relay " + " ".join(daemon_args)]
+             "daemon: twistd -n relay " + " ".join(daemon.extra_args)]
     rows = result_rows(result)
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
         value = result[key]
