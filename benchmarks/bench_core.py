@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 # -*- test-case-name: tests.test_loadgen -*-
 """
-Core throughput benchmark: the real daemon under relay/loadgen.py.
+Core throughput benchmark: the real daemon under relay/bench/loadgen.py.
 
 Starts ``twistd -n relay`` in a temporary directory (this tree first on
 PYTHONPATH), runs the load generator against its socket (defaults: 1 sender,
@@ -35,8 +35,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from relay import loadgen  # noqa: E402  (stdlib-only module)
-from relay.cli.bench import (  # noqa: E402
+from relay.bench import loadgen  # noqa: E402  (stdlib-only module)
+from relay.bench.report import (  # noqa: E402
     add_load_options, describe_run, format_table, progress_printer, result_rows)
 
 BASELINE_NAME = "agent-relay 1.6.0"
@@ -186,7 +186,7 @@ def stored_rows(db_path, prefix):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description="Throughput of the real relay daemon under relay/loadgen.py.",
+        description="Throughput of the real relay daemon under relay/bench/loadgen.py.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     add_load_options(parser)
     parser.add_argument("--daemon-arg", action="append", default=[],

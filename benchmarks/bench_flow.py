@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-Flow-control benchmark: the real daemon under relay/loadgen.py.
+Flow-control benchmark: the real daemon under relay/bench/loadgen.py.
 
 1. Flood: one sender open loop (no window) to one receiver that reads at a
    tenth of the sender's measured speed.  Reports delivered, lost, peak daemon
@@ -26,8 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_core import Daemon  # noqa: E402
-from relay import loadgen  # noqa: E402
-from relay.cli.bench import format_table  # noqa: E402
+from relay.bench import loadgen  # noqa: E402
+from relay.bench.report import format_table  # noqa: E402
 
 
 def print_table(rows, out):

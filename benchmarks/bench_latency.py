@@ -27,8 +27,8 @@ sys.path.insert(0, HERE)
 
 from bench_core import ROOT, start_daemon  # noqa: E402,F401  (ROOT puts the tree on sys.path)
 
-from relay import loadgen  # noqa: E402
-from relay.cli.bench import describe_run, format_table, progress_printer, result_rows  # noqa
+from relay.bench import loadgen  # noqa: E402
+from relay.bench.report import describe_run, format_table, progress_printer, result_rows  # noqa
 
 BASELINE = {"name": "agent-relay 1.6.0", "p50_ms": 19.7, "p99_ms": 41.9}
 GOAL = {"p50_ms": 1.0, "p99_ms": 5.0}

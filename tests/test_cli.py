@@ -4,7 +4,6 @@ The ``relay send|listen|status|history|bench`` commands, run as real processes
 (``python -m relay.cli``) against the real daemon process.
 """
 
-import io
 import json
 import os
 import sqlite3
@@ -15,7 +14,6 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
 from relay.cli import build_parser
-from relay.cli.bench import progress_printer
 from relay.cli.history import parse_since
 from relay.cli.status import format_status
 from relay.client import fetch_status
@@ -121,38 +119,6 @@ class FormatTests(unittest.TestCase):
         self.assertIn("2 batches, 10 rows, 2.0 KiB", text)
         self.assertIn("throttled: eve", text)
         self.assertIn("sync: off", text)
-
-
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-class ProgressTests(unittest.TestCase):
-    """relay bench's progress output."""
-
-    def test_terminal_bar(self):
-        """On a terminal: one redrawn bar, ending with a newline at 100%."""
-        stream = _Terminal()
-        show = progress_printer(stream)
-        show(0, 200)
-        show(100, 200)
-        show(200, 200)
-        text = stream.getvalue()
-        self.assertEqual(text.count("\r"), 3)
-        self.assertIn(" 50.0% 100/200", text)
-        self.assertTrue(text.endswith("100.0% 200/200\n"))
-
-    def test_plain_lines(self):
-        """Not a terminal: a plain line per 10% step, no carriage returns."""
-        stream = io.StringIO()
-        show = progress_printer(stream)
-        for done in range(0, 1001, 50):
-            show(done, 1000)
-        lines = stream.getvalue().splitlines()
-        self.assertEqual(len(lines), 11)
-        self.assertEqual(lines[-1], "1000/1000 settled")
-        self.assertNotIn("\r", stream.getvalue())
 
 
 class CommandTests(unittest.TestCase):
@@ -414,7 +380,7 @@ class HistoryUnderLoadTests(unittest.TestCase):
         and completes (the read-only WAL reader blocks no writer)."""
         from twisted.internet import threads
 
-        from relay import loadgen
+        from relay.bench import loadgen
         daemon = DaemonProcess(self, extra_args=["--no-rate-limit"])
         yield daemon.start()
         running = threads.deferToThread(loadgen.run, daemon.socket_path, messages=4000,

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_loadgen -*-
 """
-Tests for relay.loadgen, the standard-library load generator.
+Tests for relay.bench.loadgen, the standard-library load generator.
 
 The accounting (loss, duplicates, order, NACK retry, receipts) is proven against
 a small scripted peer on a real Unix socket that can be told to misbehave, which
@@ -21,7 +21,7 @@ from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.trial import unittest
 
-from relay import loadgen
+from relay.bench import loadgen
 from tests.daemon_support import DaemonProcess
 
 
