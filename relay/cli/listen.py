@@ -159,7 +159,8 @@ def _listen(reactor, args, endpoint):
     def job():
         try:
             client = yield connect(reactor, endpoint, args.agent, on_message=on_message,
-                                   timeout=args.timeout, cli="relay listen")
+                                   timeout=args.timeout, trust_uid=args.trust_uid,
+                                   cli="relay listen")
         except ConnectFailed as e:
             return _fail(EXIT_USAGE if e.reason == "endpoint" else EXIT_UNREACHABLE, str(e))
         except HandshakeRefused as e:
