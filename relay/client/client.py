@@ -507,18 +507,22 @@ class Client:
             self._proto.send_frame("ACK", {"ack_id": message.id, "seq": message.seq})
 
     def next_message(self):
-        """A Deferred firing with the next ``Message`` (it is ACKed then)."""
+        """
+        A Deferred firing with the next ``Message`` (it is ACKed then).
+        Cancelling the Deferred gives up the wait: a message arriving later
+        stays queued for the next call.
+        """
         if self._queue:
             message = self._queue.popleft()
             self._ack(message)
-            if self._paused and len(self._queue) < self._queue_high // 2:
+            if self._paused and len(self._queue) <= self._queue_high // 2:
                 self._paused = False
                 if self._proto is not None:
                     self._proto.resumeProducing()
             return defer.succeed(message)
         if self.state == CLOSED:
             return defer.fail(ClientClosed("the client is closed"))
-        d = defer.Deferred()
+        d = defer.Deferred(self._getters.remove)
         self._getters.append(d)
         return d
 
