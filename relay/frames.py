@@ -42,6 +42,22 @@ def frame(envelope):
     return _PREFIX.pack(len(data)) + data
 
 
+def echo(value):
+    """
+    C{value} (an id or nonce a peer sent, which the answer repeats) if the
+    daemon can write it back, else None: a value nested past what orjson
+    writes would make the answer itself fail to encode.
+    """
+    if value is None or value.__class__ in (str, int, float, bool):
+        return value
+    try:
+        # Two levels for the answer's envelope and payload.
+        orjson.dumps([[value]])
+    except orjson.JSONEncodeError:
+        return None
+    return value
+
+
 def valid_agent_name(name):
     """
     A name an agent may register: 1-128 of letters, digits, C{._-@:}, not

@@ -11,7 +11,7 @@ import struct
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from relay.frames import MAX_DEPTH, MAX_TTL_MS, check_send
+from relay.frames import MAX_DEPTH, MAX_TTL_MS, check_send, echo
 from relay.ingest.validate import BadRequest, parseMessage
 from tests.ingest_support import makeMessage
 from tests.test_protocol import Relay, send
@@ -178,3 +178,22 @@ class BadValueProtocolTests(unittest.TestCase):
         self.assertEqual([a["payload"]["ack_id"] for a in self.alice.of_type("ACK")], [good["id"]])
         self.assertEqual([d["payload"]["body"] for d in self.bob.of_type("DELIVER")], ["after"])
         self.assertEqual(self.relay.store.batcher.metrics["failures"], 0)
+
+
+class EchoTests(unittest.TestCase):
+    """
+    L{echo} keeps an id or nonce the daemon can write back in its answer
+    and drops (None) one nested too deep to be written.
+    """
+
+    def test_echo(self):
+        """
+        Strings, numbers, objects and lists of ordinary depth come back as
+        they are; a value two levels short of orjson's limit (the answer's
+        envelope and payload hold it) or deeper becomes None.
+        """
+        for value in ("s1", 5, 1.5, True, None, {"not": "a string"}, [1, [2]]):
+            self.assertEqual(echo(value), value)
+        self.assertEqual(echo(nested(MAX_DEPTH - 2)), nested(MAX_DEPTH - 2))
+        self.assertIsNone(echo(nested(MAX_DEPTH - 1)))
+        self.assertIsNone(echo(nested(300)))
