@@ -71,6 +71,43 @@ class SocketOwnerTests(unittest.TestCase):
         self.assertRaises(SystemExit, tap.check_socket_path, self.path, uid=os.geteuid() + 1)
 
 
+class PrivateStoreTests(unittest.TestCase):
+    """
+    L{tap.private_store} creates a missing store 0600 whatever the umask,
+    and warns about (without changing) an existing one others can read.
+    """
+
+    def test_created_owner_only(self):
+        """
+        With a umask of 0 the new, empty store file is still 0600.
+        """
+        path = os.path.abspath(self.mktemp())
+        old = os.umask(0)
+        try:
+            tap.private_store(path)
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(os.path.getsize(path), 0)
+
+    def test_existing_readable_warned(self):
+        """
+        An existing 0644 store is left 0644, and one warning names it.
+        """
+        from twisted.logger import Logger
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"data")
+        os.chmod(path, 0o644)
+        events = []
+        tap.private_store(path, Logger(observer=events.append))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["path"], path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"data")
+
+
 class OptionsTests(unittest.TestCase):
 
     def parse(self, *args):
