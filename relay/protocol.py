@@ -11,7 +11,7 @@ from twisted.internet import protocol, task
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
-from relay.frames import check_send, envelope, frame, valid_agent_name
+from relay.frames import check_send, echo, envelope, frame, valid_agent_name
 from relay.outbox import Outbox
 
 NEW, ACTIVE, CLOSED = "new", "active", "closed"
@@ -193,11 +193,11 @@ class RelayProtocol(Int32StringReceiver):
                 "message_ttl_ms": self.router.message_ttl_ms,
                 "max_inflight": s.window,
             },
-        }, id=env.get("id"), ts=self.router.now_ms()))
+        }, id=echo(env.get("id")), ts=self.router.now_ms()))
         self.router.welcome(s)
 
     def frame_SEND(self, env, size):
-        send_id = env.get("id")
+        send_id = echo(env.get("id"))
         reason = check_send(env, self.MAX_LENGTH, size)
         if reason is not None:
             self.router.counters["nacked"] += 1
@@ -249,7 +249,7 @@ class RelayProtocol(Int32StringReceiver):
     def frame_PING(self, env, size):
         payload = env.get("payload")
         nonce = payload.get("nonce") if isinstance(payload, dict) else None
-        self.send_frame(envelope("PONG", {"nonce": nonce}, ts=self.router.now_ms()))
+        self.send_frame(envelope("PONG", {"nonce": echo(nonce)}, ts=self.router.now_ms()))
 
     def frame_PONG(self, env, size):
         pass
@@ -284,7 +284,7 @@ class RelayProtocol(Int32StringReceiver):
         self.close(envelope("BYE", {}))
 
     def frame_STATUS(self, env, size):
-        self.send_frame(envelope("STATUS_REPLY", self.router.status(), id=env.get("id"),
+        self.send_frame(envelope("STATUS_REPLY", self.router.status(), id=echo(env.get("id")),
                                  ts=self.router.now_ms()))
 
     # -- heartbeat ---------------------------------------------------------------

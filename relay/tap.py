@@ -4,6 +4,8 @@ C{twistd relay}: options and service construction.
 """
 
 import os
+import pwd
+import stat
 
 from twisted.application import service, strports
 from twisted.internet import defer, endpoints
@@ -131,7 +133,7 @@ class Options(usage.Options):
     def postOptions(self):
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        self["listen"] = [_with_lockfile(e) for e in self["listen"]]
+        self["listen"] = [_unix_defaults(e) for e in self["listen"]]
         for e in self["listen"]:
             try:
                 # Parses only: nothing binds, no reactor is needed yet.
@@ -149,14 +151,89 @@ class Options(usage.Options):
             sync.check(self, os.environ)
 
 
-def _with_lockfile(endpoint):
+def _unix_address(endpoint):
     """
-    Unix sockets get C{lockfile=1}: a socket file left by a daemon that was
-    killed is then replaced, while a live daemon's is never stolen.
+    The socket path of a C{unix:} server endpoint string and its keyword
+    arguments, or C{(None, None)} for any other endpoint (or one that does
+    not parse: L{Options.postOptions} reports that).
     """
-    if endpoint.startswith("unix:") and ":lockfile=" not in endpoint:
-        return endpoint + ":lockfile=1"
+    if not endpoint.startswith("unix:"):
+        return None, None
+    try:
+        args, kwargs = endpoints._parse(endpoint)
+    except Exception:
+        return None, None
+    path = kwargs.get("address") or (args[1] if len(args) > 1 else None)
+    return path, kwargs
+
+
+def _unix_defaults(endpoint):
+    """
+    Unix sockets get C{mode=600} unless a mode is given (Twisted's default
+    is 666: any local user could talk to the daemon), and C{lockfile=1}: a
+    socket file left by a daemon that was killed is then replaced, while a
+    live daemon's is never stolen.
+    """
+    path, kwargs = _unix_address(endpoint)
+    if path is None:
+        return endpoint
+    if "mode" not in kwargs:
+        endpoint += ":mode=600"
+    if "lockfile" not in kwargs:
+        endpoint += ":lockfile=1"
     return endpoint
+
+
+def _user(uid):
+    try:
+        return "%s, uid %d" % (pwd.getpwuid(uid).pw_name, uid)
+    except KeyError:
+        return "uid %d" % (uid,)
+
+
+def check_socket_path(path, uid=None):
+    """
+    Refuse a socket path (or its lock file) that exists and belongs to
+    another user than C{uid} (default: ours): while the daemon was down,
+    another local user could have put a socket there to read what agents
+    send.
+
+    @raise SystemExit: with a one-line reason (exit status 1).
+    """
+    uid = os.geteuid() if uid is None else uid
+    for name in (path, path + ".lock"):
+        try:
+            st = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise SystemExit("relay: cannot check %s: %s" % (name, _reason(e)))
+        if st.st_uid != uid:
+            raise SystemExit(
+                "relay: refusing to listen on %s: %s exists and belongs to %s, not to this "
+                "daemon (%s); remove it if you trust it, or choose another --listen path"
+                % (path, name, _user(st.st_uid), _user(uid)))
+
+
+def private_store(path, log=None):
+    """
+    Create the store file owner-only (0600) before SQLite opens it: SQLite
+    then creates its -wal and -shm files with the same mode.  An existing
+    store readable by others is left as it is, with a warning.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077 and log is not None:
+            log.warn("relay store {path} is mode {mode:o}: other users may read every "
+                     "message (chmod 600 {path} and its -wal/-shm files)", path=path, mode=mode)
+        return
+    except OSError:
+        # The store reports a missing directory or a permission problem
+        # in its own words.
+        return
+    os.close(fd)
 
 
 class RelayService(service.MultiService):
@@ -176,6 +253,10 @@ class RelayService(service.MultiService):
         # Listeners bind here; a bind failure must stop startup with a
         # clear message and a non-zero exit, not leave a deaf daemon.
         for child in self:
+            path = getattr(child, "relay_socket_path", None)
+            if path is not None:
+                check_socket_path(path)
+        for child in self:
             try:
                 child.privilegedStartService()
             except Exception as e:
@@ -183,6 +264,7 @@ class RelayService(service.MultiService):
                                  % (getattr(child, "relay_endpoint", child), _reason(e)))
 
     def startService(self):
+        private_store(self.store.path, self.log)
         try:
             self.store.open()
         except Exception as e:
@@ -238,6 +320,7 @@ def makeService(config, reactor=None):
     for endpoint in config["listen"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
         listener.relay_endpoint = endpoint
+        listener.relay_socket_path = _unix_address(endpoint)[0]
         listener.setServiceParent(top)
     sync = _sync_options()
     if sync is not None and config.get("sync-url"):

@@ -6,6 +6,7 @@ The ``relay send|listen|status|history|bench`` commands, run as real processes
 
 import json
 import os
+import re
 import sqlite3
 import sys
 import tempfile
@@ -13,8 +14,11 @@ import tempfile
 from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
-from relay.cli import build_parser
-from relay.cli.history import parse_since
+from relay.cli import build_parser, printable
+from relay.cli.history import format_dead_letter, parse_since
+from relay.cli.history import format_message as format_stored
+from relay.cli.listen import format_message as format_delivery
+from relay.client.message import Message
 from relay.cli.status import format_status
 from relay.client import fetch_status
 from tests.daemon_support import REPO, DaemonProcess
@@ -121,6 +125,61 @@ class FormatTests(unittest.TestCase):
         self.assertIn("sync: off", text)
 
 
+HOSTILE = "hi\x1b[2J\x1b]0;pwned\x07\x9b5A\u202eevil\rover\x00\ttab"
+
+
+class PrintableTests(unittest.TestCase):
+    """
+    Human output shows terminal control characters as visible escapes;
+    tab, newline and ordinary text (accents included) are kept.
+    """
+
+    def assertSafe(self, text):
+        self.assertIsNone(re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e]", text),
+                          repr(text))
+
+    def test_printable(self):
+        """
+        ESC, BEL, CR, NUL, DEL, 0x9b and U+202E become \\x.. or \\u....
+        (the control characters in hex, even CR);
+        the rest is unchanged.
+        """
+        self.assertEqual(printable(HOSTILE),
+                         "hi\\x1b[2J\\x1b]0;pwned\\x07\\x9b5A\\u202eevil\\x0dover\\x00\ttab")
+        self.assertEqual(printable("caf\u00e9\nline \u00fcber \\ ok"),
+                         "caf\u00e9\nline \u00fcber \\ ok")
+        self.assertEqual(printable("\x7f\u2066\ud800"), "\\x7f\\u2066\\ud800")
+
+    def test_listen_format(self):
+        """
+        relay listen's line escapes the body, topic, thread, kind and
+        sender, and still indents the body's own lines.
+        """
+        line = format_delivery(Message({
+            "id": "m1", "from": "al\x1bice", "to": "bob", "topic": "t\x1b[1m",
+            "ts": 0, "payload": {"kind": "x\x1b", "body": HOSTILE + "\nsecond",
+                                 "thread": "th\x9b", "data": {"k": "\x1b"}}}))
+        self.assertSafe(line)
+        self.assertIn("\\x1b[2J", line)
+        self.assertIn("\n    second", line)
+        self.assertIn('"k": "\\u001b"', line)
+
+    def test_history_format(self):
+        """
+        relay history's lines (messages and dead letters) escape every
+        text field.
+        """
+        item = {"sender": "alice", "recipient": "bob", "topic": "\x1b]0;t\x07",
+                "thread": "\u202e", "kind": "message", "body": HOSTILE, "time": "T",
+                "deliveries": {"bob": "pending"}, "data": {"k": "\x9b"}}
+        line = format_stored(item)
+        self.assertSafe(line)
+        self.assertIn("\\x1b[2J", line)
+        dead = format_dead_letter(dict(item, dead_time="T", reason="refused \x1b[31m"))
+        self.assertSafe(dead)
+        self.assertIn("\\x1b[31m", dead)
+
+
 class CommandTests(unittest.TestCase):
     """The commands against one running daemon."""
 
@@ -195,6 +254,33 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(len(lines), 2, out)
         self.assertTrue(lines[0].endswith("alice -> bob: direct"), lines[0])
         self.assertTrue(lines[1].endswith("alice -> * #news: to subscribers"), lines[1])
+
+    @defer.inlineCallbacks
+    def test_control_characters_escaped(self):
+        """
+        A body full of terminal escapes, sent through the real daemon, is
+        printed escaped by relay listen and relay history (no ESC, C1 or
+        bidi control reaches stdout), and exactly by their --json forms.
+        """
+        args = ["send", "--as", "alice", "--to", "bob", "--topic", "t\x1b[1m"] + self.sock
+        _, err, code = yield run_cli(args, stdin=HOSTILE.encode("utf-8"))
+        self.assertEqual(code, 0, err)
+        db = ["--db", self.daemon.db_path]
+        raw = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e]")
+        for command in (["history"] + db, ["listen", "--as", "bob", "--count", "1"] + self.sock):
+            out, err, code = yield run_cli(command)
+            self.assertEqual(code, 0, err)
+            self.assertIsNone(raw.search(out.replace("\n", "")), (command[0], out))
+            self.assertIn("hi\\x1b[2J\\x1b]0;pwned\\x07\\x9b5A\\u202eevil", out)
+            self.assertIn("#t\\x1b[1m", out)
+        out, err, code = yield run_cli(["history", "--json"] + db)
+        self.assertEqual(json.loads(out)["body"], HOSTILE)
+        _, err, code = yield run_cli(["send", "--as", "alice", "--to", "bob"] + self.sock,
+                                     stdin=HOSTILE.encode("utf-8"))
+        out, err, code = yield run_cli(["listen", "--as", "bob", "--count", "1", "--json"]
+                                       + self.sock)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["body"], HOSTILE)
 
     @defer.inlineCallbacks
     def test_history_while_running(self):

@@ -4,6 +4,7 @@ Bad input through the real C{twistd -n relay} process: each gets the answer
 PROTOCOL.md gives, and meanwhile the daemon keeps serving other agents.
 """
 
+import json
 import struct
 
 from twisted.internet import defer, reactor, task
@@ -213,3 +214,34 @@ class BadInputTests(unittest.TestCase):
         self.assertIn("too large", nack["payload"]["message"])
         yield self.assertStillServing()
         self.assertEqual([d for d in self.bob.of_type("DELIVER") if d["from"] == "grower"], [])
+
+    @defer.inlineCallbacks
+    def test_bad_values_nacked(self):
+        """
+        Through the real daemon: payload.kind a list or an object,
+        payload.data nested 300 deep, a ttl_ms of 10**15 (past what the
+        ingest can store) and a broadcast to topic "" each get NACK INVALID
+        naming the SEND, and the connection stays open and usable.
+        """
+        agent = yield connect_agent(self.daemon, "gina")
+        deep = {}
+        for _ in range(299):
+            deep = {"a": deep}
+        bad = [send("bob", "k1"), send("bob", "k2"), send("bob", "deep", data=deep),
+               send("bob", "ttl"), send("*", "empty topic", topic="")]
+        bad[0]["payload"]["kind"] = ["message"]
+        bad[1]["payload"]["kind"] = {"message": True}
+        bad[3]["payload_meta"] = {"ttl_ms": 10 ** 15}
+        # The standard json module writes the 300 levels orjson refuses.
+        agent.write_raw(b"".join(struct.pack(">I", len(b)) + b
+                                 for b in (json.dumps(e).encode() for e in bad)))
+        frames = yield agent.wait_type("NACK", len(bad))
+        nacks = [f["payload"] for f in frames if f["type"] == "NACK"]
+        self.assertEqual([(n["ack_id"], n["code"]) for n in nacks],
+                         [(e["id"], "INVALID") for e in bad])
+        self.assertFalse(agent.closed.called)
+        agent.send(send("bob", "gina after", requires_ack=True))
+        yield agent.wait_type("ACK")
+        yield self.assertStillServing()
+        self.assertEqual([d["payload"]["body"] for d in self.bob.of_type("DELIVER")
+                          if d["from"] == "gina"], ["gina after"])

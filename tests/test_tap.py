@@ -6,7 +6,10 @@ non-zero exit status).
 """
 
 import os
+import socket
+import stat
 import sys
+import tempfile
 
 from twisted.application import service
 from twisted.internet import defer, reactor, utils
@@ -15,6 +18,94 @@ from twisted.trial import unittest
 
 from relay import tap
 from tests.daemon_support import REPO, TWISTD, DaemonProcess, connect_agent, send
+
+
+class SocketOwnerTests(unittest.TestCase):
+    """
+    L{tap.check_socket_path} refuses a socket path, or its lock file, that
+    belongs to another user, with a one-line reason.
+    """
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "r.sock")
+
+    def test_missing_or_ours(self):
+        """
+        A path that does not exist, or that is ours, is fine.
+        """
+        tap.check_socket_path(self.path)
+        open(self.path, "w").close()
+        tap.check_socket_path(self.path)
+
+    def test_other_users_socket(self):
+        """
+        A socket file of uid 65534 (nobody) is refused, naming the path and
+        the owner, in one line.
+        """
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(self.path)
+        os.chown(self.path, 65534, -1)
+        e = self.assertRaises(SystemExit, tap.check_socket_path, self.path)
+        self.assertIn("refusing to listen on %s" % (self.path,), str(e))
+        self.assertIn("uid 65534", str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_other_users_lock(self):
+        """
+        The lock file next to the socket counts too: another user holding
+        it could keep the daemon from replacing a socket it put there.
+        """
+        os.symlink("12345", self.path + ".lock")
+        os.lchown(self.path + ".lock", 65534, -1)
+        e = self.assertRaises(SystemExit, tap.check_socket_path, self.path)
+        self.assertIn(".lock", str(e))
+
+    def test_uid_injectable(self):
+        """
+        The expected uid can be given: our own file is then another user's.
+        """
+        open(self.path, "w").close()
+        self.assertRaises(SystemExit, tap.check_socket_path, self.path, uid=os.geteuid() + 1)
+
+
+class PrivateStoreTests(unittest.TestCase):
+    """
+    L{tap.private_store} creates a missing store 0600 whatever the umask,
+    and warns about (without changing) an existing one others can read.
+    """
+
+    def test_created_owner_only(self):
+        """
+        With a umask of 0 the new, empty store file is still 0600.
+        """
+        path = os.path.abspath(self.mktemp())
+        old = os.umask(0)
+        try:
+            tap.private_store(path)
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(os.path.getsize(path), 0)
+
+    def test_existing_readable_warned(self):
+        """
+        An existing 0644 store is left 0644, and one warning names it.
+        """
+        from twisted.logger import Logger
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"data")
+        os.chmod(path, 0o644)
+        events = []
+        tap.private_store(path, Logger(observer=events.append))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["path"], path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"data")
 
 
 class OptionsTests(unittest.TestCase):
@@ -46,7 +137,8 @@ class OptionsTests(unittest.TestCase):
         """
         o = self.parse("--listen", "unix:/tmp/a.sock", "--listen", "tcp:0:interface=127.0.0.1",
                        "--heartbeat-ms", "250", "--message-ttl", "1.5", "--db", "x.sqlite")
-        self.assertEqual(o["listen"], ["unix:/tmp/a.sock:lockfile=1", "tcp:0:interface=127.0.0.1"])
+        self.assertEqual(o["listen"], ["unix:/tmp/a.sock:mode=600:lockfile=1",
+                                       "tcp:0:interface=127.0.0.1"])
         self.assertEqual(o["heartbeat-ms"], 250)
         self.assertEqual(o["message-ttl"], 1.5)
         self.assertEqual(o["db"], "x.sqlite")
@@ -56,7 +148,18 @@ class OptionsTests(unittest.TestCase):
         An explicit lockfile setting on a Unix endpoint is kept as given.
         """
         o = self.parse("--listen", "unix:/tmp/a.sock:lockfile=0")
-        self.assertEqual(o["listen"], ["unix:/tmp/a.sock:lockfile=0"])
+        self.assertEqual(o["listen"], ["unix:/tmp/a.sock:lockfile=0:mode=600"])
+
+    def test_unix_mode_defaults_to_600(self):
+        """
+        A Unix listener given without mode= gets mode=600 (Twisted would
+        create it 0666); a mode given, in either spelling, is kept.
+        """
+        o = self.parse("--listen", "unix:/tmp/a.sock", "--listen", "unix:/tmp/b.sock:mode=660",
+                       "--listen", "unix:address=/tmp/c.sock:lockfile=1")
+        self.assertEqual(o["listen"], ["unix:/tmp/a.sock:mode=600:lockfile=1",
+                                       "unix:/tmp/b.sock:mode=660:lockfile=1",
+                                       "unix:address=/tmp/c.sock:lockfile=1:mode=600"])
 
     def assertUsage(self, words, *args):
         e = self.assertRaises(usage.UsageError, self.parse, *args)
@@ -247,6 +350,50 @@ class CommandLineTests(unittest.TestCase):
             "--db", os.path.join(directory, "relay.sqlite"), path=directory)
         self.assertOneLineFailure(output, code, "relay: cannot listen on tcp:")
         self.assertEqual(code, 1)
+
+    @defer.inlineCallbacks
+    def test_socket_of_another_user(self):
+        """
+        A socket path that exists and belongs to another user (nobody): the
+        real daemon exits with status 1 and one line, and leaves the file.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(tempfile.mkdtemp(prefix="relay-o-"), "r.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        listener.listen(1)
+        os.chown(path, 65534, -1)
+        output, code = yield run_twistd(
+            "--pidfile=", "-n", "relay", "--listen", "unix:" + path,
+            "--db", os.path.join(directory, "relay.sqlite"), path=directory)
+        self.assertOneLineFailure(output, code, "relay: refusing to listen on " + path)
+        self.assertEqual(code, 1)
+        self.assertEqual(os.stat(path).st_uid, 65534)
+
+    @defer.inlineCallbacks
+    def test_files_owner_only(self):
+        """
+        A daemon started with a Unix listener without mode= (and a umask
+        of 0) creates its socket 0600, and its store with the -wal and -shm
+        files 0600, once a message is stored.
+        """
+        daemon = DaemonProcess(self, ["--batch-delay-ms", "10"])
+        daemon.listen = "unix:" + daemon.socket_path
+        old = os.umask(0)
+        try:
+            yield daemon.start()
+        finally:
+            os.umask(old)
+        self.addCleanup(daemon.stop)
+        agent = yield connect_agent(daemon, "alice")
+        agent.send(send("bob", "secret", requires_ack=True))
+        yield agent.wait_type("ACK")
+        modes = {name: stat.S_IMODE(os.stat(name).st_mode)
+                 for name in (daemon.socket_path, daemon.db_path, daemon.db_path + "-wal",
+                              daemon.db_path + "-shm")}
+        self.assertEqual(modes, dict.fromkeys(modes, 0o600))
 
     @defer.inlineCallbacks
     def test_unusable_db(self):

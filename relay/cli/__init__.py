@@ -15,6 +15,7 @@ Exit codes (shared by every sub-command):
 
 import argparse
 import importlib
+import re
 import sys
 
 COMMANDS = ["send", "listen", "history", "status", "bench", "keys"]
@@ -32,6 +33,32 @@ def fail(command, code, message):
     """
     sys.stderr.write("relay {}: {}\n".format(command, message))
     return code
+
+
+# What a message must not write raw to a terminal: C0 controls but tab and
+# newline (ESC starts the sequences that move the cursor, clear the screen,
+# set the title or the clipboard), DEL and C1 controls (0x9b is a one-byte
+# CSI), the bidi controls that reorder what is shown (U+061C, U+200E/F,
+# U+202A-202E, U+2066-2069) and lone surrogates (which cannot be encoded).
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f"
+                          "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match):
+    code = ord(match.group())
+    return "\\x{:02x}".format(code) if code < 0x100 else "\\u{:04x}".format(code)
+
+
+def printable(text):
+    """
+    C{text} with every character that could rewrite the reader's terminal
+    shown as a visible escape (ESC as C{\\x1b}, U+202E as C{\\u202e}):
+    for the human output of messages; --json output stays exact.
+    Anything but a string is first turned into one with C{str}.
+    """
+    if not isinstance(text, str):
+        text = str(text)
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 def build_parser():

@@ -50,6 +50,26 @@ def register(subparsers):
 
 
 
+def _untrusted(path, endpoint, trust_uid):
+    """
+    Why the daemon at ``path`` must not be loaded (it runs as another user
+    than ``trust_uid``, by default ours), or None; the load generator (no
+    relay imports) reports a socket it cannot reach by itself.
+    """
+    import socket
+
+    from relay.client.protocol import untrusted_peer
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        return untrusted_peer(sock, endpoint, trust_uid)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
 def main(args):
     from relay.bench import loadgen
     from relay.client.commandline import endpoint_from_args
@@ -64,6 +84,10 @@ def main(args):
     except loadgen.LoadgenError as e:
         sys.stderr.write("relay bench: {}\n".format(e))
         return EXIT_USAGE
+    problem = _untrusted(path, endpoint, args.trust_uid)
+    if problem:
+        sys.stderr.write("relay bench: {}\n".format(problem))
+        return EXIT_UNREACHABLE
     try:
         result = loadgen.run(
             path, senders=args.senders, receivers=args.receivers, messages=args.messages,

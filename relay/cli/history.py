@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
+from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail, printable
 
 EPILOG = """\
 examples:
@@ -106,8 +106,7 @@ def query_messages(db, sender=None, recipient=None, thread=None, topic=None,
         where.append("m.ts >= ?")
         params.append(since_ms)
     sql = ("SELECT m.seq, m.id, m.send_id, m.ts, m.sender, m.recipient, m.topic, m.thread, "
-           "m.kind, json_extract(m.payload, '$.body') AS body, "
-           "json_extract(m.payload, '$.data') AS data, m.payload_meta, m.expires_at, "
+           "m.kind, m.payload, m.payload_meta, m.expires_at, "
            "(SELECT json_group_object(d.recipient, d.status) FROM deliveries d "
            " WHERE d.message_seq = m.seq) AS deliveries "
            "FROM messages m{} ORDER BY m.seq DESC LIMIT ?").format(
@@ -117,7 +116,11 @@ def query_messages(db, sender=None, recipient=None, thread=None, topic=None,
     out = []
     for row in reversed(rows):
         item = dict(row)
-        for key in ("data", "payload_meta", "deliveries"):
+        # Decoded here, not with json_extract, which cuts text at a NUL.
+        payload = json.loads(item.pop("payload"))
+        item["body"] = payload.get("body")
+        item["data"] = payload.get("data")
+        for key in ("payload_meta", "deliveries"):
             if item[key] is not None:
                 item[key] = json.loads(item[key])
         item["time"] = _iso(item["ts"])
@@ -141,28 +144,33 @@ def query_dead_letters(db, limit=50):
 
 
 def format_message(item):
+    """
+    The human form of a stored message; characters that could rewrite the
+    terminal are shown escaped (L{relay.cli.printable}).
+    """
     where = "{} -> {}".format(item["sender"], item["recipient"])
     if item.get("topic"):
-        where += " #" + item["topic"]
+        where += " #{}".format(item["topic"])
     if item.get("thread"):
-        where += " [" + item["thread"] + "]"
+        where += " [{}]".format(item["thread"])
     kind = "" if item.get("kind") == "message" else "({}) ".format(item.get("kind"))
     body = item.get("body")
     body = body if isinstance(body, str) else json.dumps(body)
-    line = "{} {}: {}{}".format(item["time"], where, kind, body.replace("\n", "\n    "))
+    line = "{} {}: {}{}".format(item["time"], where, kind, body)
     deliveries = item.get("deliveries")
     if deliveries:
         line += "  [" + ", ".join("{} {}".format(k, v) for k, v in sorted(
             deliveries.items())) + "]"
+    line = printable(line).replace("\n", "\n    ")
     if item.get("data"):
         line += "\n    data: " + json.dumps(item["data"], sort_keys=True)
     return line
 
 
 def format_dead_letter(item):
-    return "{} {} -> {}: {}  [dead since {}: {}]".format(
+    return printable("{} {} -> {}: {}  [dead since {}: {}]".format(
         item["time"], item.get("sender"), item.get("recipient"), item.get("body"),
-        item["dead_time"], item["reason"])
+        item["dead_time"], item["reason"]))
 
 
 def main(args):

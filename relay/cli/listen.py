@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
+from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail, printable
 
 EPILOG = """\
 examples:
@@ -56,7 +56,10 @@ def _fail(code, message):
 
 
 def format_message(message):
-    """The human one-line form of a delivery."""
+    """
+    The human one-line form of a delivery; characters that could rewrite
+    the terminal are shown escaped (L{relay.cli.printable}).
+    """
     when = ""
     if isinstance(message.ts, (int, float)):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(message.ts / 1000.0)) + " "
@@ -64,12 +67,12 @@ def format_message(message):
     target = "*" if message.is_broadcast else (message.to or "?")
     where = "{} -> {}".format(where, target)
     if message.topic:
-        where += " #" + message.topic
+        where += " #{}".format(message.topic)
     if message.thread:
-        where += " [" + message.thread + "]"
+        where += " [{}]".format(message.thread)
     kind = "" if message.kind == "message" else "({}) ".format(message.kind)
     body = message.body if isinstance(message.body, str) else json.dumps(message.body)
-    line = "{}{}: {}{}".format(when, where, kind, body.replace("\n", "\n    "))
+    line = printable("{}{}: {}{}".format(when, where, kind, body)).replace("\n", "\n    ")
     if message.data:
         line += "\n    data: " + json.dumps(message.data, sort_keys=True)
     return line
@@ -156,7 +159,8 @@ def _listen(reactor, args, endpoint):
     def job():
         try:
             client = yield connect(reactor, endpoint, args.agent, on_message=on_message,
-                                   timeout=args.timeout, cli="relay listen")
+                                   timeout=args.timeout, trust_uid=args.trust_uid,
+                                   cli="relay listen")
         except ConnectFailed as e:
             return _fail(EXIT_USAGE if e.reason == "endpoint" else EXIT_UNREACHABLE, str(e))
         except HandshakeRefused as e:

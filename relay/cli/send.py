@@ -105,7 +105,8 @@ def _send(reactor, args, body, data, endpoint):
     def job():
         try:
             client = yield connect(reactor, endpoint, args.agent, reconnect=False,
-                                   timeout=args.timeout, cli="relay send")
+                                   timeout=args.timeout, trust_uid=args.trust_uid,
+                                   cli="relay send")
         except ConnectFailed as e:
             return _fail(EXIT_USAGE if e.reason == "endpoint" else EXIT_UNREACHABLE, str(e))
         except HandshakeRefused as e:

@@ -165,4 +165,5 @@ def _status(reactor, args, endpoint):
         if failure.check(ProtocolViolation):
             return _fail(EXIT_FAILED, failure.getErrorMessage())
         return failure
-    return fetch_status(reactor, endpoint, timeout=args.timeout).addCallbacks(shown, failed)
+    return fetch_status(reactor, endpoint, timeout=args.timeout,
+                        trust_uid=args.trust_uid).addCallbacks(shown, failed)

@@ -14,17 +14,20 @@ waits for the result::
         if message is not None:
             print(message.sender, message.body)
 
-Deliveries are ACKed as soon as they are in this process's inbox (a
-``queue.Queue`` that ``receive()`` reads), so a message read by ``receive()``
-will not come again. Errors are the same as relay.client's (``ConnectFailed``,
-``SendRefused``...), raised in the calling thread. Do not call these methods
-from the reactor thread itself.
+A delivery is ACKed when ``receive()`` returns it, not before: one that was
+delivered to this process but not received when it exits is delivered again
+to the next connection of this agent. The deliveries waiting for
+``receive()`` are bounded: the daemon writes at most ``max_inflight`` (256,
+said in HELLO) unACKed deliveries, and at ``max_queue`` the client stops
+reading the socket, so the daemon holds the rest and slows their senders.
+Errors are the same as relay.client's (``ConnectFailed``, ``SendRefused``...),
+raised in the calling thread. Do not call these methods from the reactor
+thread itself.
 """
 
-import queue
 import threading
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 
 from relay.client.client import Client
 from relay.client import default_endpoint
@@ -57,16 +60,21 @@ class BlockingClient:
     """
 
     def __init__(self, agent_name, endpoint=None, timeout=10.0, reconnect=True,
-                 **hello_fields):
+                 max_queue=256, trust_uid=None, **hello_fields):
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1, not {!r}".format(max_queue))
         self._reactor = _reactor()
-        self._inbox = queue.Queue()
         self.endpoint = endpoint or default_endpoint()
         self._client = self._call(self._start, agent_name, self.endpoint, timeout,
-                                  reconnect, hello_fields)
+                                  reconnect, max_queue, trust_uid, hello_fields)
 
-    def _start(self, agent_name, endpoint, timeout, reconnect, hello_fields):
-        client = Client(self._reactor, endpoint, agent_name, on_message=self._inbox.put,
-                        timeout=timeout, reconnect=reconnect, hello_fields=hello_fields)
+    def _start(self, agent_name, endpoint, timeout, reconnect, max_queue, trust_uid,
+               hello_fields):
+        # No on_message: deliveries wait in the Client's own queue, unACKed,
+        # until next_message() hands them out (and ACKs them).
+        client = Client(self._reactor, endpoint, agent_name, timeout=timeout,
+                        reconnect=reconnect, queue_high=max_queue, trust_uid=trust_uid,
+                        hello_fields=hello_fields)
         return client.start()
 
     def _call(self, f, *args, **kwargs):
@@ -94,11 +102,22 @@ class BlockingClient:
         return self._call(self._client.status)
 
     def receive(self, timeout=None):
-        """The next delivered Message, or None after ``timeout`` seconds."""
-        try:
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        """
+        The next delivered Message (ACKed now), or None after ``timeout``
+        seconds; raises ``ClientClosed`` once the client is closed and
+        nothing is left to receive.
+        """
+        return self._call(self._receive, timeout)
+
+    def _receive(self, timeout):
+        d = self._client.next_message()
+        if timeout is None or d.called:
+            return d
+        # On timeout the wait is cancelled: a later delivery stays queued
+        # (unACKed) for the next receive().
+        d.addTimeout(timeout, self._reactor)
+        d.addErrback(lambda f: f.trap(defer.TimeoutError) and None)
+        return d
 
     def close(self):
         """Say BYE and close (idempotent)."""

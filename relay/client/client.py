@@ -49,7 +49,7 @@ from relay.client.errors import (
     ClientClosed, ConnectFailed, HandshakeRefused, SendRefused, TooManyPending,
     describe_connect_failure)
 from relay.client.message import Message
-from relay.client.protocol import RelayClientFactory, envelope
+from relay.client.protocol import RelayClientFactory, envelope, untrusted_peer
 
 NAME_RE = re.compile(r"[A-Za-z0-9._\-@:]{1,128}\Z")
 KINDS = ("message", "action", "state", "thinking")
@@ -86,7 +86,8 @@ class Client:
 
     def __init__(self, reactor, endpoint_string, agent_name, on_message=None,
                  reconnect=True, timeout=10.0, retry_policy=None, max_attempts=None,
-                 dedupe_size=10000, queue_high=1000, hello_fields=None, max_pending=10000):
+                 dedupe_size=10000, queue_high=1000, hello_fields=None, max_pending=10000,
+                 trust_uid=None):
         check_agent_name(agent_name)
         try:
             self._endpoint = clientFromString(reactor, endpoint_string)
@@ -105,6 +106,7 @@ class Client:
         self._dedupe_size = dedupe_size
         self._queue_high = queue_high
         self._max_pending = max_pending
+        self._trust_uid = trust_uid
 
         self.state = IDLE
         self.session_id = None
@@ -182,6 +184,12 @@ class Client:
         self._attempt_d = None
         if self.state != CONNECTING:
             proto.transport.abortConnection()
+            return
+        problem = untrusted_peer(proto.transport, self.endpoint_string, self._trust_uid)
+        if problem is not None:
+            self._cancel_timeout()
+            proto.transport.abortConnection()
+            self._attempt_failed(ConnectFailed(problem, "untrusted"))
             return
         self._proto = proto
         self.state = HANDSHAKING
@@ -499,18 +507,22 @@ class Client:
             self._proto.send_frame("ACK", {"ack_id": message.id, "seq": message.seq})
 
     def next_message(self):
-        """A Deferred firing with the next ``Message`` (it is ACKed then)."""
+        """
+        A Deferred firing with the next ``Message`` (it is ACKed then).
+        Cancelling the Deferred gives up the wait: a message arriving later
+        stays queued for the next call.
+        """
         if self._queue:
             message = self._queue.popleft()
             self._ack(message)
-            if self._paused and len(self._queue) < self._queue_high // 2:
+            if self._paused and len(self._queue) <= self._queue_high // 2:
                 self._paused = False
                 if self._proto is not None:
                     self._proto.resumeProducing()
             return defer.succeed(message)
         if self.state == CLOSED:
             return defer.fail(ClientClosed("the client is closed"))
-        d = defer.Deferred()
+        d = defer.Deferred(self._getters.remove)
         self._getters.append(d)
         return d
 
@@ -595,21 +607,23 @@ class Client:
 
 def connect(reactor, endpoint_string, agent_name, *, on_message=None, reconnect=True,
             timeout=10.0, retry_policy=None, max_attempts=None, max_pending=10000,
-            **hello_fields):
+            trust_uid=None, **hello_fields):
     """
     Connect to the daemon at ``endpoint_string`` (any Twisted client endpoint,
     e.g. ``unix:/tmp/agent-relay.sock``) as ``agent_name``. Extra keyword
     arguments go into the HELLO payload (``cli``, ``program``, ``model``,
     ``task``, ``displayName``...). Returns a Deferred firing with a connected
     ``Client`` after WELCOME, or failing with ``ConnectFailed`` (refused, missing
-    socket, permission denied, timeout, bad endpoint), ``HandshakeRefused``
+    socket, permission denied, timeout, bad endpoint, or ``reason`` ``untrusted``:
+    on a Unix socket the daemon runs as another uid than ``trust_uid``, by
+    default our own), ``HandshakeRefused``
     (ERROR frame) or ``ValueError`` (bad agent name).
     """
     try:
         client = Client(reactor, endpoint_string, agent_name, on_message=on_message,
                         reconnect=reconnect, timeout=timeout, retry_policy=retry_policy,
                         max_attempts=max_attempts, hello_fields=hello_fields,
-                        max_pending=max_pending)
+                        max_pending=max_pending, trust_uid=trust_uid)
     except (ValueError, ConnectFailed) as e:
         return defer.fail(e)
     return client.start()

@@ -5,7 +5,9 @@ options, the endpoint they resolve to, and running one Twisted job to an exit
 code. Nothing here prints (only relay/cli/ does).
 """
 
+import argparse
 import os
+import pwd
 
 from relay.client import default_endpoint
 
@@ -15,8 +17,25 @@ CONNECTION_HELP = (
     "unix:/tmp/agent-relay.sock.")
 
 
+def user_id(text):
+    """``--trust-user``'s value, a user name or a numeric uid, as a uid."""
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError("no user {!r}".format(text))
+
+
 def add_connection_options(parser):
-    """``--socket PATH`` / ``--connect ENDPOINT`` (mutually exclusive)."""
+    """
+    ``--socket PATH`` / ``--connect ENDPOINT`` (mutually exclusive), and
+    ``--trust-user``: the user the daemon behind a Unix socket may run as
+    (by default only our own).
+    """
+    parser.add_argument("--trust-user", metavar="USER", type=user_id, dest="trust_uid",
+                        help="talk to a daemon running as USER (name or uid); by default a "
+                        "daemon behind a Unix socket must run as you")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--socket", metavar="PATH",
                        help="the daemon's Unix socket (default $RELAY_SOCKET or "

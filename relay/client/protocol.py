@@ -7,6 +7,9 @@ STATUS request).
 
 import itertools
 import os
+import pwd
+import socket
+import struct
 
 import orjson
 from twisted.internet.protocol import Factory
@@ -30,6 +33,48 @@ def envelope(type_, clock, payload=None, **fields):
     env.update(fields)
     env["payload"] = payload if payload is not None else {}
     return env
+
+
+def _user(uid):
+    try:
+        return "{} (uid {})".format(pwd.getpwuid(uid).pw_name, uid)
+    except KeyError:
+        return "uid {}".format(uid)
+
+
+def peer_uid(transport):
+    """
+    The uid of the process at the other end of a Unix socket connection
+    (``SO_PEERCRED``, as the kernel recorded it at connect time), or None
+    for other transports and platforms without ``SO_PEERCRED``. ``transport``
+    is a Twisted transport or a connected ``socket.socket``.
+    """
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    # A Twisted transport, or a plain connected socket.
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else transport
+    if getattr(handle, "family", None) != socket.AF_UNIX:
+        return None
+    creds = handle.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def untrusted_peer(transport, endpoint_string, trust_uid=None):
+    """
+    Why the daemon on ``transport`` must not be talked to, or None: on a Unix
+    socket the daemon must run as ``trust_uid`` (default: our own uid), or
+    another local user who created the socket while the real daemon was
+    down would read what we send. TCP and TLS endpoints are not checked.
+    """
+    uid = peer_uid(transport)
+    expected = os.geteuid() if trust_uid is None else trust_uid
+    if uid is None or uid == expected:
+        return None
+    return ("the daemon at {} runs as {}, not as {}: refusing it (trust it with "
+            "--trust-user {} or trust_uid={})".format(
+                endpoint_string, _user(uid), _user(expected), uid, uid))
 
 
 class RelayClientProtocol(Int32StringReceiver):

@@ -9,20 +9,26 @@ from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 
 from relay.client.errors import ConnectFailed, ProtocolViolation, describe_connect_failure
-from relay.client.protocol import RelayClientFactory
+from relay.client.protocol import RelayClientFactory, untrusted_peer
 
 
 class _StatusRequest:
     """The owner of the one connection a STATUS request uses."""
 
-    def __init__(self, endpoint_string):
+    def __init__(self, endpoint_string, trust_uid=None):
         self.endpoint_string = endpoint_string
+        self.trust_uid = trust_uid
         self.result = defer.Deferred()
         self.request_id = None
         self.proto = None
 
     def connection_made(self, proto):
         self.proto = proto
+        problem = untrusted_peer(proto.transport, self.endpoint_string, self.trust_uid)
+        if problem is not None:
+            proto.transport.abortConnection()
+            self.result.errback(ConnectFailed(problem, "untrusted"))
+            return
         self.request_id = proto.send_frame("STATUS")["id"]
 
     def frame_received(self, proto, env):
@@ -50,18 +56,19 @@ class _StatusRequest:
                     self.endpoint_string), "closed"))
 
 
-def fetch_status(reactor, endpoint_string, timeout=10.0):
+def fetch_status(reactor, endpoint_string, timeout=10.0, trust_uid=None):
     """
     A Deferred firing with the daemon's STATUS_REPLY payload (agents, store,
     rate_limit, sync, uptime_s), or failing with ``ConnectFailed`` /
-    ``ProtocolViolation``.
+    ``ProtocolViolation``. On a Unix socket the daemon must run as
+    ``trust_uid`` (default: our own uid).
     """
     try:
         endpoint = clientFromString(reactor, endpoint_string)
     except (ValueError, TypeError, KeyError) as e:
         return defer.fail(ConnectFailed("bad endpoint {!r}: {}".format(endpoint_string, e),
                                         "endpoint"))
-    request = _StatusRequest(endpoint_string)
+    request = _StatusRequest(endpoint_string, trust_uid)
     connecting = endpoint.connect(RelayClientFactory(request, reactor))
 
     def connect_failed(failure):

@@ -40,6 +40,25 @@ MAX_MS = 253402300799999
 
 MAX_ID_CHARS = 255
 
+# The longest payload_meta.ttl_ms, shared with the daemon (relay.frames
+# refuses a SEND above it with NACK INVALID): 100 years, so that ts +
+# ttl_ms stays a valid expires_at (before MAX_MS) for any ts until the year
+# 9899, and far below 2**53 (the largest integer JavaScript peers agree on).
+MAX_TTL_MS = 100 * 36525 * 86400 * 10
+
+
+def ttl_problem(value):
+    """
+    What is wrong with C{value} as a C{payload_meta.ttl_ms} (absent is
+    fine), as a phrase, or None: it must be an integer from 1 to
+    L{MAX_TTL_MS}.  The daemon and the ingest both apply this rule.
+    """
+    if value is None:
+        return None
+    if value.__class__ is not int or not 0 < value <= MAX_TTL_MS:
+        return "must be a positive integer of milliseconds up to %d (100 years)" % (MAX_TTL_MS,)
+    return None
+
 
 class BadRequest(Exception):
     """
@@ -191,6 +210,10 @@ def parseMessage(i, m):
     channel = _text(i, m, "channel", False)
     data = _json(i, m, "data")
     meta = _json(i, m, "payload_meta")
+    if meta is not None:
+        problem = ttl_problem(m["payload_meta"].get("ttl_ms"))
+        if problem is not None:
+            _bad(i, m, "payload_meta", "payload_meta.ttl_ms " + problem)
     broadcast = _bool(i, m, "is_broadcast")
     urgent = _bool(i, m, "is_urgent")
     expires = _ms(i, m, "expires_at", False)
