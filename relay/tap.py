@@ -108,6 +108,10 @@ class Options(usage.Options):
          _non_negative_int("dedupe-window")],
         ["rate-limit-policy", None, "throttle",
          "throttle: stop reading an agent over its budget; reject: NACK BUSY its SENDs."],
+        ["synchronous", None, "full",
+         "full: every store commit fsyncs before its receipts go out (a receipt survives "
+         "power loss); normal: fsync at checkpoints only (a receipt survives a crash of "
+         "the daemon, not of the machine)."],
     ]
 
     compData = usage.Completions(optActions={"db": usage.CompleteFiles("*.sqlite")})
@@ -138,6 +142,9 @@ class Options(usage.Options):
                 endpoints.serverFromString(None, e)
             except (ValueError, TypeError, KeyError) as err:
                 raise usage.UsageError("bad --listen endpoint %r: %s" % (e, err))
+        if self["synchronous"] not in ("full", "normal"):
+            raise usage.UsageError("--synchronous must be full or normal, not %r"
+                                   % (self["synchronous"],))
         if self["rate-limit-policy"] not in ("throttle", "reject"):
             raise usage.UsageError("--rate-limit-policy must be throttle or reject, not %r"
                                    % (self["rate-limit-policy"],))
@@ -219,7 +226,8 @@ def makeService(config, reactor=None):
 
     store = Store(reactor, config["db"], batch_size=config["batch-size"],
                   batch_delay=config["batch-delay-ms"] / 1000.0,
-                  batch_bytes=config["batch-bytes"], recent_sends=config["dedupe-window"])
+                  batch_bytes=config["batch-bytes"], recent_sends=config["dedupe-window"],
+                  synchronous=config["synchronous"])
     limiter = None
     if not config["no-rate-limit"]:
         limiter = RateLimiter(reactor, rate=config["rate-limit"], burst=config["rate-burst"])
