@@ -182,8 +182,14 @@ class RelayService(service.MultiService):
     def privilegedStartService(self):
         # Listeners bind here; a bind failure must stop startup with a
         # clear message and a non-zero exit, not leave a deaf daemon.
+        from relay.lock import break_stale_lock, lock_path
         for child in self:
             try:
+                # A lock left by a daemon that died and is not reaped yet
+                # (issue 9): take it rather than fail the restart.
+                lock = lock_path(getattr(child, "relay_endpoint", ""))
+                if lock is not None:
+                    break_stale_lock(lock)
                 child.privilegedStartService()
             except Exception as e:
                 raise SystemExit("relay: cannot listen on %s: %s"
