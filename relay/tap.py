@@ -6,6 +6,7 @@ C{twistd relay}: options and service construction.
 import os
 
 from twisted.application import service, strports
+from twisted.cred import credentials, strcred
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.python import usage
@@ -60,8 +61,10 @@ def _sync_options():
     return options
 
 
-class Options(usage.Options):
+class Options(usage.Options, strcred.AuthOptionMixin):
     synopsis = "[options]"
+    # --auth memory:NAME:TOKEN:..., --auth file:PATH, --help-auth (relay.auth).
+    supportedInterfaces = (credentials.IUsernamePassword,)
     longdesc = (
         "Run the relay daemon: agents connect (agent-relay wire protocol v1), "
         "exchange messages, and every message is stored in a SQLite file "
@@ -116,6 +119,11 @@ class Options(usage.Options):
 
     compData = usage.Completions(optActions={"db": usage.CompleteFiles("*.sqlite")})
 
+    from relay import auth as _auth
+    optParameters = optParameters + _auth.OPT_PARAMETERS
+    optFlags = optFlags + _auth.OPT_FLAGS
+    del _auth
+
     _sync = _sync_options()
     if _sync is not None:
         optParameters = optParameters + list(getattr(_sync, "OPT_PARAMETERS", []))
@@ -151,6 +159,8 @@ class Options(usage.Options):
         if not self["queue-low"] < self["queue-high"] <= self["queue-max"]:
             raise usage.UsageError("need --queue-low < --queue-high <= --queue-max (got %d, %d, %d)"
                                    % (self["queue-low"], self["queue-high"], self["queue-max"]))
+        from relay.auth import check_options
+        check_options(self)
         sync = _sync_options()
         if sync is not None and hasattr(sync, "check"):
             sync.check(self, os.environ)
@@ -222,6 +232,27 @@ def _reason(e):
     return text.strip().replace("\n", " ")
 
 
+def _auth_policy(config, reactor, router):
+    """
+    The HELLO checks of issue 9 (relay.auth), and the startup warning for
+    network listeners anyone may use.
+    """
+    from relay.auth import AuthPolicy, make_portal, network_listeners
+    portal = make_portal(config)
+    open_listeners = [e for e in network_listeners(config["listen"])
+                      if portal is None and not (e.startswith("ssl:")
+                                                 and config.get("tls-client-ca-certs"))]
+    if open_listeners:
+        RelayService.log.warn(
+            "--allow-anonymous-tcp: anyone who can reach {listeners} may speak as any agent",
+            listeners=", ".join(e.split(":")[0] + ":" + e.split(":")[1] for e in open_listeners))
+    policy = AuthPolicy(reactor, portal=portal,
+                        trust_unix_peers=bool(config.get("trust-unix-peers")),
+                        client_ca=bool(config.get("tls-client-ca-certs")))
+    router.auth_stats = policy.status
+    return policy
+
+
 def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
@@ -248,10 +279,14 @@ def makeService(config, reactor=None):
         queue_high=config["queue-high"], queue_low=config["queue-low"],
         queue_max=config["queue-max"], window=config["max-inflight"],
         rate_policy=config["rate-limit-policy"])
+    factory.auth = _auth_policy(config, reactor, router)
     top = RelayService(store, router)
     for endpoint in config["listen"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
         listener.relay_endpoint = endpoint
+        if endpoint.startswith("ssl:") and config.get("tls-client-ca-certs"):
+            from relay.auth import require_client_certificates
+            require_client_certificates(listener.endpoint, config["tls-client-ca-certs"])
         listener.setServiceParent(top)
     sync = _sync_options()
     if sync is not None and config.get("sync-url"):
