@@ -148,7 +148,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             try:
                 # Parses only: nothing binds, no reactor is needed yet.
                 endpoints.serverFromString(None, e)
-            except (ValueError, TypeError, KeyError) as err:
+            except (ValueError, TypeError, KeyError, OSError) as err:
+                # OSError: an ssl: key or certificate file that cannot be read.
                 raise usage.UsageError("bad --listen endpoint %r: %s" % (e, err))
         if self["synchronous"] not in ("full", "normal"):
             raise usage.UsageError("--synchronous must be full or normal, not %r"
