@@ -70,7 +70,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         "exchange messages, and every message is stored in a SQLite file "
         "before its receipt is sent.  Example: twistd -n relay --listen "
         "unix:/tmp/agent-relay.sock:mode=600 --listen tcp:7777:interface=127.0.0.1 "
-        "--db /var/lib/relay/relay.sqlite")
+        "--auth file:/etc/relay/tokens --db /var/lib/relay/relay.sqlite")
 
     optFlags = [
         ["no-rate-limit", None, "Do not rate-limit agents."],
