@@ -224,14 +224,18 @@ class AuthPolicy:
     @param max_peers: peers whose failures are remembered (the oldest go).
     @param max_delayed: refusals waiting at once; beyond it they are
         answered at once (a flood must not pin connections and memory).
+    @param hello_timeout: a connection that has not been WELCOMEd this many
+        seconds after it opened is closed (fatal ERROR BAD_REQUEST), so
+        connections that never authenticate do not pile up.
     """
 
     log = Logger()
 
     def __init__(self, clock, portal=None, trust_unix_peers=False, client_ca=False,
                  delay_base=0.25, delay_max=5.0, forget_after=600.0, max_peers=10000,
-                 max_delayed=1000):
+                 max_delayed=1000, hello_timeout=30.0):
         self.clock = clock
+        self.hello_timeout = hello_timeout
         self.portal = portal
         self.trust_unix_peers = trust_unix_peers
         self.client_ca = client_ca
@@ -242,7 +246,23 @@ class AuthPolicy:
         self.max_delayed = max_delayed
         self.failures = OrderedDict()
         self.delayed = 0
-        self.counters = {"authenticated": 0, "refused": 0, "takeovers_refused": 0}
+        self.counters = {"authenticated": 0, "refused": 0, "takeovers_refused": 0,
+                         "hello_timeouts": 0}
+
+    def connection_made(self, conn):
+        """
+        A new connection: it has C{hello_timeout} seconds to be WELCOMEd.
+        """
+        if self.hello_timeout:
+            self.clock.callLater(self.hello_timeout, self._hello_deadline, conn)
+
+    def _hello_deadline(self, conn):
+        if conn.state == "new":
+            self.counters["hello_timeouts"] += 1
+            self.log.info("closing a connection from {peer}: no successful HELLO within "
+                          "{secs}s", peer="%s %s" % self.peer_key(conn), secs=self.hello_timeout)
+            conn.error("BAD_REQUEST", "no successful HELLO within %gs" % (self.hello_timeout,),
+                       fatal=True)
 
     # -- the HELLO -----------------------------------------------------------
 

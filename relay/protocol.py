@@ -59,6 +59,8 @@ class RelayProtocol(Int32StringReceiver):
                              maximum=f.queue_max, window=f.window,
                              on_write=self._written, on_backpressure=self._backpressure)
         self.router.connection_made(self)
+        if f.auth is not None:
+            f.auth.connection_made(self)
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.clock
         self._heartbeat.start(f.heartbeat, now=False)

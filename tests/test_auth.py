@@ -341,6 +341,28 @@ class SlowDownTests(_AuthCase):
             self.assertRefused(c)
 
 
+class HelloDeadlineTests(_AuthCase):
+
+    def test_no_hello_closed(self):
+        """
+        A connection not WELCOMEd within C{hello_timeout} (silent, or
+        answering PINGs, or asking STATUS) gets a fatal ERROR and is closed;
+        a WELCOMEd one is left alone.
+        """
+        idle, chatty, good = self.connect(), self.connect(), self.connect()
+        good.feed(hello("alice", SECRET))
+        for _ in range(5):
+            self.clock.advance(self.policy.hello_timeout / 6)
+            chatty.feed({"v": 1, "type": "PING", "payload": {"nonce": "n"}})
+        self.assertTrue(idle.transport.connected)
+        self.clock.advance(self.policy.hello_timeout / 6)
+        for c in (idle, chatty):
+            self.assertEqual([e["code"] for e in c.errors()], ["BAD_REQUEST"])
+            self.assertFalse(c.transport.connected)
+        self.assertTrue(good.transport.connected)
+        self.assertEqual(self.policy.counters["hello_timeouts"], 2)
+
+
 class UnixPeerTests(_AuthCase):
 
     def unix(self, uid=1000):
