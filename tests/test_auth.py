@@ -284,8 +284,9 @@ class SlowDownTests(_AuthCase):
         again at no delay.
         """
         for _ in range(3):
-            c = self.refuse_one()
+            self.refuse_one()
             self.clock.advance(5)
+        self.assertEqual(self.policy.failures[("host", "192.0.2.7")][0], 3)
         self.clock.advance(self.policy.forget_after + 1)
         self.assertRefused(self.refuse_one())
 

@@ -228,7 +228,8 @@ class TokenTests(unittest.TestCase):
         yield bob.wait_for(lambda a: len({f["payload"]["body"] for f in a.of_type("DELIVER")})
                            >= 100, timeout=30)
         self.assertEqual({f["payload"]["body"] for f in bob.of_type("DELIVER")},
-                         {"before-%d" % i for i in range(50)} | {"during-%d" % i for i in range(50)})
+                         {"before-%d" % i for i in range(50)}
+                         | {"during-%d" % i for i in range(50)})
         rss1 = _rss_kib(self.daemon.pid)
         self.assertLess(rss1 - rss0, 32 * 1024, (rss0, rss1))
         status = yield daemon_status(self.daemon)

@@ -61,10 +61,12 @@ def make_pki(directory, client_names=("alice",), client_sans=(), ca_name="relay 
     pki = PKI()
     ca_key = _key()
     ca = _cert(ca_name, ca_key, None, ca_key, ca=True)
-    pki.ca_cert = _write(os.path.join(directory, "ca.pem"), ca.public_bytes(serialization.Encoding.PEM))
+    pki.ca_cert = _write(os.path.join(directory, "ca.pem"),
+                         ca.public_bytes(serialization.Encoding.PEM))
     server_key = _key()
     server = _cert("localhost", server_key, ca.subject, ca_key,
-                   sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+                   sans=[x509.DNSName("localhost"),
+                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     pki.server_key = _write(os.path.join(directory, "server.key"), _pem_key(server_key))
     pki.server_cert = _write(os.path.join(directory, "server.pem"),
                              server.public_bytes(serialization.Encoding.PEM))
