@@ -39,6 +39,8 @@ class RelayProtocol(Int32StringReceiver):
         self.state = NEW
         self.session = None
         self.outbox = None
+        # SO_PEERCRED of a Unix peer (relay.peercred), set by relay.auth.
+        self.peer = None
         self.pause_reasons = set()
         self.held = deque()
         self.last_rx = 0.0
@@ -57,6 +59,8 @@ class RelayProtocol(Int32StringReceiver):
                              maximum=f.queue_max, window=f.window,
                              on_write=self._written, on_backpressure=self._backpressure)
         self.router.connection_made(self)
+        if f.auth is not None:
+            f.auth.connection_made(self)
         self._heartbeat = task.LoopingCall(self._beat)
         self._heartbeat.clock = self.clock
         self._heartbeat.start(f.heartbeat, now=False)
@@ -178,6 +182,19 @@ class RelayProtocol(Int32StringReceiver):
         if not valid_agent_name(name):
             self.error("BAD_REQUEST", "HELLO needs payload.agent: 1-128 letters, digits or ._-@: "
                        "not starting with _ (got %r)" % (str(name)[:140] if name is not None else None,))
+            return
+        auth = self.factory.auth
+        if auth is not None:
+            # Identity (issue 9, relay.auth): calls hello_accepted or refuses.
+            auth.hello(self, env, name)
+            return
+        self.hello_accepted(env)
+
+    def hello_accepted(self, env):
+        """
+        Register this connection under the HELLO's agent name and WELCOME it.
+        """
+        if self.state != NEW:
             return
         self.session = self.router.hello(self, env)
         self.state = ACTIVE
@@ -313,6 +330,8 @@ class RelayFactory(protocol.Factory):
     """
 
     protocol = RelayProtocol
+    # A relay.auth.AuthPolicy deciding on HELLOs, or None (anyone may say HELLO).
+    auth = None
 
     def __init__(self, router, clock, max_frame_bytes=1048576, heartbeat=5.0, ack_timeout=5.0,
                  queue_high=1500, queue_low=500, queue_max=2000, window=1000,

@@ -118,6 +118,7 @@ class Router:
         self.started = clock.seconds()
         self.store_paused = False
         self.sync_stats = None
+        self.auth_stats = None
         self.counters = {"accepted": 0, "delivered": 0, "acked": 0, "redelivered": 0,
                          "expired": 0, "nacked": 0, "busy": 0, "retransmits": 0}
         store.batcher.add_overload_listener(self._store_overload)
@@ -552,6 +553,7 @@ class Router:
                 "info": {k: s.hello[k] for k in HELLO_INFO
                          if isinstance(s.hello.get(k), (str, int, float))},
                 "sent": s.sent, "delivered": s.delivered,
+                "peer": getattr(s.conn, "peer", None),
             })
         limiter = self.limiter
         return {
@@ -570,5 +572,6 @@ class Router:
                     if c.session is not None and "rate" in c.pause_reasons),
             },
             "sync": self.sync_stats() if self.sync_stats else None,
+            "auth": self.auth_stats() if self.auth_stats else None,
             "uptime_s": self.clock.seconds() - self.started,
         }

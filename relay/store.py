@@ -5,6 +5,7 @@ L{twisted.enterprise.adbapi} by a single writer thread, in group-commit
 batches (L{relay.batcher}).
 """
 
+import functools
 import json
 import os
 import secrets
@@ -60,10 +61,22 @@ D_ATTEMPTS = 4
 D_UPDATED = 5
 
 
-def _open_connection(conn):
+# How hard a commit presses its WAL onto the disk (--synchronous): FULL
+# fsyncs the WAL at every commit, so a receipt survives a power loss; NORMAL
+# fsyncs only at checkpoints, so a receipt survives a process crash only.
+SYNCHRONOUS = ("full", "normal")
+
+
+def _open_connection(conn, synchronous="full"):
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=%s" % (_synchronous(synchronous),))
     conn.execute("PRAGMA busy_timeout=10000")
+
+
+def _synchronous(value):
+    if value not in SYNCHRONOUS:
+        raise ValueError("synchronous must be one of %s, not %r" % (", ".join(SYNCHRONOUS), value))
+    return value.upper()
 
 
 def schema_scripts():
@@ -122,8 +135,10 @@ class Store:
     log = Logger()
 
     def __init__(self, reactor, path, batch_size=50, batch_delay=0.1, batch_bytes=1048576,
-                 recent_sends=10000):
+                 recent_sends=10000, synchronous="full"):
         self.reactor = reactor
+        _synchronous(synchronous)
+        self.synchronous = synchronous
         self.path = path
         self.pool = None
         self.batcher = Batcher(reactor, self._write_batch, size=batch_size, delay=batch_delay,
@@ -155,9 +170,10 @@ class Store:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None)
             try:
-                _open_connection(conn)
+                _open_connection(conn, self.synchronous)
                 upgrade(conn, self.log, self.path)
-                self._seq, self.id_prefix, self.streams = _load_state(conn.cursor(), conn)
+                self._seq, self.id_prefix, self.streams = _load_state(conn.cursor(), conn,
+                                                                      self.synchronous)
                 self.recent_sends = _recent_sends(conn, self.recent_sends_limit)
             finally:
                 conn.close()
@@ -166,7 +182,8 @@ class Store:
         self._committed_seq = self._seq
         self.pool = adbapi.ConnectionPool(
             "sqlite3", self.path, check_same_thread=False, cp_min=1, cp_max=1,
-            cp_openfun=_open_connection, cp_reactor=self.reactor, cp_noisy=False)
+            cp_openfun=functools.partial(_open_connection, synchronous=self.synchronous),
+            cp_reactor=self.reactor, cp_noisy=False)
         self.batcher.start()
 
     @defer.inlineCallbacks
@@ -318,7 +335,7 @@ class Store:
         return self.count("SELECT count(*) FROM dead_letters")
 
 
-def _load_state(txn, conn):
+def _load_state(txn, conn, synchronous="full"):
     txn.execute("SELECT max(seq) FROM messages")
     seq = txn.fetchone()[0] or 0
     txn.execute("SELECT value FROM meta WHERE key = 'id_prefix'")
@@ -341,7 +358,7 @@ def _load_state(txn, conn):
     runs = int(row[0]) + 1 if row else 1
     conn.execute("PRAGMA synchronous=FULL")
     txn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('runs', ?)", (str(runs),))
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=%s" % (_synchronous(synchronous),))
     return seq, "%s.%d" % (prefix, runs), streams
 
 

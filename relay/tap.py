@@ -8,6 +8,7 @@ import pwd
 import stat
 
 from twisted.application import service, strports
+from twisted.cred import credentials, strcred
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.python import usage
@@ -62,14 +63,16 @@ def _sync_options():
     return options
 
 
-class Options(usage.Options):
+class Options(usage.Options, strcred.AuthOptionMixin):
     synopsis = "[options]"
+    # --auth memory:NAME:TOKEN:..., --auth file:PATH, --help-auth (relay.auth).
+    supportedInterfaces = (credentials.IUsernamePassword,)
     longdesc = (
         "Run the relay daemon: agents connect (agent-relay wire protocol v1), "
         "exchange messages, and every message is stored in a SQLite file "
         "before its receipt is sent.  Example: twistd -n relay --listen "
         "unix:/tmp/agent-relay.sock:mode=600 --listen tcp:7777:interface=127.0.0.1 "
-        "--db /var/lib/relay/relay.sqlite")
+        "--auth file:/etc/relay/tokens --db /var/lib/relay/relay.sqlite")
 
     optFlags = [
         ["no-rate-limit", None, "Do not rate-limit agents."],
@@ -110,9 +113,18 @@ class Options(usage.Options):
          _non_negative_int("dedupe-window")],
         ["rate-limit-policy", None, "throttle",
          "throttle: stop reading an agent over its budget; reject: NACK BUSY its SENDs."],
+        ["synchronous", None, "full",
+         "full: every store commit fsyncs before its receipts go out (a receipt survives "
+         "power loss); normal: fsync at checkpoints only (a receipt survives a crash of "
+         "the daemon, not of the machine)."],
     ]
 
     compData = usage.Completions(optActions={"db": usage.CompleteFiles("*.sqlite")})
+
+    from relay import auth as _auth
+    optParameters = optParameters + _auth.OPT_PARAMETERS
+    optFlags = optFlags + _auth.OPT_FLAGS
+    del _auth
 
     _sync = _sync_options()
     if _sync is not None:
@@ -138,14 +150,20 @@ class Options(usage.Options):
             try:
                 # Parses only: nothing binds, no reactor is needed yet.
                 endpoints.serverFromString(None, e)
-            except (ValueError, TypeError, KeyError) as err:
+            except (ValueError, TypeError, KeyError, OSError) as err:
+                # OSError: an ssl: key or certificate file that cannot be read.
                 raise usage.UsageError("bad --listen endpoint %r: %s" % (e, err))
+        if self["synchronous"] not in ("full", "normal"):
+            raise usage.UsageError("--synchronous must be full or normal, not %r"
+                                   % (self["synchronous"],))
         if self["rate-limit-policy"] not in ("throttle", "reject"):
             raise usage.UsageError("--rate-limit-policy must be throttle or reject, not %r"
                                    % (self["rate-limit-policy"],))
         if not self["queue-low"] < self["queue-high"] <= self["queue-max"]:
             raise usage.UsageError("need --queue-low < --queue-high <= --queue-max (got %d, %d, %d)"
                                    % (self["queue-low"], self["queue-high"], self["queue-max"]))
+        from relay.auth import check_options
+        check_options(self)
         sync = _sync_options()
         if sync is not None and hasattr(sync, "check"):
             sync.check(self, os.environ)
@@ -252,12 +270,18 @@ class RelayService(service.MultiService):
     def privilegedStartService(self):
         # Listeners bind here; a bind failure must stop startup with a
         # clear message and a non-zero exit, not leave a deaf daemon.
+        from relay.lock import break_stale_lock, lock_path
         for child in self:
             path = getattr(child, "relay_socket_path", None)
             if path is not None:
                 check_socket_path(path)
         for child in self:
             try:
+                # A lock left by a daemon that died and is not reaped yet
+                # (issue 9): take it rather than fail the restart.
+                lock = lock_path(getattr(child, "relay_endpoint", ""))
+                if lock is not None:
+                    break_stale_lock(lock)
                 child.privilegedStartService()
             except Exception as e:
                 raise SystemExit("relay: cannot listen on %s: %s"
@@ -291,6 +315,27 @@ def _reason(e):
     return text.strip().replace("\n", " ")
 
 
+def _auth_policy(config, reactor, router):
+    """
+    The HELLO checks of issue 9 (relay.auth), and the startup warning for
+    network listeners anyone may use.
+    """
+    from relay.auth import AuthPolicy, make_portal, network_listeners
+    portal = make_portal(config)
+    open_listeners = [e for e in network_listeners(config["listen"])
+                      if portal is None and not (e.startswith("ssl:")
+                                                 and config.get("tls-client-ca-certs"))]
+    if open_listeners:
+        RelayService.log.warn(
+            "--allow-anonymous-tcp: anyone who can reach {listeners} may speak as any agent",
+            listeners=", ".join(e.split(":")[0] + ":" + e.split(":")[1] for e in open_listeners))
+    policy = AuthPolicy(reactor, portal=portal,
+                        trust_unix_peers=bool(config.get("trust-unix-peers")),
+                        client_ca=bool(config.get("tls-client-ca-certs")))
+    router.auth_stats = policy.status
+    return policy
+
+
 def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
@@ -301,7 +346,8 @@ def makeService(config, reactor=None):
 
     store = Store(reactor, config["db"], batch_size=config["batch-size"],
                   batch_delay=config["batch-delay-ms"] / 1000.0,
-                  batch_bytes=config["batch-bytes"], recent_sends=config["dedupe-window"])
+                  batch_bytes=config["batch-bytes"], recent_sends=config["dedupe-window"],
+                  synchronous=config["synchronous"])
     limiter = None
     if not config["no-rate-limit"]:
         limiter = RateLimiter(reactor, rate=config["rate-limit"], burst=config["rate-burst"])
@@ -316,11 +362,15 @@ def makeService(config, reactor=None):
         queue_high=config["queue-high"], queue_low=config["queue-low"],
         queue_max=config["queue-max"], window=config["max-inflight"],
         rate_policy=config["rate-limit-policy"])
+    factory.auth = _auth_policy(config, reactor, router)
     top = RelayService(store, router)
     for endpoint in config["listen"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
         listener.relay_endpoint = endpoint
         listener.relay_socket_path = _unix_address(endpoint)[0]
+        if endpoint.startswith("ssl:") and config.get("tls-client-ca-certs"):
+            from relay.auth import require_client_certificates
+            require_client_certificates(listener.endpoint, config["tls-client-ca-certs"])
         listener.setServiceParent(top)
     sync = _sync_options()
     if sync is not None and config.get("sync-url"):

@@ -135,7 +135,8 @@ class OptionsTests(unittest.TestCase):
         """
         Numeric options are converted to numbers; --listen repeats.
         """
-        o = self.parse("--listen", "unix:/tmp/a.sock", "--listen", "tcp:0:interface=127.0.0.1",
+        o = self.parse("--allow-anonymous-tcp",
+                       "--listen", "unix:/tmp/a.sock", "--listen", "tcp:0:interface=127.0.0.1",
                        "--heartbeat-ms", "250", "--message-ttl", "1.5", "--db", "x.sqlite")
         self.assertEqual(o["listen"], ["unix:/tmp/a.sock:mode=600:lockfile=1",
                                        "tcp:0:interface=127.0.0.1"])
@@ -345,7 +346,7 @@ class CommandLineTests(unittest.TestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         output, code = yield run_twistd(
-            "--pidfile=", "-n", "relay", "--listen",
+            "--pidfile=", "-n", "relay", "--allow-anonymous-tcp", "--listen",
             "tcp:%d:interface=127.0.0.1" % (port.getHost().port,),
             "--db", os.path.join(directory, "relay.sqlite"), path=directory)
         self.assertOneLineFailure(output, code, "relay: cannot listen on tcp:")

@@ -106,10 +106,11 @@ def log_to_stderr(command, level="info"):
 
 def main(args):
     from relay.client import check_agent_name
-    from relay.client.commandline import endpoint_from_args, run_job
+    from relay.client.commandline import endpoint_from_args, run_job, token_from_args
 
     try:
         check_agent_name(args.agent)
+        args.token = token_from_args(args)
     except ValueError as e:
         return _fail(EXIT_USAGE, str(e))
     if args.count is not None and args.count < 1:
@@ -160,7 +161,7 @@ def _listen(reactor, args, endpoint):
         try:
             client = yield connect(reactor, endpoint, args.agent, on_message=on_message,
                                    timeout=args.timeout, trust_uid=args.trust_uid,
-                                   cli="relay listen")
+                                   cli="relay listen", token=getattr(args, "token", None))
         except ConnectFailed as e:
             return _fail(EXIT_USAGE if e.reason == "endpoint" else EXIT_UNREACHABLE, str(e))
         except HandshakeRefused as e:

@@ -63,10 +63,11 @@ def _fail(code, message):
 
 def main(args):
     from relay.client import check_agent_name
-    from relay.client.commandline import endpoint_from_args, run_job
+    from relay.client.commandline import endpoint_from_args, run_job, token_from_args
 
     try:
         check_agent_name(args.agent)
+        args.token = token_from_args(args)
         if args.to != "*":
             check_agent_name(args.to)
     except ValueError as e:
@@ -106,7 +107,7 @@ def _send(reactor, args, body, data, endpoint):
         try:
             client = yield connect(reactor, endpoint, args.agent, reconnect=False,
                                    timeout=args.timeout, trust_uid=args.trust_uid,
-                                   cli="relay send")
+                                   cli="relay send", token=getattr(args, "token", None))
         except ConnectFailed as e:
             return _fail(EXIT_USAGE if e.reason == "endpoint" else EXIT_UNREACHABLE, str(e))
         except HandshakeRefused as e:

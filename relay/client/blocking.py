@@ -56,25 +56,26 @@ class BlockingClient:
     """
     One agent connection for blocking code. ``endpoint`` defaults to
     ``unix:$RELAY_SOCKET`` or ``unix:/tmp/agent-relay.sock``; extra keyword
-    arguments go into HELLO. Connects in the constructor; raises on failure.
+    arguments go into HELLO; ``token`` authenticates it to a daemon run with
+    ``--auth``. Connects in the constructor; raises on failure.
     """
 
     def __init__(self, agent_name, endpoint=None, timeout=10.0, reconnect=True,
-                 max_queue=256, trust_uid=None, **hello_fields):
+                 max_queue=256, trust_uid=None, token=None, **hello_fields):
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1, not {!r}".format(max_queue))
         self._reactor = _reactor()
         self.endpoint = endpoint or default_endpoint()
         self._client = self._call(self._start, agent_name, self.endpoint, timeout,
-                                  reconnect, max_queue, trust_uid, hello_fields)
+                                  reconnect, max_queue, trust_uid, token, hello_fields)
 
-    def _start(self, agent_name, endpoint, timeout, reconnect, max_queue, trust_uid,
+    def _start(self, agent_name, endpoint, timeout, reconnect, max_queue, trust_uid, token,
                hello_fields):
         # No on_message: deliveries wait in the Client's own queue, unACKed,
         # until next_message() hands them out (and ACKs them).
         client = Client(self._reactor, endpoint, agent_name, timeout=timeout,
                         reconnect=reconnect, queue_high=max_queue, trust_uid=trust_uid,
-                        hello_fields=hello_fields)
+                        token=token, hello_fields=hello_fields)
         return client.start()
 
     def _call(self, f, *args, **kwargs):

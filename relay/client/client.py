@@ -87,8 +87,11 @@ class Client:
     def __init__(self, reactor, endpoint_string, agent_name, on_message=None,
                  reconnect=True, timeout=10.0, retry_policy=None, max_attempts=None,
                  dedupe_size=10000, queue_high=1000, hello_fields=None, max_pending=10000,
-                 trust_uid=None):
+                 trust_uid=None, token=None):
         check_agent_name(agent_name)
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ValueError("token must be a non-empty string")
+        self._token = token
         try:
             self._endpoint = clientFromString(reactor, endpoint_string)
         except (ValueError, TypeError, KeyError) as e:
@@ -204,6 +207,9 @@ class Client:
         payload.update(self._hello_fields)
         if self.resume_token:
             payload["session"] = {"resume_token": self.resume_token}
+        if self._token is not None:
+            # The daemon's --auth checks it (issue 9).
+            payload["auth"] = {"token": self._token}
         self._proto.send_frame("HELLO", payload)
 
     def _attempt_failed(self, error):
@@ -607,7 +613,7 @@ class Client:
 
 def connect(reactor, endpoint_string, agent_name, *, on_message=None, reconnect=True,
             timeout=10.0, retry_policy=None, max_attempts=None, max_pending=10000,
-            trust_uid=None, **hello_fields):
+            trust_uid=None, token=None, **hello_fields):
     """
     Connect to the daemon at ``endpoint_string`` (any Twisted client endpoint,
     e.g. ``unix:/tmp/agent-relay.sock``) as ``agent_name``. Extra keyword
@@ -616,14 +622,15 @@ def connect(reactor, endpoint_string, agent_name, *, on_message=None, reconnect=
     ``Client`` after WELCOME, or failing with ``ConnectFailed`` (refused, missing
     socket, permission denied, timeout, bad endpoint, or ``reason`` ``untrusted``:
     on a Unix socket the daemon runs as another uid than ``trust_uid``, by
-    default our own), ``HandshakeRefused``
-    (ERROR frame) or ``ValueError`` (bad agent name).
+    default our own), ``HandshakeRefused`` (ERROR frame, e.g. ``UNAUTHORIZED``
+    for a wrong ``token``) or ``ValueError`` (bad agent name). ``token`` is sent
+    as the HELLO's ``payload.auth.token`` for a daemon run with ``--auth``.
     """
     try:
         client = Client(reactor, endpoint_string, agent_name, on_message=on_message,
                         reconnect=reconnect, timeout=timeout, retry_policy=retry_policy,
                         max_attempts=max_attempts, hello_fields=hello_fields,
-                        max_pending=max_pending, trust_uid=trust_uid)
+                        max_pending=max_pending, trust_uid=trust_uid, token=token)
     except (ValueError, ConnectFailed) as e:
         return defer.fail(e)
     return client.start()

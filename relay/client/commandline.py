@@ -43,6 +43,30 @@ def add_connection_options(parser):
     group.add_argument("--connect", metavar="ENDPOINT",
                        help="a Twisted client endpoint string, e.g. unix:/run/relay.sock "
                        "or tcp:host=10.0.0.2:port=7777")
+    # Never a token on the command line: ps shows it to every local user.
+    parser.add_argument("--token-file", metavar="PATH",
+                        help="a file holding this agent's token for a daemon run with --auth "
+                        "(default $RELAY_TOKEN)")
+
+
+def token_from_args(args, environ=None):
+    """
+    The agent's token: the first line of ``--token-file``, else ``$RELAY_TOKEN``,
+    else None. Raises ValueError (with a one-line reason) for an unusable file.
+    """
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError("cannot read --token-file {}: {}".format(
+                path, getattr(e, "strerror", None) or e))
+        if not token:
+            raise ValueError("--token-file {} is empty".format(path))
+        return token
+    environ = os.environ if environ is None else environ
+    return environ.get("RELAY_TOKEN") or None
 
 
 def endpoint_from_args(args, environ=None):
