@@ -111,7 +111,9 @@ class IngestStub(resource.Resource):
     @ivar script: a list of responses to give, in order, before the default
         behaviour; each is C{(status, json_body_dict, headers_dict)}, or
         C{"hold"} (the request is kept open in L{held} and never answered
-        unless the test does).
+        unless the test does); C{(200, None, {})} accepts the batch like the
+        default behaviour, any other 2xx body is answered as it is (and
+        nothing is recorded as accepted).
     @ivar max_messages: answer 413 to batches with more messages than this.
     @ivar reject: {message id: field}: answer 400 naming the first such
         message in a batch.
@@ -161,7 +163,7 @@ class IngestStub(resource.Resource):
                 self.held.append((request, entry))
                 return server.NOT_DONE_YET
             status, data, extra = step
-            if status == 200:
+            if status == 200 and data is None:
                 return self._accept(request, doc, entry)
             return self._answer(request, status, data, extra, entry)
         if self.status is not None:
