@@ -39,7 +39,7 @@ def make_row(seq, body=None, **extra):
         "flaky integration test in tests/test_router.py and report back.".format(seq),
         "data": {"step": seq % 7, "files": ["relay/router.py", "tests/test_router.py"]},
         "payload_meta": {"requires_ack": True, "importance": 5},
-        "is_broadcast": False, "is_urgent": False, "expires_at": 1700086400000 + seq,
+        "expires_at": 1700086400000 + seq,
     }
     row.update(extra)
     return row
