@@ -13,7 +13,7 @@ import orjson
 import psycopg2
 import treq
 from psycopg2.extensions import make_dsn, parse_dsn
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.trial import unittest
 
 from relay.cli import main as cliMain
@@ -406,6 +406,165 @@ class PostgresHungTests(_ProxiedServiceMixin, unittest.TestCase):
             yield task.deferLater(reactor, 0.2, lambda: None)
         self.assertEqual(code, 200, body)
         self.assertEqual(body["synced"] + body["duplicates"], 19)
+        self.assertEqual(self.count(), 20)
+
+
+class _Unfinished(protocol.Protocol):
+    """
+    Sends a request head and part of its body, then never finishes it.
+    """
+
+    def __init__(self, head, body):
+        self.head = head
+        self.body = body
+        self.received = b""
+
+    def connectionMade(self):
+        self.transport.write(self.head)
+        self.transport.write(self.body)
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+@defer.inlineCallbacks
+def openUnfinished(service, key, body, declared):
+    """
+    Open one connection to C{service} that POSTs C{body} (gzip) under
+    C{key}, declaring C{declared} bytes, and never sends the rest.
+    """
+    head = (b"POST " + SYNC.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            b"Authorization: Bearer " + key.encode("ascii") + b"\r\n"
+            b"Content-Length: " + str(declared).encode() + b"\r\n\r\n")
+    proto = _Unfinished(head, body)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", service.port)
+    yield endpoints.connectProtocol(endpoint, proto)
+    return proto
+
+
+class MemoryBoundTests(_ServiceMixin, unittest.TestCase):
+    """
+    Issue 13 point 6: request bodies cannot make the real ingest process
+    grow (the key is checked before the body is kept, and all bodies
+    together are bounded by --max-buffered-bytes).
+    """
+
+    extraArgs = ["--max-body-bytes", str(64 * MiB), "--max-inflated-bytes", str(64 * MiB),
+                 "--max-buffered-bytes", str(8 * MiB)]
+
+    @defer.inlineCallbacks
+    def unfinishedGrowth(self, key):
+        """
+        Four unfinished requests under C{key}, each with a gzip body that
+        inflates to 60 MiB; return how much the process's RSS grew once it
+        has read every byte of them.
+        """
+        code, _, _ = yield self.post(batch([makeMessage(0)]))
+        self.assertEqual(code, 200)
+        before = self.service.memoryBytes()
+        m = yield self.metrics()
+        seen = m.get("relay_ingest_bytes_in_total", 0)
+        bomb = gzipBomb(60 * MiB)
+        conns = []
+        for _ in range(4):
+            conn = yield openUnfinished(self.service, key, bomb, len(bomb) + MiB)
+            conns.append(conn)
+        self.addCleanup(lambda: [c.transport.abortConnection() for c in conns])
+        deadline = reactor.seconds() + 30
+        while True:
+            m = yield self.metrics()
+            if m.get("relay_ingest_bytes_in_total", 0) - seen >= 4 * len(bomb):
+                break
+            self.assertLess(reactor.seconds(), deadline, "the service never read the bodies")
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        return self.service.memoryBytes() - before
+
+    @defer.inlineCallbacks
+    def test_fakeKeyCostsNoMemory(self):
+        """
+        Four unfinished requests with a well-formed but unknown key (each
+        body inflating to 60 MiB) do not grow the process by more than a
+        few MiB (before: +253 MiB); a valid request is served meanwhile.
+        """
+        fake = keys.generateKey()[1]
+        growth = yield self.unfinishedGrowth(fake)
+        self.assertLess(growth, 24 * MiB)
+        code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1, 4)]))
+        self.assertEqual((code, body), (200, {"synced": 3, "duplicates": 0}))
+
+    @defer.inlineCallbacks
+    def test_validKeyBoundedTogether(self):
+        """
+        The same four requests under a valid key are bounded together by
+        --max-buffered-bytes (8 MiB here): the growth stays small, and once
+        they are refused a valid request is served.
+        """
+        growth = yield self.unfinishedGrowth(self.key)
+        self.assertLess(growth, 32 * MiB)
+        code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1, 4)]))
+        self.assertEqual((code, body), (200, {"synced": 3, "duplicates": 0}))
+
+    @defer.inlineCallbacks
+    def test_overBudgetIs503(self):
+        """
+        A complete body larger than --max-buffered-bytes gets 503 with
+        Retry-After (the sender keeps it and retries), not a 413.
+        """
+        big = batch([makeMessage(i, body="x" * 100000) for i in range(100)])
+        code, body, headers = yield self.post(big)
+        self.assertEqual(code, 503, body)
+        self.assertTrue(headers.getRawHeaders(b"Retry-After"))
+        self.assertEqual(self.count(), 0)
+
+
+class PostgresQueueTests(_ProxiedServiceMixin, unittest.TestCase):
+    """
+    Issue 13 point 15: during a PostgreSQL hang the operations waiting for a
+    connection are bounded (--max-waiting) and leave the queue when their
+    request is answered 503.
+    """
+
+    extraArgs = LIMIT_ARGS + ["--db-timeout", "1", "--pool-size", "2", "--max-waiting", "2"]
+
+    @defer.inlineCallbacks
+    def test_waitersBoundedAndCancelled(self):
+        """
+        Eight requests during a hang: never more than two wait, the rest
+        get 503 with Retry-After at once (counted as busy), every request is
+        answered 503, the queue is empty afterwards, and once PostgreSQL
+        answers a new batch is stored at once and nothing of the refused
+        ones is.
+        """
+        code, _, _ = yield self.post(batch([makeMessage(0)]))
+        self.assertEqual(code, 200)
+        self.proxy.freeze()
+        posts = [self.post(batch([makeMessage(100 + 10 * n + i) for i in range(5)]))
+                 for n in range(8)]
+        done = defer.DeferredList(posts, consumeErrors=True)
+        peaks = []
+        while not done.called:
+            m = yield self.metrics()
+            peaks.append(m["relay_ingest_db_waiting"])
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        results = yield done
+        for ok, result in results:
+            self.assertTrue(ok, result)
+            code, body, headers = result
+            self.assertEqual(code, 503, body)
+            self.assertTrue(headers.getRawHeaders(b"Retry-After"))
+        self.assertLessEqual(max(peaks), 2)
+        m = yield self.metrics()
+        self.assertEqual(m["relay_ingest_db_waiting"], 0)
+        self.assertGreaterEqual(m["relay_ingest_db_busy_total"], 4)
+        self.proxy.thaw()
+        deadline = reactor.seconds() + 30
+        while True:
+            code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1, 20)]))
+            if code == 200 or reactor.seconds() > deadline:
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(code, 200, body)
         self.assertEqual(self.count(), 20)
 
 

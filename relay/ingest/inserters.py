@@ -250,13 +250,19 @@ class CopyInserter:
     # Bytes handed to psycopg2 per read; rows are encoded a chunk at a time.
     readSize = 1 << 20
 
-    def __init__(self, threadPool, chunkRows=2000):
+    def __init__(self, threadPool, chunkRows=2000, admission=None):
         self.threadPool = threadPool
         self.chunkRows = chunkRows
+        self.admission = admission
 
     def insert(self, workspaceId, daemonId, rows):
         if not rows:
             return succeed((0, 0))
+        if self.admission is not None:
+            # Bounded and cancellable while waiting (the thread pool's own
+            # queue is neither).
+            return self.admission.run(self.threadPool.runInteraction, self._interaction,
+                                      workspaceId, daemonId, rows)
         return self.threadPool.runInteraction(self._interaction, workspaceId, daemonId, rows)
 
     def _interaction(self, txn, workspaceId, daemonId, rows):

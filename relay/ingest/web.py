@@ -27,17 +27,49 @@ _log = Logger()
 RETRY_AFTER_SECONDS = 2
 
 
+class MemoryBudget:
+    """
+    The bytes of request bodies (as received, or inflated) that all requests
+    together may hold in memory.
+
+    @ivar used: bytes held now.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n):
+        """
+        Hold C{n} more bytes if they fit; return whether they did.
+        """
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n):
+        self.used -= n
+
+
 class BoundedBody:
     """
     Stands in for C{request.content}: keeps the (inflated) body in memory
     up to the limits, and records the first problem as a L{BadRequest}.
+
+    While the API key is being checked (L{hold}) the bytes that arrive are
+    kept as they are (the transport is paused, so that is at most a read or
+    two); L{accept} then processes them, L{refuse} drops them and every
+    later byte.  Every byte kept is taken from C{budget} (a
+    L{MemoryBudget} shared by all requests) and given back by L{close}; a
+    body that does not fit fails with 503.
 
     @ivar error: L{None}, or the L{BadRequest} to answer with.
     @ivar received: bytes received on the wire for this body.
     """
 
     def __init__(self, maxBodyBytes, maxInflatedBytes, encoding, declaredLength,
-                 discard=False, metrics=None):
+                 discard=False, metrics=None, budget=None):
         self.maxBodyBytes = maxBodyBytes
         self.maxInflatedBytes = maxInflatedBytes
         self.received = 0
@@ -46,6 +78,9 @@ class BoundedBody:
         self._chunks = []
         self._metrics = metrics
         self._discard = discard
+        self._budget = budget
+        self._held = 0
+        self._pending = None
         self._inflater = None
         if encoding in (None, b"identity"):
             pass
@@ -60,8 +95,22 @@ class BoundedBody:
     def _fail(self, status, message):
         if self.error is None:
             self.error = BadRequest(status, message)
+        self._drop()
+
+    def _drop(self):
         self._chunks = []
+        self._pending = None
         self._inflater = None
+        if self._budget is not None:
+            self._budget.give(self._held)
+        self._held = 0
+
+    def _take(self, n):
+        if self._budget is None or self._budget.take(n):
+            self._held += n
+            return True
+        self._fail(503, "the ingest holds too many request bodies in memory; retry later")
+        return False
 
     def _tooLarge(self):
         self._fail(413, "request body is larger than %d bytes" % (self.maxBodyBytes,))
@@ -69,6 +118,36 @@ class BoundedBody:
     def _inflatedTooLarge(self):
         self._fail(413, "inflated request body is larger than %d bytes"
                    % (self.maxInflatedBytes,))
+
+    def hold(self):
+        """
+        Keep what arrives as it is until L{accept} or L{refuse}.
+        """
+        if self._pending is None and self.error is None and not self._discard:
+            self._pending = []
+
+    def accept(self):
+        """
+        The key is good: process what was held, and what comes next.
+        """
+        pending, self._pending = self._pending, None
+        if not pending:
+            return
+        # The held bytes were taken from the budget as they are; process
+        # them as if they arrived now (they are taken again as kept).
+        size = sum(len(c) for c in pending)
+        self._held -= size
+        if self._budget is not None:
+            self._budget.give(size)
+        for chunk in pending:
+            self._process(chunk)
+
+    def refuse(self):
+        """
+        The key is not good (or cannot be checked): drop everything.
+        """
+        self._discard = True
+        self._drop()
 
     def write(self, data):
         self.received += len(data)
@@ -79,8 +158,18 @@ class BoundedBody:
         if self.received > self.maxBodyBytes:
             self._tooLarge()
             return
+        if self._pending is not None:
+            if self._take(len(data)):
+                self._pending.append(data)
+            return
+        self._process(data)
+
+    def _process(self, data):
+        if self.error is not None or self._discard:
+            return
         if self._inflater is None:
-            self._chunks.append(data)
+            if self._take(len(data)):
+                self._chunks.append(data)
             return
         try:
             self._inflate(data)
@@ -96,6 +185,8 @@ class BoundedBody:
                 self._inflatedTooLarge()
                 return
             if out:
+                if not self._take(len(out)):
+                    return
                 self._chunks.append(out)
             if self._inflater.eof:
                 # Another gzip member may follow (concatenated gzip files).
@@ -127,44 +218,143 @@ class BoundedBody:
         return b""
 
     def close(self):
-        self._chunks = []
+        """
+        Forget the body and give its bytes back to the budget.
+        """
+        self._drop()
 
 
 class IngestRequest(server.Request):
     """
-    A request whose body is a L{BoundedBody} with the site's limits.
+    A request whose body is a L{BoundedBody} with the site's limits, and
+    whose API key is checked as soon as the headers are in, before any of
+    the body is kept: the transport is paused while the key is looked up;
+    a bad key (or a database that cannot say) drops the body as it
+    arrives, so an unauthenticated request costs no memory.
+
+    @ivar auth: a L{KeyCheck} started at header time, or None.
     """
+
+    auth = None
 
     def gotLength(self, length):
         site = self.channel.site
         encoding = self.requestHeaders.getRawHeaders(b"Content-Encoding", [None])[0]
         if encoding is not None:
             encoding = encoding.strip().lower()
+        header = self.requestHeaders.getRawHeaders(b"Authorization", [b""])[0]
         # Without credentials there is nothing to do with the body: count it
         # and drop it, whatever its size or encoding.
-        auth = self.requestHeaders.getRawHeaders(b"Authorization", [b""])[0]
         self.content = BoundedBody(
             site.maxBodyBytes,
             site.maxInflatedBytes,
             encoding,
             length,
-            discard=not auth[:7].lower() == b"bearer ",
+            discard=not header[:7].lower() == b"bearer ",
             metrics=site.metrics,
+            budget=site.budget,
         )
+        self.notifyFinish().addBoth(self._finished)
+        if site.service is None or self.content._discard:
+            return
+        # (The method and path are not known yet: any request with a bearer
+        # key has it checked; only the sync resource waits for the result.)
+        self.auth = KeyCheck(defer.Deferred.fromCoroutine(authenticate(site.service, header)))
+        if self.auth.done:
+            self._checked()
+            return
+        self.content.hold()
+        transport = self.channel.transport
+        transport.pauseProducing()
+
+        def checked(_):
+            self._checked()
+            if not self._disconnected:
+                transport.resumeProducing()
+
+        self.auth.wait().addBoth(checked)
+
+    def _checked(self):
+        if self.auth.workspace is None:
+            self.content.refuse()
+        else:
+            self.content.accept()
+
+    def _finished(self, _):
+        self.content.close()
+
+
+class KeyCheck:
+    """
+    The outcome of one API key check, kept as a value (a check nobody waits
+    for any more, because the client went away, leaves no unhandled
+    failure behind).
+
+    @ivar workspace: the key's workspace (L{uuid.UUID}) once it is good.
+    @ivar error: the exception (L{BadRequest} or L{Unavailable}) once it is not.
+    """
+
+    def __init__(self, d):
+        self.done = False
+        self.workspace = None
+        self.error = None
+        self._waiters = []
+        d.addCallbacks(self._good, self._bad)
+
+    def _good(self, workspace):
+        self.workspace = workspace
+        self._fire()
+
+    def _bad(self, failure):
+        if failure.check(BadRequest, Unavailable):
+            self.error = failure.value
+        else:
+            _log.failure("Unexpected error while checking an API key", failure)
+            self.error = BadRequest(500, "internal error")
+        self._fire()
+
+    def _fire(self):
+        self.done = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def wait(self):
+        """
+        @return: a Deferred that fires (with None) once the check is done.
+        """
+        if self.done:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    async def result(self):
+        """
+        The workspace, or raise the check's error.
+        """
+        await self.wait()
+        if self.error is not None:
+            raise self.error
+        return self.workspace
 
 
 class IngestSite(server.Site):
     """
-    The site of the ingest service, carrying the body limits.
+    The site of the ingest service, carrying the body limits, the memory
+    budget of all bodies together and the service that checks keys.
     """
 
     requestFactory = IngestRequest
 
-    def __init__(self, resource, maxBodyBytes, maxInflatedBytes, metrics=None, **kw):
+    def __init__(self, resource, maxBodyBytes, maxInflatedBytes, metrics=None, service=None,
+                 maxBufferedBytes=None, **kw):
         server.Site.__init__(self, resource, parsePOSTFormSubmission=False, **kw)
         self.maxBodyBytes = maxBodyBytes
         self.maxInflatedBytes = maxInflatedBytes
         self.metrics = metrics
+        self.service = service
+        self.budget = MemoryBudget(maxBufferedBytes) if maxBufferedBytes else None
 
 
 def _respond(request, status, body, retryAfter=False):
@@ -182,6 +372,41 @@ class Unavailable(Exception):
     """
     PostgreSQL cannot be used right now (answered 503 with Retry-After).
     """
+
+
+async def authenticate(service, header):
+    """
+    Check an C{Authorization} header value against the keys in PostgreSQL.
+
+    @return: the key's workspace (L{uuid.UUID}).
+    @raise BadRequest: 401 for a missing, malformed, unknown or revoked key.
+    @raise Unavailable: PostgreSQL cannot say now.
+    """
+    header = header or b""
+    if header[:7].lower() != b"bearer ":
+        raise BadRequest(401, "missing Authorization: Bearer <key> header")
+    try:
+        key = header[7:].strip().decode("ascii")
+    except UnicodeDecodeError:
+        key = ""
+    keyId = keys.parseKey(key)
+    if keyId is None:
+        raise BadRequest(401, "invalid API key")
+    if not service.ready:
+        raise Unavailable()
+    try:
+        rows = await withDeadline(
+            service.txPool.runQuery(keys.LOOKUP_SQL, (keyId,)),
+            service.dbTimeout, service.reactor)
+    except Exception:
+        f = Failure()
+        if isUnavailable(f):
+            raise Unavailable()
+        raise
+    workspace = keys.checkKey(key, rows[0] if rows else None)
+    if workspace is None:
+        raise BadRequest(401, "invalid or revoked API key")
+    return workspace
 
 
 class SyncResource(Resource):
@@ -214,7 +439,10 @@ class SyncResource(Resource):
     async def _sync(self, request):
         service = self.service
         try:
-            workspace = await self._authenticate(request)
+            if request.auth is not None:
+                workspace = await request.auth.result()
+            else:
+                workspace = await authenticate(service, request.getHeader(b"Authorization"))
             raw = request.content.body()
             try:
                 decoded = orjson.loads(raw)
@@ -227,9 +455,13 @@ class SyncResource(Resource):
             inserter = service.inserter.choose(batch.rows)
             started = service.reactor.seconds()
             try:
-                synced, duplicates = await withDeadline(
-                    inserter.insert(batch.workspace_id, batch.daemon_id, batch.rows),
-                    service.dbTimeout, service.reactor)
+                insert = inserter.insert(batch.workspace_id, batch.daemon_id, batch.rows)
+                # A client that goes away takes its waiting insert (and its
+                # rows) out of the queue.
+                request.notifyFinish().addErrback(lambda _: insert.cancel())
+                del batch
+                synced, duplicates = await withDeadline(insert, service.dbTimeout,
+                                                        service.reactor)
             except Exception:
                 f = Failure()
                 if isUnavailable(f):
@@ -240,7 +472,7 @@ class SyncResource(Resource):
             service.metrics.insertSeconds.labels(inserter.name).observe(
                 service.reactor.seconds() - started)
         except BadRequest as e:
-            self._answer(request, e.status, e.toJSON())
+            self._answer(request, e.status, e.toJSON(), retryAfter=e.status == 503)
             return
         except Unavailable:
             self._answer(request, 503, {"error": "the database is unavailable, retry later"},
@@ -249,34 +481,6 @@ class SyncResource(Resource):
         service.metrics.rowsInserted.inc(synced)
         service.metrics.duplicates.inc(duplicates)
         self._answer(request, 200, {"synced": synced, "duplicates": duplicates})
-
-    async def _authenticate(self, request):
-        header = request.getHeader(b"Authorization") or b""
-        if header[:7].lower() != b"bearer ":
-            raise BadRequest(401, "missing Authorization: Bearer <key> header")
-        try:
-            key = header[7:].strip().decode("ascii")
-        except UnicodeDecodeError:
-            key = ""
-        keyId = keys.parseKey(key)
-        if keyId is None:
-            raise BadRequest(401, "invalid API key")
-        if not self.service.ready:
-            raise Unavailable()
-        try:
-            rows = await withDeadline(
-                self.service.txPool.runQuery(keys.LOOKUP_SQL, (keyId,)),
-                self.service.dbTimeout, self.service.reactor)
-        except Exception:
-            f = Failure()
-            if isUnavailable(f):
-                raise Unavailable()
-            raise
-        workspace = keys.checkKey(key, rows[0] if rows else None)
-        if workspace is None:
-            raise BadRequest(401, "invalid or revoked API key")
-        return workspace
-
 
 class HealthResource(Resource):
     """
