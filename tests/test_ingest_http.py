@@ -127,6 +127,37 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
     """
 
     @defer.inlineCallbacks
+    def test_collisionsStoredAndReported(self):
+        """
+        Issue 13 point 17: ids already stored, sent again with other content
+        (from another daemon, as after a restore or a copy) are stored under
+        disambiguated ids and reported in the response ("collisions", part
+        of "synced") and the metrics; the same content again is a duplicate.
+        Through COPY as well as the small-batch strategy.
+        """
+        code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1100)]))
+        self.assertEqual((code, body), (200, {"synced": 1100, "duplicates": 0}))
+        other = "22222222-3333-4444-8555-666666666666"
+        reused = [makeMessage(i, body="after restore %d" % (i,)) for i in range(3)]
+        code, body, _ = yield self.post(batch(reused, daemon=other))
+        self.assertEqual((code, body), (200, {"synced": 3, "duplicates": 0, "collisions": 3}))
+        code, body, _ = yield self.post(batch(reused, daemon=other))
+        self.assertEqual((code, body), (200, {"synced": 0, "duplicates": 3}))
+        big = [makeMessage(i, body="copied %d" % (i,)) for i in range(1100, 1105)] + \
+            [makeMessage(i) for i in range(5, 1100)]
+        code, body, _ = yield self.post(batch(big, daemon=other), gzipped=True)
+        self.assertEqual(code, 200)
+        self.assertEqual(body, {"synced": 5, "duplicates": 1095})
+        big[0] = makeMessage(7, body="copied and collided")
+        code, body, _ = yield self.post(batch(big, daemon=other), gzipped=True)
+        self.assertEqual(body, {"synced": 1, "duplicates": 1099, "collisions": 1})
+        self.assertEqual(self.count(), 1109)
+        m = yield self.metrics()
+        self.assertEqual(m["relay_ingest_collisions_total"], 4)
+        stored = fetchAll(self.dsn, "SELECT body FROM agent_messages WHERE collision_of = 'm-1'")
+        self.assertEqual(stored, [("after restore 1",)])
+
+    @defer.inlineCallbacks
     def test_plainGzipAndCopy(self):
         """
         A plain JSON body and a gzip one are both stored, with exact counts

@@ -29,6 +29,7 @@ from tests.ingest_support import (
 WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
 OTHER_WS = "0b9a1c2e-8d8e-4a53-9a4b-0d5b3f3d6a02"
 DAEMON = "11111111-2222-4333-8444-555555555555"
+OTHER_DAEMON = "22222222-3333-4444-8555-666666666666"
 
 ODD_TEXT = [
     "",
@@ -146,15 +147,71 @@ class _StrategyMixin:
     @defer.inlineCallbacks
     def test_duplicatesInsideBatch(self):
         """
-        Repeats of an id inside one batch are inserted once and counted as
-        duplicates; the first occurrence wins.
+        Repeats of an id with the same content inside one batch are inserted
+        once and counted as duplicates.
+        """
+        batch = [makeRow(i % 150) for i in range(450)]
+        result = yield self.inserter.insert(WS, DAEMON, batch)
+        self.assertEqual(result, (150, 300))
+        self.assertEqual(result.collisions, 0)
+        self.assertEqual(self.count(), 150)
+
+    @defer.inlineCallbacks
+    def test_collisionsInsideBatch(self):
+        """
+        Repeats of an id with other content inside one batch are collisions
+        (issue 13 point 17; they used to be counted as duplicates and
+        dropped): the first occurrence keeps the id, each other content is
+        stored under a disambiguated id naming it in collision_of.
         """
         batch = [makeRow(i % 150, body="copy %d" % (i,)) for i in range(450)]
         result = yield self.inserter.insert(WS, DAEMON, batch)
-        self.assertEqual(result, (150, 300))
-        self.assertEqual(self.count(), 150)
+        self.assertEqual((result, result.collisions), ((450, 0), 300))
+        self.assertEqual(self.count(), 450)
         bodies = dict(fetchAll(self.dsn, "SELECT original_id, body FROM agent_messages"))
         self.assertEqual(bodies["m-7"], "copy 7")
+        others = fetchAll(self.dsn, "SELECT original_id, body FROM agent_messages"
+                                    " WHERE collision_of = 'm-7' ORDER BY body")
+        self.assertEqual([b for _, b in others], ["copy 157", "copy 307"])
+        self.assertTrue(all(i.startswith("m-7~") for i, _ in others))
+
+    @defer.inlineCallbacks
+    def test_collisionAcrossBatches(self):
+        """
+        A stored id sent again with other content (a restored store reusing
+        ids) is stored and reported, never dropped; sent again it is a
+        duplicate (its disambiguated id is a function of its content), and
+        the original row is untouched.  The same id and content from another
+        daemon is a true duplicate.
+        """
+        first = [makeRow(i) for i in range(10)]
+        yield self.inserter.insert(WS, DAEMON, first)
+        reused = [makeRow(i, body="new message %d" % (i,)) for i in range(5)] + \
+            [makeRow(i) for i in range(5, 10)]
+        result = yield self.inserter.insert(WS, OTHER_DAEMON, reused)
+        self.assertEqual((result, result.collisions), ((5, 5), 5))
+        self.assertEqual(self.count(), 15)
+        again = yield self.inserter.insert(WS, OTHER_DAEMON, reused)
+        self.assertEqual((again, again.collisions), ((0, 10), 0))
+        self.assertEqual(self.count(), 15)
+        rows = dict(fetchAll(self.dsn, "SELECT body, daemon_id::text FROM agent_messages"
+                                       " WHERE collision_of = 'm-3'"))
+        self.assertEqual(rows, {"new message 3": OTHER_DAEMON})
+        body = fetchAll(self.dsn, "SELECT body FROM agent_messages WHERE original_id = 'm-3'")
+        self.assertEqual(body, [("hello 3",)])
+
+    @defer.inlineCallbacks
+    def test_jsonKeyOrderIsNotACollision(self):
+        """
+        The same data object with its keys in another order (jsonb does not
+        keep the order) is the same content: a duplicate.
+        """
+        import orjson
+        yield self.inserter.insert(WS, DAEMON, [makeRow(1, data={"a": 1, "b": [1, 2]})])
+        row = list(makeRow(1, data={"a": 1, "b": [1, 2]}))
+        row[10] = orjson.dumps({"b": [1, 2], "a": 1}).decode()
+        result = yield self.inserter.insert(WS, DAEMON, [tuple(row)])
+        self.assertEqual((result, result.collisions), ((0, 1), 0))
 
     @defer.inlineCallbacks
     def test_dedupIsPerWorkspace(self):

@@ -622,6 +622,26 @@ class CheckedOutcomeTests(unittest.TestCase):
         self.assertEqual(h.service.stats()["synced"], 0)
 
 
+class CollisionReportTests(unittest.TestCase):
+    """
+    The ingest's "collisions" count reaches the daemon's STATUS.
+    """
+
+    def test_collisions_counted(self):
+        """
+        A 200 reporting collisions (ids the ingest already held with other
+        content, stored under disambiguated ids) confirms the batch and adds
+        them to the stats' collisions.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0)
+        h.stub.script = [(200, {"synced": 5, "duplicates": 0, "collisions": 2}, {})]
+        h.source.add(5)
+        h.settle()
+        stats = h.service.stats()
+        self.assertEqual((stats["synced"], stats["collisions"]), (5, 2))
+        self.assertEqual(h.source.cursor, 5)
+
+
 class SpillRejectTests(unittest.TestCase):
     """
     A spill file refused as a whole is moved aside; the files behind it go on.

@@ -455,13 +455,13 @@ class SyncResource(Resource):
             inserter = service.inserter.choose(batch.rows)
             started = service.reactor.seconds()
             try:
-                insert = inserter.insert(batch.workspace_id, batch.daemon_id, batch.rows)
+                daemonId = batch.daemon_id
+                insert = inserter.insert(batch.workspace_id, daemonId, batch.rows)
                 # A client that goes away takes its waiting insert (and its
                 # rows) out of the queue.
                 request.notifyFinish().addErrback(lambda _: insert.cancel())
                 del batch
-                synced, duplicates = await withDeadline(insert, service.dbTimeout,
-                                                        service.reactor)
+                counts = await withDeadline(insert, service.dbTimeout, service.reactor)
             except Exception:
                 f = Failure()
                 if isUnavailable(f):
@@ -478,9 +478,18 @@ class SyncResource(Resource):
             self._answer(request, 503, {"error": "the database is unavailable, retry later"},
                          retryAfter=True)
             return
+        synced, duplicates = counts
+        collided = getattr(counts, "collisions", 0)
         service.metrics.rowsInserted.inc(synced)
         service.metrics.duplicates.inc(duplicates)
-        self._answer(request, 200, {"synced": synced, "duplicates": duplicates})
+        answer = {"synced": synced, "duplicates": duplicates}
+        if collided:
+            # Stored under disambiguated ids (and counted in synced).
+            service.metrics.collisions.inc(collided)
+            answer["collisions"] = collided
+            _log.warn("{n} messages from daemon {daemon} reused ids already stored with other "
+                      "content; stored under disambiguated ids", n=collided, daemon=daemonId)
+        self._answer(request, 200, answer)
 
 class HealthResource(Resource):
     """
