@@ -118,6 +118,8 @@ class IngestStub(resource.Resource):
     @ivar reject: {message id: field}: answer 400 naming the first such
         message in a batch.
     @ivar status: when set, answer every request with this status.
+    @ivar workspace: when set, answer 403 (field workspace_id, like the
+        real ingest) to a body claiming another workspace.
     @ivar requests: one dict per request: C{headers}, C{raw} (bytes as
         received), C{doc} (the decoded JSON body), C{status} (answered),
         C{at} (C{clock.seconds()} on arrival, when a clock is given).
@@ -134,6 +136,7 @@ class IngestStub(resource.Resource):
         self.max_messages = None
         self.reject = {}
         self.status = None
+        self.workspace = None
         self.retry_after = None
         self.requests = []
         self.ids = []
@@ -157,6 +160,10 @@ class IngestStub(resource.Resource):
         entry["doc"] = doc
         if headers.get("authorization") != "Bearer " + self.key:
             return self._answer(request, 401, {"error": "bad key"}, {}, entry)
+        if self.workspace is not None and doc.get("workspace_id") != self.workspace:
+            return self._answer(request, 403, {
+                "error": "this key does not belong to workspace {}".format(doc.get("workspace_id")),
+                "field": "workspace_id"}, {}, entry)
         if self.script:
             step = self.script.pop(0)
             if step == "hold":
