@@ -599,6 +599,59 @@ class PostgresQueueTests(_ProxiedServiceMixin, unittest.TestCase):
         self.assertEqual(self.count(), 20)
 
 
+class ClientGoneTests(_ProxiedServiceMixin, unittest.TestCase):
+    """
+    Issue 13 point 15: a request whose client goes away during a PostgreSQL
+    hang takes its waiting database operation out of the queue at once,
+    not after --db-timeout.
+    """
+
+    extraArgs = LIMIT_ARGS + ["--db-timeout", "60", "--pool-size", "1", "--max-waiting", "4"]
+
+    @defer.inlineCallbacks
+    def waitGauge(self, value):
+        deadline = reactor.seconds() + 20
+        while True:
+            m = yield self.metrics()
+            if m["relay_ingest_db_waiting"] == value:
+                return
+            self.assertLess(reactor.seconds(), deadline,
+                            "db_waiting stayed %s, not %s" % (m["relay_ingest_db_waiting"], value))
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_goneClientLeavesTheQueue(self):
+        """
+        One request holds the only (hung) connection, three more wait; when
+        their clients disconnect the queue empties well before the 60 s
+        timeout, and after the hang a new batch is served.
+        """
+        code, _, _ = yield self.post(batch([makeMessage(0)]))
+        self.assertEqual(code, 200)
+        self.proxy.freeze()
+        first = self.post(batch([makeMessage(1)]))
+        first.addErrback(lambda f: None)
+        yield self.waitGauge(0)
+        body = gzip.compress(orjson.dumps(batch([makeMessage(2)])))
+        conns = []
+        for _ in range(3):
+            conn = yield openUnfinished(self.service, self.key, body, len(body))
+            conns.append(conn)
+        yield self.waitGauge(3)
+        for conn in conns:
+            conn.transport.abortConnection()
+        yield self.waitGauge(0)
+        self.proxy.thaw()
+        yield first
+        deadline = reactor.seconds() + 30
+        while True:
+            code, body, _ = yield self.post(batch([makeMessage(i) for i in range(3, 6)]))
+            if code == 200 or reactor.seconds() > deadline:
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(code, 200, body)
+
+
 class PostgresDownAtStartTests(_ServiceMixin, unittest.TestCase):
     """
     The service started while PostgreSQL is unreachable (through the same

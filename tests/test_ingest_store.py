@@ -494,6 +494,28 @@ class DeadlineTests(unittest.TestCase):
         self.assertIsNone(self.successResultOf(late))
 
 
+class DeadlineCancelTests(unittest.TestCase):
+    """
+    Cancelling what L{db.withDeadline} returned.
+    """
+
+    def test_cancel_reaches_the_operation(self):
+        """
+        A caller that gives up (its client went away) cancels the operation
+        too, and its timer; the caller sees CancelledError.
+        """
+        from twisted.internet.task import Clock
+        clock = Clock()
+        admission = db.Admission(1, 1)
+        admission.run(defer.Deferred)
+        waiting = admission.run(defer.Deferred)
+        r = db.withDeadline(waiting, 5, clock)
+        r.cancel()
+        self.failureResultOf(r, defer.CancelledError)
+        self.assertEqual(admission.waiting, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
 class AdmissionTests(unittest.TestCase):
     """
     L{db.Admission}: a bounded, cancellable queue of database operations.

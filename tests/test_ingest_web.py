@@ -8,7 +8,7 @@ import zlib
 from twisted.trial import unittest
 
 from relay.ingest.validate import BadRequest
-from relay.ingest.web import BoundedBody, MemoryBudget
+from relay.ingest.web import HOLD_BYTES, BoundedBody, MemoryBudget
 
 
 def feed(body, data, size=1000):
@@ -198,6 +198,22 @@ class BudgetTests(unittest.TestCase):
         feed(b, data[20:], 7)
         self.assertEqual(b.body(), raw)
         self.assertEqual(budget.used, len(raw))
+
+    def test_hold_full_asks_for_a_pause(self):
+        """
+        Past HOLD_BYTES held, onHoldFull is called once (the request pauses
+        its transport); nothing is called below it.
+        """
+        calls = []
+        b = BoundedBody(10 ** 7, 10 ** 7, None, None)
+        b.onHoldFull = lambda: calls.append(b.tell())
+        b.hold()
+        feed(b, b"x" * (HOLD_BYTES - 1), 4096)
+        self.assertEqual(calls, [])
+        feed(b, b"x" * 10)
+        self.assertEqual(calls, [HOLD_BYTES - 1 + 10])
+        feed(b, b"x" * HOLD_BYTES, 4096)
+        self.assertEqual(len(calls), 1)
 
     def test_hold_then_refuse(self):
         """

@@ -146,11 +146,18 @@ def withDeadline(d, seconds, reactor):
     C{seconds} if C{d} has not fired by then; then C{d} is cancelled (give
     only Deferreds from L{Admission.run}, whose cancellation never blocks:
     a waiting operation leaves its queue with its rows, a running one
-    finishes on its own).  A late result of C{d} is dropped (a batch that
+    finishes on its own).  Cancelling the returned Deferred cancels C{d}
+    too.  A late result of C{d} is dropped (a batch that
     commits after its request got 503 is counted as duplicates when the
     sender retries it).
     """
-    result = defer.Deferred()
+    def cancel(_):
+        # The caller gave up (its client went away): so does C{d}.
+        if timer.active():
+            timer.cancel()
+        d.cancel()
+
+    result = defer.Deferred(cancel)
 
     def expire():
         result.errback(defer.TimeoutError("no answer from PostgreSQL in %gs" % (seconds,)))

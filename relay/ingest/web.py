@@ -52,15 +52,21 @@ class MemoryBudget:
         self.used -= n
 
 
+#: Bytes of a body kept unprocessed while its key is checked; past them the
+#: connection is paused.  (Not pausing at once lets a connection that goes
+#: away be noticed, and its key lookup leave the queue.)
+HOLD_BYTES = 256 * 1024
+
+
 class BoundedBody:
     """
     Stands in for C{request.content}: keeps the (inflated) body in memory
     up to the limits, and records the first problem as a L{BadRequest}.
 
     While the API key is being checked (L{hold}) the bytes that arrive are
-    kept as they are (the transport is paused, so that is at most a read or
-    two); L{accept} then processes them, L{refuse} drops them and every
-    later byte.  Every byte kept is taken from C{budget} (a
+    kept as they are, up to L{HOLD_BYTES}; then C{onHoldFull} is called (the
+    request pauses its transport).  L{accept} then processes them, L{refuse}
+    drops them and every later byte.  Every byte kept is taken from C{budget} (a
     L{MemoryBudget} shared by all requests) and given back by L{close}; a
     body that does not fit fails with 503.
 
@@ -81,6 +87,9 @@ class BoundedBody:
         self._budget = budget
         self._held = 0
         self._pending = None
+        self._pendingBytes = 0
+        #: Called once when the held bytes reach L{HOLD_BYTES}.
+        self.onHoldFull = None
         self._inflater = None
         if encoding in (None, b"identity"):
             pass
@@ -161,6 +170,10 @@ class BoundedBody:
         if self._pending is not None:
             if self._take(len(data)):
                 self._pending.append(data)
+                self._pendingBytes += len(data)
+                if self._pendingBytes >= HOLD_BYTES and self.onHoldFull is not None:
+                    full, self.onHoldFull = self.onHoldFull, None
+                    full()
             return
         self._process(data)
 
@@ -227,10 +240,11 @@ class BoundedBody:
 class IngestRequest(server.Request):
     """
     A request whose body is a L{BoundedBody} with the site's limits, and
-    whose API key is checked as soon as the headers are in, before any of
-    the body is kept: the transport is paused while the key is looked up;
-    a bad key (or a database that cannot say) drops the body as it
-    arrives, so an unauthenticated request costs no memory.
+    whose API key is checked as soon as the headers are in, before the body
+    is processed: while the key is looked up at most L{HOLD_BYTES} of it
+    are kept (then the transport is paused); a bad key (or a database that
+    cannot say) drops the body as it arrives, so an unauthenticated request
+    costs no more than that.  A client that goes away cancels its lookup.
 
     @ivar auth: a L{KeyCheck} started at header time, or None.
     """
@@ -265,11 +279,18 @@ class IngestRequest(server.Request):
             return
         self.content.hold()
         transport = self.channel.transport
-        transport.pauseProducing()
+        paused = []
+
+        def pause():
+            paused.append(True)
+            transport.pauseProducing()
+
+        self.content.onHoldFull = pause
 
         def checked(_):
+            self.content.onHoldFull = None
             self._checked()
-            if not self._disconnected:
+            if paused and not self._disconnected:
                 transport.resumeProducing()
 
         self.auth.wait().addBoth(checked)
@@ -280,8 +301,11 @@ class IngestRequest(server.Request):
         else:
             self.content.accept()
 
-    def _finished(self, _):
+    def _finished(self, reason):
         self.content.close()
+        if isinstance(reason, Failure) and self.auth is not None:
+            # The client went away: its key lookup leaves the queue.
+            self.auth.cancel()
 
 
 class KeyCheck:
@@ -299,7 +323,15 @@ class KeyCheck:
         self.workspace = None
         self.error = None
         self._waiters = []
+        self._d = d
         d.addCallbacks(self._good, self._bad)
+
+    def cancel(self):
+        """
+        Nobody needs the answer any more.
+        """
+        if not self.done:
+            self._d.cancel()
 
     def _good(self, workspace):
         self.workspace = workspace
@@ -308,6 +340,8 @@ class KeyCheck:
     def _bad(self, failure):
         if failure.check(BadRequest, Unavailable):
             self.error = failure.value
+        elif failure.check(defer.CancelledError):
+            self.error = Unavailable()
         else:
             _log.failure("Unexpected error while checking an API key", failure)
             self.error = BadRequest(500, "internal error")
