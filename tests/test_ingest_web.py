@@ -1,5 +1,5 @@
 """
-Tests for the bounded request body of L{relay.ingest.web}.
+Tests for the bounded request body, L{relay.ingest.body}.
 """
 
 import gzip
@@ -7,8 +7,8 @@ import zlib
 
 from twisted.trial import unittest
 
+from relay.ingest.body import HOLD_BYTES, BoundedBody, MemoryBudget
 from relay.ingest.validate import BadRequest
-from relay.ingest.web import HOLD_BYTES, BoundedBody, MemoryBudget
 
 
 def feed(body, data, size=1000):
