@@ -33,7 +33,7 @@ class ISyncSource(Interface):
 
         @return: Deferred firing with a list of dicts with the keys
             C{seq, id, ts, from, to, topic, thread, kind, body, data,
-            payload_meta, is_broadcast, is_urgent, expires_at} (C{data} and
+            payload_meta, expires_at} (C{data} and
             C{payload_meta} decoded to dicts or None; C{ts} and
             C{expires_at} ints in ms since epoch).
         """

@@ -431,15 +431,6 @@ def _get_meta(txn, key):
     return row[0] if row else None
 
 
-def _is_urgent(meta):
-    importance = meta.get("importance") if meta else None
-    if isinstance(importance, str):
-        return importance.lower() in ("urgent", "high", "critical")
-    if isinstance(importance, (int, float)) and not isinstance(importance, bool):
-        return importance >= 80
-    return False
-
-
 def _read_messages_after(txn, seq, limit):
     txn.execute(
         "SELECT seq, id, ts, sender, recipient, topic, thread, kind, payload, payload_meta,"
@@ -456,8 +447,6 @@ def _read_messages_after(txn, seq, limit):
             "body": payload.get("body", ""),
             "data": data if isinstance(data, dict) else None,
             "payload_meta": meta,
-            "is_broadcast": recipient == "*",
-            "is_urgent": _is_urgent(meta),
             "expires_at": expires_at,
         })
     return out

@@ -144,6 +144,16 @@ class IngestProcess:
         return "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
             self.port, self.tls[0], self.tls[1])
 
+    def memoryBytes(self):
+        """
+        The process's resident set size now (VmRSS).
+        """
+        with open("/proc/%d/status" % (self.transport.pid,)) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
     def peakMemoryBytes(self):
         """
         The process's peak resident set size (VmHWM).

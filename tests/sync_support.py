@@ -39,7 +39,7 @@ def make_row(seq, body=None, **extra):
         "flaky integration test in tests/test_router.py and report back.".format(seq),
         "data": {"step": seq % 7, "files": ["relay/router.py", "tests/test_router.py"]},
         "payload_meta": {"requires_ack": True, "importance": 5},
-        "is_broadcast": False, "is_urgent": False, "expires_at": 1700086400000 + seq,
+        "expires_at": 1700086400000 + seq,
     }
     row.update(extra)
     return row
@@ -111,11 +111,15 @@ class IngestStub(resource.Resource):
     @ivar script: a list of responses to give, in order, before the default
         behaviour; each is C{(status, json_body_dict, headers_dict)}, or
         C{"hold"} (the request is kept open in L{held} and never answered
-        unless the test does).
+        unless the test does); C{(200, None, {})} accepts the batch like the
+        default behaviour, any other 2xx body is answered as it is (and
+        nothing is recorded as accepted).
     @ivar max_messages: answer 413 to batches with more messages than this.
     @ivar reject: {message id: field}: answer 400 naming the first such
         message in a batch.
     @ivar status: when set, answer every request with this status.
+    @ivar workspace: when set, answer 403 (field workspace_id, like the
+        real ingest) to a body claiming another workspace.
     @ivar requests: one dict per request: C{headers}, C{raw} (bytes as
         received), C{doc} (the decoded JSON body), C{status} (answered),
         C{at} (C{clock.seconds()} on arrival, when a clock is given).
@@ -132,6 +136,7 @@ class IngestStub(resource.Resource):
         self.max_messages = None
         self.reject = {}
         self.status = None
+        self.workspace = None
         self.retry_after = None
         self.requests = []
         self.ids = []
@@ -155,13 +160,17 @@ class IngestStub(resource.Resource):
         entry["doc"] = doc
         if headers.get("authorization") != "Bearer " + self.key:
             return self._answer(request, 401, {"error": "bad key"}, {}, entry)
+        if self.workspace is not None and doc.get("workspace_id") != self.workspace:
+            return self._answer(request, 403, {
+                "error": "this key does not belong to workspace {}".format(doc.get("workspace_id")),
+                "field": "workspace_id"}, {}, entry)
         if self.script:
             step = self.script.pop(0)
             if step == "hold":
                 self.held.append((request, entry))
                 return server.NOT_DONE_YET
             status, data, extra = step
-            if status == 200:
+            if status == 200 and data is None:
                 return self._accept(request, doc, entry)
             return self._answer(request, status, data, extra, entry)
         if self.status is not None:

@@ -13,7 +13,7 @@ import orjson
 import psycopg2
 import treq
 from psycopg2.extensions import make_dsn, parse_dsn
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.trial import unittest
 
 from relay.cli import main as cliMain
@@ -125,6 +125,37 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
     """
     The sync endpoint of a running C{twistd relay-ingest}.
     """
+
+    @defer.inlineCallbacks
+    def test_collisionsStoredAndReported(self):
+        """
+        Issue 13 point 17: ids already stored, sent again with other content
+        (from another daemon, as after a restore or a copy) are stored under
+        disambiguated ids and reported in the response ("collisions", part
+        of "synced") and the metrics; the same content again is a duplicate.
+        Through COPY as well as the small-batch strategy.
+        """
+        code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1100)]))
+        self.assertEqual((code, body), (200, {"synced": 1100, "duplicates": 0}))
+        other = "22222222-3333-4444-8555-666666666666"
+        reused = [makeMessage(i, body="after restore %d" % (i,)) for i in range(3)]
+        code, body, _ = yield self.post(batch(reused, daemon=other))
+        self.assertEqual((code, body), (200, {"synced": 3, "duplicates": 0, "collisions": 3}))
+        code, body, _ = yield self.post(batch(reused, daemon=other))
+        self.assertEqual((code, body), (200, {"synced": 0, "duplicates": 3}))
+        big = [makeMessage(i, body="copied %d" % (i,)) for i in range(1100, 1105)] + \
+            [makeMessage(i) for i in range(5, 1100)]
+        code, body, _ = yield self.post(batch(big, daemon=other), gzipped=True)
+        self.assertEqual(code, 200)
+        self.assertEqual(body, {"synced": 5, "duplicates": 1095})
+        big[0] = makeMessage(7, body="copied and collided")
+        code, body, _ = yield self.post(batch(big, daemon=other), gzipped=True)
+        self.assertEqual(body, {"synced": 1, "duplicates": 1099, "collisions": 1})
+        self.assertEqual(self.count(), 1109)
+        m = yield self.metrics()
+        self.assertEqual(m["relay_ingest_collisions_total"], 4)
+        stored = fetchAll(self.dsn, "SELECT body FROM agent_messages WHERE collision_of = 'm-1'")
+        self.assertEqual(stored, [("after restore 1",)])
 
     @defer.inlineCallbacks
     def test_plainGzipAndCopy(self):
@@ -407,6 +438,218 @@ class PostgresHungTests(_ProxiedServiceMixin, unittest.TestCase):
         self.assertEqual(code, 200, body)
         self.assertEqual(body["synced"] + body["duplicates"], 19)
         self.assertEqual(self.count(), 20)
+
+
+class _Unfinished(protocol.Protocol):
+    """
+    Sends a request head and part of its body, then never finishes it.
+    """
+
+    def __init__(self, head, body):
+        self.head = head
+        self.body = body
+        self.received = b""
+
+    def connectionMade(self):
+        self.transport.write(self.head)
+        self.transport.write(self.body)
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+@defer.inlineCallbacks
+def openUnfinished(service, key, body, declared):
+    """
+    Open one connection to C{service} that POSTs C{body} (gzip) under
+    C{key}, declaring C{declared} bytes, and never sends the rest.
+    """
+    head = (b"POST " + SYNC.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            b"Authorization: Bearer " + key.encode("ascii") + b"\r\n"
+            b"Content-Length: " + str(declared).encode() + b"\r\n\r\n")
+    proto = _Unfinished(head, body)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", service.port)
+    yield endpoints.connectProtocol(endpoint, proto)
+    return proto
+
+
+class MemoryBoundTests(_ServiceMixin, unittest.TestCase):
+    """
+    Issue 13 point 6: request bodies cannot make the real ingest process
+    grow (the key is checked before the body is kept, and all bodies
+    together are bounded by --max-buffered-bytes).
+    """
+
+    extraArgs = ["--max-body-bytes", str(64 * MiB), "--max-inflated-bytes", str(64 * MiB),
+                 "--max-buffered-bytes", str(8 * MiB)]
+
+    @defer.inlineCallbacks
+    def unfinishedGrowth(self, key):
+        """
+        Four unfinished requests under C{key}, each with a gzip body that
+        inflates to 60 MiB; return how much the process's RSS grew once it
+        has read every byte of them.
+        """
+        code, _, _ = yield self.post(batch([makeMessage(0)]))
+        self.assertEqual(code, 200)
+        before = self.service.memoryBytes()
+        m = yield self.metrics()
+        seen = m.get("relay_ingest_bytes_in_total", 0)
+        bomb = gzipBomb(60 * MiB)
+        conns = []
+        for _ in range(4):
+            conn = yield openUnfinished(self.service, key, bomb, len(bomb) + MiB)
+            conns.append(conn)
+        self.addCleanup(lambda: [c.transport.abortConnection() for c in conns])
+        deadline = reactor.seconds() + 30
+        while True:
+            m = yield self.metrics()
+            if m.get("relay_ingest_bytes_in_total", 0) - seen >= 4 * len(bomb):
+                break
+            self.assertLess(reactor.seconds(), deadline, "the service never read the bodies")
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        return self.service.memoryBytes() - before
+
+    @defer.inlineCallbacks
+    def test_fakeKeyCostsNoMemory(self):
+        """
+        Four unfinished requests with a well-formed but unknown key (each
+        body inflating to 60 MiB) do not grow the process by more than a
+        few MiB (before: +253 MiB); a valid request is served meanwhile.
+        """
+        fake = keys.generateKey()[1]
+        growth = yield self.unfinishedGrowth(fake)
+        self.assertLess(growth, 24 * MiB)
+        code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1, 4)]))
+        self.assertEqual((code, body), (200, {"synced": 3, "duplicates": 0}))
+
+    @defer.inlineCallbacks
+    def test_validKeyBoundedTogether(self):
+        """
+        The same four requests under a valid key are bounded together by
+        --max-buffered-bytes (8 MiB here): the growth stays small, and once
+        they are refused a valid request is served.
+        """
+        growth = yield self.unfinishedGrowth(self.key)
+        self.assertLess(growth, 32 * MiB)
+        code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1, 4)]))
+        self.assertEqual((code, body), (200, {"synced": 3, "duplicates": 0}))
+
+    @defer.inlineCallbacks
+    def test_overBudgetIs503(self):
+        """
+        A complete body larger than --max-buffered-bytes gets 503 with
+        Retry-After (the sender keeps it and retries), not a 413.
+        """
+        big = batch([makeMessage(i, body="x" * 100000) for i in range(100)])
+        code, body, headers = yield self.post(big)
+        self.assertEqual(code, 503, body)
+        self.assertTrue(headers.getRawHeaders(b"Retry-After"))
+        self.assertEqual(self.count(), 0)
+
+
+class PostgresQueueTests(_ProxiedServiceMixin, unittest.TestCase):
+    """
+    Issue 13 point 15: during a PostgreSQL hang the operations waiting for a
+    connection are bounded (--max-waiting) and leave the queue when their
+    request is answered 503.
+    """
+
+    extraArgs = LIMIT_ARGS + ["--db-timeout", "1", "--pool-size", "2", "--max-waiting", "2"]
+
+    @defer.inlineCallbacks
+    def test_waitersBoundedAndCancelled(self):
+        """
+        Eight requests during a hang: never more than two wait, the rest
+        get 503 with Retry-After at once (counted as busy), every request is
+        answered 503, the queue is empty afterwards, and once PostgreSQL
+        answers a new batch is stored at once and nothing of the refused
+        ones is.
+        """
+        code, _, _ = yield self.post(batch([makeMessage(0)]))
+        self.assertEqual(code, 200)
+        self.proxy.freeze()
+        posts = [self.post(batch([makeMessage(100 + 10 * n + i) for i in range(5)]))
+                 for n in range(8)]
+        done = defer.DeferredList(posts, consumeErrors=True)
+        peaks = []
+        while not done.called:
+            m = yield self.metrics()
+            peaks.append(m["relay_ingest_db_waiting"])
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        results = yield done
+        for ok, result in results:
+            self.assertTrue(ok, result)
+            code, body, headers = result
+            self.assertEqual(code, 503, body)
+            self.assertTrue(headers.getRawHeaders(b"Retry-After"))
+        self.assertLessEqual(max(peaks), 2)
+        m = yield self.metrics()
+        self.assertEqual(m["relay_ingest_db_waiting"], 0)
+        self.assertGreaterEqual(m["relay_ingest_db_busy_total"], 4)
+        self.proxy.thaw()
+        deadline = reactor.seconds() + 30
+        while True:
+            code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1, 20)]))
+            if code == 200 or reactor.seconds() > deadline:
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(code, 200, body)
+        self.assertEqual(self.count(), 20)
+
+
+class ClientGoneTests(_ProxiedServiceMixin, unittest.TestCase):
+    """
+    Issue 13 point 15: a request whose client goes away during a PostgreSQL
+    hang takes its waiting database operation out of the queue at once,
+    not after --db-timeout.
+    """
+
+    extraArgs = LIMIT_ARGS + ["--db-timeout", "60", "--pool-size", "1", "--max-waiting", "4"]
+
+    @defer.inlineCallbacks
+    def waitGauge(self, value):
+        deadline = reactor.seconds() + 20
+        while True:
+            m = yield self.metrics()
+            if m["relay_ingest_db_waiting"] == value:
+                return
+            self.assertLess(reactor.seconds(), deadline,
+                            "db_waiting stayed %s, not %s" % (m["relay_ingest_db_waiting"], value))
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_goneClientLeavesTheQueue(self):
+        """
+        One request holds the only (hung) connection, three more wait; when
+        their clients disconnect the queue empties well before the 60 s
+        timeout, and after the hang a new batch is served.
+        """
+        code, _, _ = yield self.post(batch([makeMessage(0)]))
+        self.assertEqual(code, 200)
+        self.proxy.freeze()
+        first = self.post(batch([makeMessage(1)]))
+        first.addErrback(lambda f: None)
+        yield self.waitGauge(0)
+        body = gzip.compress(orjson.dumps(batch([makeMessage(2)])))
+        conns = []
+        for _ in range(3):
+            conn = yield openUnfinished(self.service, self.key, body, len(body))
+            conns.append(conn)
+        yield self.waitGauge(3)
+        for conn in conns:
+            conn.transport.abortConnection()
+        yield self.waitGauge(0)
+        self.proxy.thaw()
+        yield first
+        deadline = reactor.seconds() + 30
+        while True:
+            code, body, _ = yield self.post(batch([makeMessage(i) for i in range(3, 6)]))
+            if code == 200 or reactor.seconds() > deadline:
+                break
+            yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(code, 200, body)
 
 
 class PostgresDownAtStartTests(_ServiceMixin, unittest.TestCase):

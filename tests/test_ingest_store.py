@@ -29,6 +29,7 @@ from tests.ingest_support import (
 WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
 OTHER_WS = "0b9a1c2e-8d8e-4a53-9a4b-0d5b3f3d6a02"
 DAEMON = "11111111-2222-4333-8444-555555555555"
+OTHER_DAEMON = "22222222-3333-4444-8555-666666666666"
 
 ODD_TEXT = [
     "",
@@ -146,15 +147,71 @@ class _StrategyMixin:
     @defer.inlineCallbacks
     def test_duplicatesInsideBatch(self):
         """
-        Repeats of an id inside one batch are inserted once and counted as
-        duplicates; the first occurrence wins.
+        Repeats of an id with the same content inside one batch are inserted
+        once and counted as duplicates.
+        """
+        batch = [makeRow(i % 150) for i in range(450)]
+        result = yield self.inserter.insert(WS, DAEMON, batch)
+        self.assertEqual(result, (150, 300))
+        self.assertEqual(result.collisions, 0)
+        self.assertEqual(self.count(), 150)
+
+    @defer.inlineCallbacks
+    def test_collisionsInsideBatch(self):
+        """
+        Repeats of an id with other content inside one batch are collisions
+        (issue 13 point 17; they used to be counted as duplicates and
+        dropped): the first occurrence keeps the id, each other content is
+        stored under a disambiguated id naming it in collision_of.
         """
         batch = [makeRow(i % 150, body="copy %d" % (i,)) for i in range(450)]
         result = yield self.inserter.insert(WS, DAEMON, batch)
-        self.assertEqual(result, (150, 300))
-        self.assertEqual(self.count(), 150)
+        self.assertEqual((result, result.collisions), ((450, 0), 300))
+        self.assertEqual(self.count(), 450)
         bodies = dict(fetchAll(self.dsn, "SELECT original_id, body FROM agent_messages"))
         self.assertEqual(bodies["m-7"], "copy 7")
+        others = fetchAll(self.dsn, "SELECT original_id, body FROM agent_messages"
+                                    " WHERE collision_of = 'm-7' ORDER BY body")
+        self.assertEqual([b for _, b in others], ["copy 157", "copy 307"])
+        self.assertTrue(all(i.startswith("m-7~") for i, _ in others))
+
+    @defer.inlineCallbacks
+    def test_collisionAcrossBatches(self):
+        """
+        A stored id sent again with other content (a restored store reusing
+        ids) is stored and reported, never dropped; sent again it is a
+        duplicate (its disambiguated id is a function of its content), and
+        the original row is untouched.  The same id and content from another
+        daemon is a true duplicate.
+        """
+        first = [makeRow(i) for i in range(10)]
+        yield self.inserter.insert(WS, DAEMON, first)
+        reused = [makeRow(i, body="new message %d" % (i,)) for i in range(5)] + \
+            [makeRow(i) for i in range(5, 10)]
+        result = yield self.inserter.insert(WS, OTHER_DAEMON, reused)
+        self.assertEqual((result, result.collisions), ((5, 5), 5))
+        self.assertEqual(self.count(), 15)
+        again = yield self.inserter.insert(WS, OTHER_DAEMON, reused)
+        self.assertEqual((again, again.collisions), ((0, 10), 0))
+        self.assertEqual(self.count(), 15)
+        rows = dict(fetchAll(self.dsn, "SELECT body, daemon_id::text FROM agent_messages"
+                                       " WHERE collision_of = 'm-3'"))
+        self.assertEqual(rows, {"new message 3": OTHER_DAEMON})
+        body = fetchAll(self.dsn, "SELECT body FROM agent_messages WHERE original_id = 'm-3'")
+        self.assertEqual(body, [("hello 3",)])
+
+    @defer.inlineCallbacks
+    def test_jsonKeyOrderIsNotACollision(self):
+        """
+        The same data object with its keys in another order (jsonb does not
+        keep the order) is the same content: a duplicate.
+        """
+        import orjson
+        yield self.inserter.insert(WS, DAEMON, [makeRow(1, data={"a": 1, "b": [1, 2]})])
+        row = list(makeRow(1, data={"a": 1, "b": [1, 2]}))
+        row[10] = orjson.dumps({"b": [1, 2], "a": 1}).decode()
+        result = yield self.inserter.insert(WS, DAEMON, [tuple(row)])
+        self.assertEqual((result, result.collisions), ((0, 1), 0))
 
     @defer.inlineCallbacks
     def test_dedupIsPerWorkspace(self):
@@ -414,8 +471,10 @@ class DeadlineTests(unittest.TestCase):
 
     def test_late(self):
         """
-        Past the deadline the result fails with TimeoutError, the original
-        Deferred is not cancelled, and its late outcome is dropped.
+        Past the deadline the result fails with TimeoutError and the original
+        Deferred is cancelled (issue 13 point 15: a waiter must not stay
+        queued; L{db.Admission} makes that cancellation safe); a late
+        outcome of a Deferred that ignores the cancellation is dropped.
         """
         from twisted.internet.task import Clock
         clock = Clock()
@@ -425,9 +484,144 @@ class DeadlineTests(unittest.TestCase):
         self.assertNoResult(r)
         clock.advance(5)
         self.failureResultOf(r, defer.TimeoutError)
-        self.assertEqual(cancelled, [])
-        d.errback(ValueError("late"))
+        self.assertEqual(cancelled, [d])
         self.assertIsNone(self.successResultOf(d))
+        late = defer.Deferred()
+        r = db.withDeadline(late, 5, clock)
+        clock.advance(5)
+        self.failureResultOf(r, defer.TimeoutError)
+        late.errback(ValueError("late"))
+        self.assertIsNone(self.successResultOf(late))
+
+
+class DeadlineCancelTests(unittest.TestCase):
+    """
+    Cancelling what L{db.withDeadline} returned.
+    """
+
+    def test_cancel_reaches_the_operation(self):
+        """
+        A caller that gives up (its client went away) cancels the operation
+        too, and its timer; the caller sees CancelledError.
+        """
+        from twisted.internet.task import Clock
+        clock = Clock()
+        admission = db.Admission(1, 1)
+        admission.run(defer.Deferred)
+        waiting = admission.run(defer.Deferred)
+        r = db.withDeadline(waiting, 5, clock)
+        r.cancel()
+        self.failureResultOf(r, defer.CancelledError)
+        self.assertEqual(admission.waiting, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class AdmissionTests(unittest.TestCase):
+    """
+    L{db.Admission}: a bounded, cancellable queue of database operations.
+    """
+
+    def setUp(self):
+        self.calls = []
+        self.admission = db.Admission(2, 2)
+
+    def op(self, tag):
+        d = defer.Deferred()
+        self.calls.append((tag, d))
+        return d
+
+    def test_bounded(self):
+        """
+        Two run, two wait, the fifth fails at once with Busy (counted as
+        "unavailable": answered 503), and a freed turn starts the oldest
+        waiter.
+        """
+        a = self.admission
+        running = [a.run(self.op, i) for i in range(2)]
+        waiting = [a.run(self.op, i) for i in range(2, 4)]
+        self.assertEqual((a.running, a.waiting), (2, 2))
+        f = self.failureResultOf(a.run(self.op, 4), db.Busy)
+        self.assertTrue(db.isUnavailable(f))
+        self.assertEqual([t for t, _ in self.calls], [0, 1])
+        self.calls[0][1].callback("zero")
+        self.assertEqual(self.successResultOf(running[0]), "zero")
+        self.assertEqual([t for t, _ in self.calls], [0, 1, 2])
+        self.assertNoResult(waiting[0])
+
+    def test_cancel_waiting_drops_its_rows(self):
+        """
+        Cancelling a waiting operation takes it out of the queue at once,
+        its arguments (the rows) are no longer referenced, and it never runs.
+        """
+        import gc
+        import weakref
+
+        class Rows(list):
+            pass
+
+        a = self.admission
+        a.run(self.op, "r1")
+        a.run(self.op, "r2")
+        rows = Rows([("m-1",)])
+        ref = weakref.ref(rows)
+        d = a.run(self.op, rows)
+        del rows
+        self.assertEqual(a.waiting, 1)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(a.waiting, 0)
+        gc.collect()
+        self.assertIsNone(ref())
+        self.calls[0][1].callback(None)
+        self.assertEqual([t for t, _ in self.calls], ["r1", "r2"])
+
+    def test_cancel_running_does_not_cancel_the_query(self):
+        """
+        Cancelling a running operation fails its Deferred with CancelledError
+        but does not cancel the operation itself (txpostgres would block in
+        PQcancel); its turn is freed only when it really ends, and its late
+        result is dropped.
+        """
+        a = self.admission
+        d = a.run(self.op, "q")
+        inner = self.calls[0][1]
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertFalse(inner.called)
+        self.assertEqual(a.running, 1)
+        inner.errback(ValueError("late"))
+        self.assertEqual(a.running, 0)
+
+    def test_cancel_after_start_from_queue(self):
+        """
+        A waiter that has started (its turn came) is treated as running when
+        cancelled: the operation goes on, the caller gets CancelledError.
+        """
+        a = self.admission
+        a.run(self.op, 0)
+        a.run(self.op, 1)
+        d = a.run(self.op, 2)
+        self.calls[0][1].callback(None)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(a.running, 2)
+        self.calls[2][1].callback("done")
+        self.assertEqual(a.running, 1)
+
+    def test_on_change(self):
+        """
+        The change callback sees every queue length (the metrics gauge).
+        """
+        seen = []
+        a = db.Admission(1, 3, lambda adm: seen.append(adm.waiting))
+        first = a.run(self.op, 0)
+        d = a.run(self.op, 1)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.calls[0][1].callback(None)
+        self.successResultOf(first)
+        self.assertEqual(seen[-1], 0)
+        self.assertIn(1, seen)
 
     def test_keepalives(self):
         """

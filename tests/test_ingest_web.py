@@ -1,5 +1,5 @@
 """
-Tests for the bounded request body of L{relay.ingest.web}.
+Tests for the bounded request body, L{relay.ingest.body}.
 """
 
 import gzip
@@ -7,8 +7,8 @@ import zlib
 
 from twisted.trial import unittest
 
+from relay.ingest.body import HOLD_BYTES, BoundedBody, MemoryBudget
 from relay.ingest.validate import BadRequest
-from relay.ingest.web import BoundedBody
 
 
 def feed(body, data, size=1000):
@@ -148,3 +148,87 @@ class BoundedBodyTests(unittest.TestCase):
         b = feed(BoundedBody(100, 100, None, None, discard=True), b"x" * 50)
         self.assertEqual(b._chunks, [])
         self.assertEqual(b.tell(), 50)
+
+
+class BudgetTests(unittest.TestCase):
+    """
+    L{BoundedBody} with a L{MemoryBudget} shared by every request, and the
+    hold/accept/refuse steps of the header-time key check.
+    """
+
+    def test_shared_budget(self):
+        """
+        Two bodies share one budget: the one that does not fit fails with
+        503 (kept nothing), and closing a body gives its bytes back.
+        """
+        budget = MemoryBudget(150)
+        a = feed(BoundedBody(1000, 1000, None, None, budget=budget), b"a" * 100)
+        b = feed(BoundedBody(1000, 1000, None, None, budget=budget), b"b" * 100)
+        self.assertEqual(a.body(), b"a" * 100)
+        self.assertEqual(self.status(b), 503)
+        self.assertEqual(budget.used, 100)
+        a.close()
+        self.assertEqual(budget.used, 0)
+        c = feed(BoundedBody(1000, 1000, None, None, budget=budget), b"c" * 150)
+        self.assertEqual(c.body(), b"c" * 150)
+
+    def test_inflated_bytes_count(self):
+        """
+        For gzip bodies the inflated bytes are what counts against the budget.
+        """
+        budget = MemoryBudget(5000)
+        data = gzip.compress(b"x" * 6000)
+        b = feed(BoundedBody(10 ** 6, 10 ** 6, b"gzip", None, budget=budget), data)
+        self.assertEqual(self.status(b), 503)
+        self.assertEqual(budget.used, 0)
+
+    def test_hold_then_accept(self):
+        """
+        Bytes that arrive while the key is checked are kept as they are
+        (and counted); accepting processes them (inflating gzip) in order.
+        """
+        budget = MemoryBudget(10 ** 6)
+        raw = b'{"messages": []}' * 10
+        data = gzip.compress(raw)
+        b = BoundedBody(10 ** 6, 10 ** 6, b"gzip", None, budget=budget)
+        b.hold()
+        feed(b, data[:20], 7)
+        self.assertEqual(budget.used, 20)
+        b.accept()
+        feed(b, data[20:], 7)
+        self.assertEqual(b.body(), raw)
+        self.assertEqual(budget.used, len(raw))
+
+    def test_hold_full_asks_for_a_pause(self):
+        """
+        Past HOLD_BYTES held, onHoldFull is called once (the request pauses
+        its transport); nothing is called below it.
+        """
+        calls = []
+        b = BoundedBody(10 ** 7, 10 ** 7, None, None)
+        b.onHoldFull = lambda: calls.append(b.tell())
+        b.hold()
+        feed(b, b"x" * (HOLD_BYTES - 1), 4096)
+        self.assertEqual(calls, [])
+        feed(b, b"x" * 10)
+        self.assertEqual(calls, [HOLD_BYTES - 1 + 10])
+        feed(b, b"x" * HOLD_BYTES, 4096)
+        self.assertEqual(len(calls), 1)
+
+    def test_hold_then_refuse(self):
+        """
+        A refused key drops what was held and everything after it, and gives
+        the budget back; the bytes are still counted.
+        """
+        budget = MemoryBudget(10 ** 6)
+        b = BoundedBody(10 ** 6, 10 ** 6, None, None, budget=budget)
+        b.hold()
+        feed(b, b"x" * 500)
+        b.refuse()
+        feed(b, b"y" * 500)
+        self.assertEqual(budget.used, 0)
+        self.assertEqual(b._chunks, [])
+        self.assertEqual(b.tell(), 1000)
+
+    def status(self, body):
+        return self.assertRaises(BadRequest, body.body).status

@@ -15,7 +15,8 @@ from relay.store import connect_readonly
 from relay.sync.spill import SpillDir
 from relay.sync.wire import encode_message
 from tests.daemon_support import DaemonProcess, daemon_status, send, send_receipted
-from tests.sync_support import KEY, WORKSPACE, IngestServer, make_row, wait_until
+from relay.sync.options import SYNC_PATH
+from tests.sync_support import DAEMON, KEY, WORKSPACE, IngestServer, make_row, wait_until
 
 TEXT = ("Finished the refactor of the router's delivery loop; all 214 tests pass. "
         "Next: profile the store batcher under 2k msgs/s and look at the flaky "
@@ -130,6 +131,58 @@ class SyncEndToEndTests(unittest.TestCase):
         yield self.server.stub.wait_for_ids({"old-{}".format(seq) for seq in range(1, 81)})
         self.assertEqual(self.server.stub.ids, ["old-{}".format(seq) for seq in range(1, 81)])
         yield wait_until(reactor, lambda: not os.listdir(spill.path), what="spill files deleted")
+
+    @defer.inlineCallbacks
+    def test_redirect_and_wrong_counts_keep_messages(self):
+        """
+        Issue 13 point 13: an ingest URL that redirects, then answers 200
+        without counting the batch, confirms nothing: the redirect target
+        never sees a request, and every message reaches the real ingest
+        once it answers properly (before, they were confirmed and lost).
+        """
+        other = IngestServer(reactor).start()
+        self.addCleanup(other.stop)
+        target = other.url + SYNC_PATH
+        self.server.stub.script = ([(302, {}, {"Location": target})] * 3
+                                   + [(200, {"ok": True}, {})] * 3)
+        daemon = self.daemon()
+        yield daemon.start()
+        yield self.send_messages(daemon, 20)
+        ids = stored_ids(daemon.db_path)
+        yield self.server.stub.wait_for_ids(ids)
+        self.assertEqual(other.stub.requests, [])
+        status = yield self.status(daemon)
+        self.assertGreaterEqual(status["failed_attempts"], 6)
+        self.assertEqual(status["synced"], 20)
+
+    @defer.inlineCallbacks
+    def test_bad_spill_files_set_aside(self):
+        """
+        Issue 13 point 14: a corrupt oldest spill file and one written for
+        another workspace (the key changed since; the ingest answers 403)
+        are moved to spill/rejected/ and counted in STATUS; the newer file
+        and live messages still arrive and sync keeps running.
+        """
+        self.server.stub.workspace = WORKSPACE
+        daemon = self.daemon()
+        path = daemon.db_path + ".sync-spill"
+        spill = SpillDir(path, 10 ** 9, reactor)
+        rows = lambda a, b: [encode_message(make_row(s, id="old-{}".format(s))) for s in range(a, b)]
+        corrupt = spill.write(DAEMON, WORKSPACE, rows(1, 11))
+        with open(os.path.join(path, corrupt), "wb") as f:
+            f.write(b"\x1f\x8b\x08 cut short")
+        stale = spill.write(DAEMON, "0b7e0c52-7d0c-4c59-9a43-3b0b4c1f5a11", rows(11, 21))
+        spill.write(DAEMON, WORKSPACE, rows(21, 31))
+        yield daemon.start()
+        yield self.server.stub.wait_for_ids({"old-{}".format(s) for s in range(21, 31)})
+        yield self.send_messages(daemon, 5)
+        yield self.server.stub.wait_for_ids(stored_ids(daemon.db_path))
+        status = yield self.status(daemon)
+        self.assertEqual((status["rejected_files"], status["spilled_files"]), (2, 0))
+        self.assertNotEqual(status["state"], "unauthorized")
+        self.assertEqual(sorted(os.listdir(os.path.join(path, "rejected"))),
+                         sorted([corrupt, stale]))
+        self.assertTrue({"old-{}".format(s) for s in range(1, 21)}.isdisjoint(self.server.stub.unique))
 
     @defer.inlineCallbacks
     def test_gzip_bodies(self):

@@ -320,7 +320,8 @@ class RefusalTests(unittest.TestCase):
         """
         A 400 that names no message is our bug: the batch is kept in a
         spill file (not retried, not dropped), the rest goes on, and a
-        replay the ingest refuses again keeps the file.
+        replay the ingest refuses again as a whole moves the file into
+        rejected/ (kept, counted in stats) instead of blocking the replay.
         """
         h = Harness(self, batch_size=5, batch_delay=0.0, spill_retry_interval=30.0)
         h.stub.script.append((400, {"error": "messages must be a list"}, {}))
@@ -334,10 +335,16 @@ class RefusalTests(unittest.TestCase):
         h.stub.script.append((400, {"error": "messages must be a list"}, {}))
         h.advance(30.0)
         self.assertEqual(h.stub.sizes(), [5, 5, 5])
-        self.assertEqual(h.spill.files, 1)
-        h.advance(30.0)
         self.assertEqual(h.spill.files, 0)
-        self.assertEqual(len(h.stub.unique), 10)
+        self.assertEqual(h.spill.rejected, 1)
+        self.assertEqual(len(os.listdir(h.spill.rejected_path)), 1)
+        stats = h.service.stats()
+        self.assertEqual(stats["rejected_files"], 1)
+        self.assertIn("messages must be a list", stats["last_rejected"])
+        h.advance(30.0)
+        self.assertEqual(h.stub.sizes(), [5, 5, 5])
+        self.assertEqual(len(h.stub.unique), 5)
+        self.assertEqual(h.source.cursor, 10)
 
     def test_401_stops_and_keeps_everything(self):
         """
@@ -569,6 +576,144 @@ class ReplayTests(unittest.TestCase):
         live_positions = [order.index("msg-{:08d}".format(i)) for i in (7, 9)]
         spill_positions = [order.index("msg-{:08d}".format(i)) for i in (1, 3, 5)]
         self.assertLess(min(live_positions), max(spill_positions))
+
+
+OTHER_WORKSPACE = "0b7e0c52-7d0c-4c59-9a43-3b0b4c1f5a11"
+
+
+class CheckedOutcomeTests(unittest.TestCase):
+    """
+    A 2xx that does not count what was sent, and a redirect, keep the batch.
+    """
+
+    def test_wrong_counts_keep_the_batch(self):
+        """
+        200 with counts that do not add up to the batch is retried, then
+        spilled (never confirmed): synced stays 0 and the reason is in
+        last_error; once the ingest answers properly the file is re-sent.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0, retries=1)
+        h.stub.script = [(200, {"synced": 2, "duplicates": 0}, {}),
+                         (200, {"ok": True}, {})]
+        h.source.add(5)
+        h.advance(5.0)
+        stats = h.service.stats()
+        self.assertEqual((stats["synced"], stats["batches"]), (0, 0))
+        self.assertEqual(h.spill.files, 1)
+        self.assertEqual(h.stub.unique, set())
+        self.assertIn("does not count the 5 messages", stats["last_error"])
+        h.advance(30.0)
+        self.assertEqual(h.spill.files, 0)
+        self.assertEqual(len(h.stub.unique), 5)
+        self.assertEqual(h.service.stats()["synced"], 5)
+
+    def test_redirect_keeps_the_batch(self):
+        """
+        A 302 is not followed (no request to its Location): the batch is
+        retried, then spilled, and the reason names the redirect.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0, retries=1)
+        h.stub.script = [(302, {}, {"Location": "http://127.0.0.1:9/elsewhere"})] * 2
+        h.source.add(5)
+        h.advance(5.0)
+        self.assertEqual(len(h.stub.requests), 2)
+        self.assertEqual(h.spill.files, 1)
+        self.assertIn("redirect", h.service.stats()["last_error"])
+        self.assertEqual(h.service.stats()["synced"], 0)
+
+
+class CollisionReportTests(unittest.TestCase):
+    """
+    The ingest's "collisions" count reaches the daemon's STATUS.
+    """
+
+    def test_collisions_counted(self):
+        """
+        A 200 reporting collisions (ids the ingest already held with other
+        content, stored under disambiguated ids) confirms the batch and adds
+        them to the stats' collisions.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0)
+        h.stub.script = [(200, {"synced": 5, "duplicates": 0, "collisions": 2}, {})]
+        h.source.add(5)
+        h.settle()
+        stats = h.service.stats()
+        self.assertEqual((stats["synced"], stats["collisions"]), (5, 2))
+        self.assertEqual(h.source.cursor, 5)
+
+
+class SpillRejectTests(unittest.TestCase):
+    """
+    A spill file refused as a whole is moved aside; the files behind it go on.
+    """
+
+    def write(self, h, seqs, workspace=WORKSPACE):
+        return h.spill.write(DAEMON, workspace, [encode_message(make_row(s)) for s in seqs])
+
+    def test_unreadable_file_does_not_block(self):
+        """
+        A corrupt oldest file is moved into rejected/ and reported; the
+        newer file behind it is re-sent in the same pass.
+        """
+        h = Harness(self, spill_retry_interval=30.0)
+        bad = self.write(h, [1, 2])
+        with open(os.path.join(h.spill_dir, bad), "wb") as f:
+            f.write(b"\x1f\x8b not gzip")
+        self.write(h, [3, 4])
+        h.advance(30.0)
+        self.assertEqual(h.stub.unique, {"msg-00000003", "msg-00000004"})
+        self.assertEqual(os.listdir(h.spill.rejected_path), [bad])
+        stats = h.service.stats()
+        self.assertEqual((stats["spilled_files"], stats["rejected_files"]), (0, 1))
+        self.assertIn(bad, stats["last_rejected"])
+
+    def test_whole_file_400_does_not_block(self):
+        """
+        A file the ingest refuses as a whole (a 400 naming no message) is set
+        aside and the next file is sent at once.
+        """
+        h = Harness(self, spill_retry_interval=30.0)
+        first = self.write(h, [1, 2])
+        self.write(h, [3, 4])
+        h.stub.script = [(400, {"error": "the body must hold a messages list"}, {})]
+        h.advance(30.0)
+        self.assertEqual(h.stub.unique, {"msg-00000003", "msg-00000004"})
+        self.assertEqual(os.listdir(h.spill.rejected_path), [first])
+        self.assertEqual(h.spill.files, 0)
+
+    def test_stale_workspace_file_is_set_aside(self):
+        """
+        A 403 "not the key's workspace" for a file written for another
+        workspace (the key was changed since) sets that file aside; sync
+        does not stop, and live messages and newer files go on.
+        """
+        h = Harness(self, batch_size=2, batch_delay=0.0, spill_retry_interval=30.0)
+        stale = self.write(h, [1, 2], workspace=OTHER_WORKSPACE)
+        self.write(h, [3, 4])
+        h.stub.script = [(403, {"error": "this key does not belong to workspace " + OTHER_WORKSPACE,
+                                "field": "workspace_id"}, {})]
+        h.advance(30.0)
+        self.assertNotEqual(h.service.state, UNAUTHORIZED)
+        self.assertEqual(os.listdir(h.spill.rejected_path), [stale])
+        self.assertEqual(h.stub.unique, {"msg-00000003", "msg-00000004"})
+        h.source.add(2)
+        h.settle()
+        self.assertIn("msg-00000001", h.stub.unique)
+        self.assertEqual(h.source.cursor, 2)
+
+    def test_workspace_403_for_our_own_file_stops(self):
+        """
+        The same 403 for a file of the configured workspace means our
+        key/workspace pair is wrong: sync stops and the file stays in place.
+        """
+        h = Harness(self, spill_retry_interval=30.0)
+        ours = self.write(h, [1, 2])
+        h.stub.script = [(403, {"error": "this key does not belong to workspace " + WORKSPACE,
+                                "field": "workspace_id"}, {})]
+        h.advance(30.0)
+        self.assertEqual(h.service.state, UNAUTHORIZED)
+        self.assertEqual(h.spill.names(), [ours])
+        self.assertEqual(h.spill.rejected, 0)
 
 
 class StopTests(unittest.TestCase):

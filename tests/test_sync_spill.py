@@ -10,7 +10,7 @@ import stat
 from twisted.internet import task
 from twisted.trial import unittest
 
-from relay.sync.spill import SUFFIX, TMP_PREFIX, UNREADABLE, SpillDir, UnreadableSpill
+from relay.sync.spill import REJECTED, SUFFIX, TMP_PREFIX, SpillDir, UnreadableSpill
 from relay.sync.wire import encode_message
 from tests.sync_support import DAEMON, WORKSPACE, make_row
 
@@ -89,8 +89,8 @@ class SpillDirTests(unittest.TestCase):
 
     def test_unreadable_kept(self):
         """
-        A file that is not a spill batch is renamed *.unreadable and kept,
-        not deleted.
+        A file that is not a spill batch is moved into rejected/ and kept,
+        not deleted; it is counted, also by a SpillDir opened later.
         """
         spill = SpillDir(self.path, 10 ** 6, self.clock)
         name = "0000000000001-000000-bad" + SUFFIX
@@ -99,7 +99,10 @@ class SpillDirTests(unittest.TestCase):
         spill = SpillDir(self.path, 10 ** 6, self.clock)
         self.assertRaises(UnreadableSpill, spill.read, name)
         self.assertEqual(spill.files, 0)
-        self.assertEqual(os.listdir(self.path), [name + UNREADABLE])
+        self.assertEqual(os.listdir(self.path), [REJECTED])
+        self.assertEqual(os.listdir(os.path.join(self.path, REJECTED)), [name])
+        self.assertEqual(spill.rejected, 1)
+        self.assertEqual(SpillDir(self.path, 10 ** 6, self.clock).rejected, 1)
 
     def test_room(self):
         """

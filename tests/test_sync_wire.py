@@ -8,7 +8,7 @@ import gzip
 import orjson
 from twisted.trial import unittest
 
-from relay.sync.wire import WIRE_FIELDS, batch_body, encode_message, maybe_compress
+from relay.sync.wire import WIRE_FIELDS, batch_body, encode_message, is_urgent, maybe_compress
 from tests.sync_support import DAEMON, WORKSPACE, make_row
 
 
@@ -22,7 +22,7 @@ class WireTests(unittest.TestCase):
         A message carries exactly the contract's fields (no seq), with
         booleans for the flags.
         """
-        row = make_row(5, is_broadcast=1, is_urgent=0, topic="builds")
+        row = make_row(5, to="*", topic="builds")
         item = encode_message(row)
         wire = orjson.loads(item.json)
         self.assertEqual(set(wire), set(WIRE_FIELDS))
@@ -34,6 +34,26 @@ class WireTests(unittest.TestCase):
         self.assertEqual((item.seq, item.id), (5, "msg-00000005"))
         self.assertEqual(wire["data"], row["data"])
         self.assertEqual(wire["topic"], "builds")
+
+    def test_flags_derived_from_the_row(self):
+        """
+        is_broadcast comes from C{to == "*"} and is_urgent from
+        payload_meta.importance (words urgent/high/critical in any case, or a
+        number of 80 and more); the row's own flags, if any, are ignored.
+        """
+        def flags(**extra):
+            wire = orjson.loads(encode_message(make_row(1, **extra)).json)
+            return wire["is_broadcast"], wire["is_urgent"]
+
+        self.assertEqual(flags(to="*", payload_meta={"importance": "high"}), (True, True))
+        self.assertEqual(flags(to="bob", is_broadcast=True, is_urgent=True), (False, False))
+        cases = [({"importance": "URGENT"}, True), ({"importance": "Critical"}, True),
+                 ({"importance": "low"}, False), ({"importance": 80}, True),
+                 ({"importance": 79.9}, False), ({"importance": True}, False),
+                 ({"importance": None}, False), ({}, False), (None, False),
+                 ({"importance": ["high"]}, False), ("high", False)]
+        for meta, want in cases:
+            self.assertIs(is_urgent(meta), want, meta)
 
     def test_unencodable(self):
         """

@@ -46,21 +46,122 @@ def withKeepalives(dsn):
     return make_dsn(dsn, **extra) if extra else dsn
 
 
+class Busy(Exception):
+    """
+    Too many database operations are already waiting: refused at once
+    (answered 503 with Retry-After) instead of queued.
+    """
+
+
+class Admission:
+    """
+    At most C{size} operations at once and at most C{maxWaiting} waiting
+    for a turn; beyond that L{run} fails at once with L{Busy}.
+
+    The Deferred L{run} returns can always be cancelled safely: a waiting
+    operation leaves the queue (and its arguments, the batch's rows, are
+    dropped); a running one is left to finish on its own (cancelling a
+    txpostgres query would make a blocking C{PQcancel} call in the reactor
+    thread) and its late result is dropped.
+
+    @ivar waiting: how many operations wait for a turn.
+    @ivar running: how many run.
+    @ivar refused: how many were refused with L{Busy} so far.
+    """
+
+    def __init__(self, size, maxWaiting, onChange=None):
+        self.size = size
+        self.maxWaiting = maxWaiting
+        self.running = 0
+        self.refused = 0
+        self._queue = []
+        self._onChange = onChange
+
+    @property
+    def waiting(self):
+        return len(self._queue)
+
+    def _changed(self):
+        if self._onChange is not None:
+            self._onChange(self)
+
+    def run(self, f, *args, **kwargs):
+        """
+        Call C{f(*args, **kwargs)} when a turn is free.
+
+        @return: a cancellable Deferred with C{f}'s result, or failing with
+            L{Busy} when the queue is full.
+        """
+        if self.running < self.size:
+            return self._start(f, args, kwargs)
+        if len(self._queue) >= self.maxWaiting:
+            self.refused += 1
+            self._changed()
+            return defer.fail(Busy("%d database operations are already waiting" % (
+                len(self._queue),)))
+        entry = []
+
+        def cancel(d):
+            if entry in self._queue:
+                self._queue.remove(entry)
+                del entry[:]
+                self._changed()
+
+        result = defer.Deferred(cancel)
+        entry.extend([result, f, args, kwargs])
+        self._queue.append(entry)
+        self._changed()
+        return result
+
+    def _start(self, f, args, kwargs, result=None):
+        self.running += 1
+        self._changed()
+        shield = result if result is not None else defer.Deferred()
+        inner = defer.maybeDeferred(f, *args, **kwargs)
+
+        def done(outcome):
+            self.running -= 1
+            self._next()
+            if not shield.called:
+                shield.callback(outcome)
+            elif isinstance(outcome, Failure):
+                _log.info("A database operation abandoned earlier failed: {error}",
+                          error=outcome.getErrorMessage())
+
+        inner.addBoth(done)
+        return shield
+
+    def _next(self):
+        while self._queue and self.running < self.size:
+            result, f, args, kwargs = self._queue.pop(0)
+            # Running now: cancelling it from here on only drops its result.
+            result._canceller = None
+            self._start(f, args, kwargs, result)
+        self._changed()
+
+
 def withDeadline(d, seconds, reactor):
     """
     Fire with C{d}'s result, or fail with L{defer.TimeoutError} after
-    C{seconds} if C{d} has not fired by then.
-
-    C{d} is not cancelled: cancelling a txpostgres query makes a blocking
-    C{PQcancel} call in the reactor thread, which against a hung server
-    would hang the whole service.  A late result of C{d} is dropped (a
-    batch that commits after its request got 503 is counted as duplicates
-    when the sender retries it).
+    C{seconds} if C{d} has not fired by then; then C{d} is cancelled (give
+    only Deferreds from L{Admission.run}, whose cancellation never blocks:
+    a waiting operation leaves its queue with its rows, a running one
+    finishes on its own).  Cancelling the returned Deferred cancels C{d}
+    too.  A late result of C{d} is dropped (a batch that
+    commits after its request got 503 is counted as duplicates when the
+    sender retries it).
     """
-    result = defer.Deferred()
+    def cancel(_):
+        # The caller gave up (its client went away): so does C{d}.
+        if timer.active():
+            timer.cancel()
+        d.cancel()
+
+    result = defer.Deferred(cancel)
 
     def expire():
         result.errback(defer.TimeoutError("no answer from PostgreSQL in %gs" % (seconds,)))
+        d.cancel()
 
     timer = reactor.callLater(seconds, expire)
 
@@ -68,7 +169,7 @@ def withDeadline(d, seconds, reactor):
         if timer.active():
             timer.cancel()
             result.callback(outcome)
-        elif isinstance(outcome, Failure):
+        elif isinstance(outcome, Failure) and not outcome.check(defer.CancelledError):
             _log.info("A late database operation failed: {error}",
                       error=outcome.getErrorMessage())
 
@@ -90,6 +191,7 @@ def isUnavailable(failure):
         ConnectionLost,
         defer.TimeoutError,
         defer.CancelledError,
+        Busy,
     ) is not None
 
 
@@ -181,10 +283,12 @@ class TxPostgresPool:
     A fixed-size pool of reconnecting txpostgres connections.
 
     Interactions prefer a live connection; when every connection is dead
-    they fail at once with L{reconnection.ConnectionDead}.
+    they fail at once with L{reconnection.ConnectionDead}.  At most
+    C{maxWaiting} wait for a connection (L{Admission}); more fail at once
+    with L{Busy}.
     """
 
-    def __init__(self, dsn, size, reactor):
+    def __init__(self, dsn, size, reactor, maxWaiting=None, onChange=None):
         self.dsn = dsn
         self.reactor = reactor
         self._idle = []
@@ -194,7 +298,7 @@ class TxPostgresPool:
             conn = _Connection(reactor=reactor, detector=detector)
             self._all.append(conn)
             self._idle.append(conn)
-        self._semaphore = defer.DeferredSemaphore(size)
+        self.admission = Admission(size, size * 4 if maxWaiting is None else maxWaiting, onChange)
         self._closed = False
 
     def start(self):
@@ -222,10 +326,10 @@ class TxPostgresPool:
         """
         Run C{interaction(cursor, ...)} inside one transaction.
         """
-        return self._semaphore.run(self._run, "runInteraction", interaction, *args, **kwargs)
+        return self.admission.run(self._run, "runInteraction", interaction, *args, **kwargs)
 
     def runQuery(self, *args, **kwargs):
-        return self._semaphore.run(self._run, "runQuery", *args, **kwargs)
+        return self.admission.run(self._run, "runQuery", *args, **kwargs)
 
     def _run(self, method, *args, **kwargs):
         if self._closed:

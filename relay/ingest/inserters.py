@@ -22,7 +22,10 @@ index's locks in the same order and cannot deadlock on overlapping batches.
 Every value reaches PostgreSQL as a bound parameter or as COPY data; no value
 is ever formatted into SQL text.  Each returns a Deferred firing with
 C{(synced, duplicates)}: rows newly inserted and rows that were already
-present, repeats inside the batch included.
+present with the same content, repeats inside the batch included.  A row
+whose id is stored with other content is a collision: it is stored under a
+disambiguated id (L{relay.ingest.collisions}), counted in C{synced} and in
+the result's C{collisions} attribute (L{Counts}).
 """
 
 from operator import itemgetter
@@ -30,13 +33,15 @@ from operator import itemgetter
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute, Interface, implementer
 
+from relay.ingest import collisions as _collisions
+
 _TARGET_COLUMNS = (
     "workspace_id, daemon_id, original_id, from_agent, to_agent, body, kind,"
     " topic, thread, channel, is_broadcast, is_urgent, data, payload_meta,"
     " message_ts, expires_at"
 )
 
-_CONFLICT = " ON CONFLICT (workspace_id, original_id) DO NOTHING"
+_CONFLICT = " ON CONFLICT (workspace_id, original_id) DO NOTHING RETURNING original_id"
 
 # One row of the multi-row VALUES list: workspace and daemon, then the 14
 # columns of relay.ingest.validate.ROW_COLUMNS.
@@ -95,15 +100,39 @@ class IBulkInserter(Interface):
         for one workspace and daemon, skipping rows whose
         C{(workspace_id, original_id)} already exists.
 
-        @return: a Deferred firing with C{(synced, duplicates)}.
+        @return: a Deferred firing with L{Counts}.
         """
 
 
 _byId = itemgetter(0)
 
 
-def _counts(inserted, total):
-    return inserted, total - inserted
+class Counts(tuple):
+    """
+    C{(synced, duplicates)} of one insert, with C{collisions}: how many of
+    the C{synced} rows collided with a stored id and were stored under a
+    disambiguated one.
+    """
+
+    def __new__(cls, synced, duplicates, collisions=0):
+        self = tuple.__new__(cls, (synced, duplicates))
+        self.collisions = collisions
+        return self
+
+    @property
+    def synced(self):
+        return self[0]
+
+    @property
+    def duplicates(self):
+        return self[1]
+
+
+_EMPTY = Counts(0, 0)
+
+
+def _ids(cursor):
+    return [r[0] for r in cursor.fetchall()]
 
 
 @implementer(IBulkInserter)
@@ -132,11 +161,11 @@ class MultiRowInserter:
 
     def insert(self, workspaceId, daemonId, rows):
         if not rows:
-            return succeed((0, 0))
+            return succeed(_EMPTY)
         return self.pool.runInteraction(self._interaction, workspaceId, daemonId, rows)
 
     async def _run(self, cursor, workspaceId, daemonId, rows):
-        inserted = 0
+        inserted = []
         rows = sorted(rows, key=_byId)
         prefix = (workspaceId, daemonId)
         size = self.chunkSize
@@ -147,8 +176,10 @@ class MultiRowInserter:
                 params += prefix
                 params += row
             await cursor.execute(self._statement(len(chunk)), params)
-            inserted += cursor.rowcount
-        return _counts(inserted, len(rows))
+            inserted += _ids(cursor)
+        result = await _collisions.runAsync(
+            cursor, _collisions.resolve(workspaceId, daemonId, rows, inserted))
+        return Counts(*result)
 
     def _interaction(self, cursor, workspaceId, daemonId, rows):
         return Deferred.fromCoroutine(self._run(cursor, workspaceId, daemonId, rows))
@@ -167,15 +198,20 @@ class UnnestInserter:
 
     def insert(self, workspaceId, daemonId, rows):
         if not rows:
-            return succeed((0, 0))
+            return succeed(_EMPTY)
         return self.pool.runInteraction(self._interaction, workspaceId, daemonId, rows)
 
     def _interaction(self, cursor, workspaceId, daemonId, rows):
+        return Deferred.fromCoroutine(self._run(cursor, workspaceId, daemonId, rows))
+
+    async def _run(self, cursor, workspaceId, daemonId, rows):
+        rows = sorted(rows, key=_byId)
         params = [workspaceId, daemonId]
-        params += [list(column) for column in zip(*sorted(rows, key=_byId))]
-        d = cursor.execute(_UNNEST_SQL, params)
-        d.addCallback(lambda _: _counts(cursor.rowcount, len(rows)))
-        return d
+        params += [list(column) for column in zip(*rows)]
+        await cursor.execute(_UNNEST_SQL, params)
+        result = await _collisions.runAsync(
+            cursor, _collisions.resolve(workspaceId, daemonId, rows, _ids(cursor)))
+        return Counts(*result)
 
 
 def _escape(value):
@@ -250,13 +286,19 @@ class CopyInserter:
     # Bytes handed to psycopg2 per read; rows are encoded a chunk at a time.
     readSize = 1 << 20
 
-    def __init__(self, threadPool, chunkRows=2000):
+    def __init__(self, threadPool, chunkRows=2000, admission=None):
         self.threadPool = threadPool
         self.chunkRows = chunkRows
+        self.admission = admission
 
     def insert(self, workspaceId, daemonId, rows):
         if not rows:
-            return succeed((0, 0))
+            return succeed(_EMPTY)
+        if self.admission is not None:
+            # Bounded and cancellable while waiting (the thread pool's own
+            # queue is neither).
+            return self.admission.run(self.threadPool.runInteraction, self._interaction,
+                                      workspaceId, daemonId, rows)
         return self.threadPool.runInteraction(self._interaction, workspaceId, daemonId, rows)
 
     def _interaction(self, txn, workspaceId, daemonId, rows):
@@ -264,7 +306,9 @@ class CopyInserter:
         txn.execute(_STAGING_SQL)
         txn.copy_expert(_COPY_SQL, CopyStream(rows, self.chunkRows), self.readSize)
         txn.execute(_FROM_STAGING_SQL, (workspaceId, daemonId))
-        return _counts(txn.rowcount, len(rows))
+        result = _collisions.runSync(
+            txn, _collisions.resolve(workspaceId, daemonId, rows, _ids(txn)))
+        return Counts(*result)
 
 
 @implementer(IBulkInserter)

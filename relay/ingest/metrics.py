@@ -5,7 +5,7 @@ Prometheus metrics of the ingest service, in a private registry.
 Imported by L{relay.ingest.tap.makeService}, never at plugin discovery.
 """
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 
@@ -37,6 +37,18 @@ class IngestMetrics:
         self.bytesIn = Counter(
             "relay_ingest_bytes_in", "Request body bytes received, as sent (compressed or not).",
             registry=self.registry,
+        )
+        self.collisions = Counter(
+            "relay_ingest_collisions", "Message rows whose id was already stored with other "
+            "content (stored under a disambiguated id).", registry=self.registry,
+        )
+        self.dbWaiting = Gauge(
+            "relay_ingest_db_waiting", "Database operations waiting for a connection.",
+            registry=self.registry,
+        )
+        self.dbBusy = Counter(
+            "relay_ingest_db_busy", "Database operations refused (503) because too many "
+            "were already waiting.", registry=self.registry,
         )
         self.insertSeconds = Histogram(
             "relay_ingest_insert_seconds", "Time to insert one batch, by strategy.",

@@ -61,6 +61,13 @@ class Options(usage.Options):
          _positiveInt("--max-body-bytes")],
         ["max-inflated-bytes", None, 64 * MiB, "Largest request body after gzip inflation.",
          _positiveInt("--max-inflated-bytes")],
+        ["max-buffered-bytes", None, 128 * MiB,
+         "Request body bytes (as received, or inflated) held in memory by all requests "
+         "together; beyond it a request gets 503 with Retry-After.",
+         _positiveInt("--max-buffered-bytes")],
+        ["max-waiting", None, 16,
+         "Database operations that may wait for a connection (per pool); more get 503 "
+         "with Retry-After at once.", _positiveInt("--max-waiting")],
         ["db-timeout", None, 30.0,
          "Seconds to wait for PostgreSQL before answering 503.", float],
         ["small-strategy", None, DEFAULT_SMALL_STRATEGY,
@@ -122,6 +129,8 @@ class IngestService(service.Service):
         self.ready = False
         self.txPool = None
         self.threadPool = None
+        self.copyAdmission = None
+        self._refused = 0
         self.inserter = None
         self._retry = None
 
@@ -130,16 +139,27 @@ class IngestService(service.Service):
         service.Service.startService(self)
         c = self.config
         dsn = db.withKeepalives(c["postgres"])
-        self.txPool = db.TxPostgresPool(dsn, c["pool-size"], self.reactor)
+        self.txPool = db.TxPostgresPool(dsn, c["pool-size"], self.reactor,
+                                        maxWaiting=c["max-waiting"], onChange=self._queueChanged)
         self.threadPool = db.threadPool(dsn, c["pool-size"], self.reactor)
+        self.copyAdmission = db.Admission(c["pool-size"], c["max-waiting"], self._queueChanged)
         if c["small-strategy"] == "multirow":
             small = inserters.MultiRowInserter(self.txPool, c["chunk-size"])
         else:
             small = inserters.UnnestInserter(self.txPool)
-        large = inserters.CopyInserter(self.threadPool)
+        large = inserters.CopyInserter(self.threadPool, admission=self.copyAdmission)
         self.inserter = inserters.ThresholdInserter(small, large, c["copy-threshold"])
         self.txPool.start()
         self._migrate()
+
+    def _queueChanged(self, _):
+        queues = [q for q in (self.txPool and self.txPool.admission, self.copyAdmission)
+                  if q is not None]
+        self.metrics.dbWaiting.set(sum(q.waiting for q in queues))
+        refused = sum(q.refused for q in queues)
+        if refused > self._refused:
+            self.metrics.dbBusy.inc(refused - self._refused)
+            self._refused = refused
 
     def _migrate(self):
         from relay.ingest.schema import migrate
@@ -194,6 +214,8 @@ def makeService(config, reactor=None):
         maxBodyBytes=config["max-body-bytes"],
         maxInflatedBytes=config["max-inflated-bytes"],
         metrics=metrics,
+        service=ingest,
+        maxBufferedBytes=config["max-buffered-bytes"],
     )
     for description in config["listen"]:
         strports.service(description, site, reactor=reactor).setServiceParent(top)

@@ -2,14 +2,12 @@
 """
 The HTTP side of the ingest service.
 
-L{IngestRequest} never buffers more than the configured limits: the body is
-counted (and gzip inflated, incrementally, with
-C{zlib.decompressobj(wbits=31)} and C{max_length}) as it arrives, and once a
-limit is passed the rest is discarded.  L{SyncResource} answers
+L{IngestRequest} never buffers more than the configured limits (its body is
+a L{relay.ingest.body.BoundedBody}) and checks the API key as soon as the
+headers are in.  L{SyncResource} answers
 C{POST /api/daemons/messages/sync}; L{HealthResource} C{GET /healthz}.
 """
 
-import zlib
 
 import orjson
 from twisted.internet import defer
@@ -19,6 +17,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from relay.ingest import keys
+from relay.ingest.body import BoundedBody, MemoryBudget
 from relay.ingest.db import isUnavailable, withDeadline
 from relay.ingest.validate import BadRequest, parseBatch
 
@@ -27,144 +26,159 @@ _log = Logger()
 RETRY_AFTER_SECONDS = 2
 
 
-class BoundedBody:
-    """
-    Stands in for C{request.content}: keeps the (inflated) body in memory
-    up to the limits, and records the first problem as a L{BadRequest}.
-
-    @ivar error: L{None}, or the L{BadRequest} to answer with.
-    @ivar received: bytes received on the wire for this body.
-    """
-
-    def __init__(self, maxBodyBytes, maxInflatedBytes, encoding, declaredLength,
-                 discard=False, metrics=None):
-        self.maxBodyBytes = maxBodyBytes
-        self.maxInflatedBytes = maxInflatedBytes
-        self.received = 0
-        self.inflated = 0
-        self.error = None
-        self._chunks = []
-        self._metrics = metrics
-        self._discard = discard
-        self._inflater = None
-        if encoding in (None, b"identity"):
-            pass
-        elif encoding in (b"gzip", b"x-gzip"):
-            self._inflater = zlib.decompressobj(wbits=31)
-        else:
-            self._fail(415, "unsupported Content-Encoding %r (use gzip or none)"
-                       % (encoding.decode("latin-1"),))
-        if declaredLength is not None and declaredLength > maxBodyBytes:
-            self._tooLarge()
-
-    def _fail(self, status, message):
-        if self.error is None:
-            self.error = BadRequest(status, message)
-        self._chunks = []
-        self._inflater = None
-
-    def _tooLarge(self):
-        self._fail(413, "request body is larger than %d bytes" % (self.maxBodyBytes,))
-
-    def _inflatedTooLarge(self):
-        self._fail(413, "inflated request body is larger than %d bytes"
-                   % (self.maxInflatedBytes,))
-
-    def write(self, data):
-        self.received += len(data)
-        if self._metrics is not None:
-            self._metrics.bytesIn.inc(len(data))
-        if self.error is not None or self._discard:
-            return
-        if self.received > self.maxBodyBytes:
-            self._tooLarge()
-            return
-        if self._inflater is None:
-            self._chunks.append(data)
-            return
-        try:
-            self._inflate(data)
-        except zlib.error as e:
-            self._fail(400, "the gzip body is corrupt: %s" % (e,))
-
-    def _inflate(self, data):
-        while data:
-            room = self.maxInflatedBytes - self.inflated
-            out = self._inflater.decompress(data, room + 1)
-            self.inflated += len(out)
-            if self.inflated > self.maxInflatedBytes:
-                self._inflatedTooLarge()
-                return
-            if out:
-                self._chunks.append(out)
-            if self._inflater.eof:
-                # Another gzip member may follow (concatenated gzip files).
-                data = self._inflater.unused_data
-                if data:
-                    self._inflater = zlib.decompressobj(wbits=31)
-            else:
-                data = self._inflater.unconsumed_tail
-
-    def body(self):
-        """
-        The complete (inflated) body, or raise the recorded L{BadRequest}.
-        """
-        if self.error is not None:
-            raise self.error
-        if self._inflater is not None and not self._inflater.eof:
-            raise BadRequest(400, "the gzip body is truncated")
-        return b"".join(self._chunks)
-
-    # The parts of the file interface twisted.web.http.Request uses.
-
-    def tell(self):
-        return self.received
-
-    def seek(self, offset, whence=0):
-        pass
-
-    def read(self, size=-1):
-        return b""
-
-    def close(self):
-        self._chunks = []
-
-
 class IngestRequest(server.Request):
     """
-    A request whose body is a L{BoundedBody} with the site's limits.
+    A request whose body is a L{BoundedBody} with the site's limits, and
+    whose API key is checked as soon as the headers are in, before the body
+    is processed: while the key is looked up at most
+    L{relay.ingest.body.HOLD_BYTES} of it
+    are kept (then the transport is paused); a bad key (or a database that
+    cannot say) drops the body as it arrives, so an unauthenticated request
+    costs no more than that.  A client that goes away cancels its lookup.
+
+    @ivar auth: a L{KeyCheck} started at header time, or None.
     """
+
+    auth = None
 
     def gotLength(self, length):
         site = self.channel.site
         encoding = self.requestHeaders.getRawHeaders(b"Content-Encoding", [None])[0]
         if encoding is not None:
             encoding = encoding.strip().lower()
+        header = self.requestHeaders.getRawHeaders(b"Authorization", [b""])[0]
         # Without credentials there is nothing to do with the body: count it
         # and drop it, whatever its size or encoding.
-        auth = self.requestHeaders.getRawHeaders(b"Authorization", [b""])[0]
         self.content = BoundedBody(
             site.maxBodyBytes,
             site.maxInflatedBytes,
             encoding,
             length,
-            discard=not auth[:7].lower() == b"bearer ",
+            discard=not header[:7].lower() == b"bearer ",
             metrics=site.metrics,
+            budget=site.budget,
         )
+        self.notifyFinish().addBoth(self._finished)
+        if site.service is None or self.content._discard:
+            return
+        # (The method and path are not known yet: any request with a bearer
+        # key has it checked; only the sync resource waits for the result.)
+        self.auth = KeyCheck(defer.Deferred.fromCoroutine(authenticate(site.service, header)))
+        if self.auth.done:
+            self._checked()
+            return
+        self.content.hold()
+        transport = self.channel.transport
+        paused = []
+
+        def pause():
+            paused.append(True)
+            transport.pauseProducing()
+
+        self.content.onHoldFull = pause
+
+        def checked(_):
+            self.content.onHoldFull = None
+            self._checked()
+            if paused and not self._disconnected:
+                transport.resumeProducing()
+
+        self.auth.wait().addBoth(checked)
+
+    def _checked(self):
+        if self.auth.workspace is None:
+            self.content.refuse()
+        else:
+            self.content.accept()
+
+    def _finished(self, reason):
+        self.content.close()
+        if isinstance(reason, Failure) and self.auth is not None:
+            # The client went away: its key lookup leaves the queue.
+            self.auth.cancel()
+
+
+class KeyCheck:
+    """
+    The outcome of one API key check, kept as a value (a check nobody waits
+    for any more, because the client went away, leaves no unhandled
+    failure behind).
+
+    @ivar workspace: the key's workspace (L{uuid.UUID}) once it is good.
+    @ivar error: the exception (L{BadRequest} or L{Unavailable}) once it is not.
+    """
+
+    def __init__(self, d):
+        self.done = False
+        self.workspace = None
+        self.error = None
+        self._waiters = []
+        self._d = d
+        d.addCallbacks(self._good, self._bad)
+
+    def cancel(self):
+        """
+        Nobody needs the answer any more.
+        """
+        if not self.done:
+            self._d.cancel()
+
+    def _good(self, workspace):
+        self.workspace = workspace
+        self._fire()
+
+    def _bad(self, failure):
+        if failure.check(BadRequest, Unavailable):
+            self.error = failure.value
+        elif failure.check(defer.CancelledError):
+            self.error = Unavailable()
+        else:
+            _log.failure("Unexpected error while checking an API key", failure)
+            self.error = BadRequest(500, "internal error")
+        self._fire()
+
+    def _fire(self):
+        self.done = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def wait(self):
+        """
+        @return: a Deferred that fires (with None) once the check is done.
+        """
+        if self.done:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    async def result(self):
+        """
+        The workspace, or raise the check's error.
+        """
+        await self.wait()
+        if self.error is not None:
+            raise self.error
+        return self.workspace
 
 
 class IngestSite(server.Site):
     """
-    The site of the ingest service, carrying the body limits.
+    The site of the ingest service, carrying the body limits, the memory
+    budget of all bodies together and the service that checks keys.
     """
 
     requestFactory = IngestRequest
 
-    def __init__(self, resource, maxBodyBytes, maxInflatedBytes, metrics=None, **kw):
+    def __init__(self, resource, maxBodyBytes, maxInflatedBytes, metrics=None, service=None,
+                 maxBufferedBytes=None, **kw):
         server.Site.__init__(self, resource, parsePOSTFormSubmission=False, **kw)
         self.maxBodyBytes = maxBodyBytes
         self.maxInflatedBytes = maxInflatedBytes
         self.metrics = metrics
+        self.service = service
+        self.budget = MemoryBudget(maxBufferedBytes) if maxBufferedBytes else None
 
 
 def _respond(request, status, body, retryAfter=False):
@@ -182,6 +196,41 @@ class Unavailable(Exception):
     """
     PostgreSQL cannot be used right now (answered 503 with Retry-After).
     """
+
+
+async def authenticate(service, header):
+    """
+    Check an C{Authorization} header value against the keys in PostgreSQL.
+
+    @return: the key's workspace (L{uuid.UUID}).
+    @raise BadRequest: 401 for a missing, malformed, unknown or revoked key.
+    @raise Unavailable: PostgreSQL cannot say now.
+    """
+    header = header or b""
+    if header[:7].lower() != b"bearer ":
+        raise BadRequest(401, "missing Authorization: Bearer <key> header")
+    try:
+        key = header[7:].strip().decode("ascii")
+    except UnicodeDecodeError:
+        key = ""
+    keyId = keys.parseKey(key)
+    if keyId is None:
+        raise BadRequest(401, "invalid API key")
+    if not service.ready:
+        raise Unavailable()
+    try:
+        rows = await withDeadline(
+            service.txPool.runQuery(keys.LOOKUP_SQL, (keyId,)),
+            service.dbTimeout, service.reactor)
+    except Exception:
+        f = Failure()
+        if isUnavailable(f):
+            raise Unavailable()
+        raise
+    workspace = keys.checkKey(key, rows[0] if rows else None)
+    if workspace is None:
+        raise BadRequest(401, "invalid or revoked API key")
+    return workspace
 
 
 class SyncResource(Resource):
@@ -214,7 +263,10 @@ class SyncResource(Resource):
     async def _sync(self, request):
         service = self.service
         try:
-            workspace = await self._authenticate(request)
+            if request.auth is not None:
+                workspace = await request.auth.result()
+            else:
+                workspace = await authenticate(service, request.getHeader(b"Authorization"))
             raw = request.content.body()
             try:
                 decoded = orjson.loads(raw)
@@ -227,9 +279,13 @@ class SyncResource(Resource):
             inserter = service.inserter.choose(batch.rows)
             started = service.reactor.seconds()
             try:
-                synced, duplicates = await withDeadline(
-                    inserter.insert(batch.workspace_id, batch.daemon_id, batch.rows),
-                    service.dbTimeout, service.reactor)
+                daemonId = batch.daemon_id
+                insert = inserter.insert(batch.workspace_id, daemonId, batch.rows)
+                # A client that goes away takes its waiting insert (and its
+                # rows) out of the queue.
+                request.notifyFinish().addErrback(lambda _: insert.cancel())
+                del batch
+                counts = await withDeadline(insert, service.dbTimeout, service.reactor)
             except Exception:
                 f = Failure()
                 if isUnavailable(f):
@@ -240,43 +296,24 @@ class SyncResource(Resource):
             service.metrics.insertSeconds.labels(inserter.name).observe(
                 service.reactor.seconds() - started)
         except BadRequest as e:
-            self._answer(request, e.status, e.toJSON())
+            self._answer(request, e.status, e.toJSON(), retryAfter=e.status == 503)
             return
         except Unavailable:
             self._answer(request, 503, {"error": "the database is unavailable, retry later"},
                          retryAfter=True)
             return
+        synced, duplicates = counts
+        collided = getattr(counts, "collisions", 0)
         service.metrics.rowsInserted.inc(synced)
         service.metrics.duplicates.inc(duplicates)
-        self._answer(request, 200, {"synced": synced, "duplicates": duplicates})
-
-    async def _authenticate(self, request):
-        header = request.getHeader(b"Authorization") or b""
-        if header[:7].lower() != b"bearer ":
-            raise BadRequest(401, "missing Authorization: Bearer <key> header")
-        try:
-            key = header[7:].strip().decode("ascii")
-        except UnicodeDecodeError:
-            key = ""
-        keyId = keys.parseKey(key)
-        if keyId is None:
-            raise BadRequest(401, "invalid API key")
-        if not self.service.ready:
-            raise Unavailable()
-        try:
-            rows = await withDeadline(
-                self.service.txPool.runQuery(keys.LOOKUP_SQL, (keyId,)),
-                self.service.dbTimeout, self.service.reactor)
-        except Exception:
-            f = Failure()
-            if isUnavailable(f):
-                raise Unavailable()
-            raise
-        workspace = keys.checkKey(key, rows[0] if rows else None)
-        if workspace is None:
-            raise BadRequest(401, "invalid or revoked API key")
-        return workspace
-
+        answer = {"synced": synced, "duplicates": duplicates}
+        if collided:
+            # Stored under disambiguated ids (and counted in synced).
+            service.metrics.collisions.inc(collided)
+            answer["collisions"] = collided
+            _log.warn("{n} messages from daemon {daemon} reused ids already stored with other "
+                      "content; stored under disambiguated ids", n=collided, daemon=daemonId)
+        self._answer(request, 200, answer)
 
 class HealthResource(Resource):
     """

@@ -6,6 +6,12 @@ L{Outcome} the pipeline acts on.
 The poster never raises for what the network or the server does: refused
 connections, timeouts (scheduled on the injected reactor, covering the
 whole exchange, body included) and every status code become an L{Outcome}.
+
+Only a 2xx whose body counts every message sent (C{synced + duplicates}
+equal to the number posted) is L{OK}: a 2xx from something that is not the
+ingest service (a proxy's login page, a wrong C{--sync-url}) is
+L{MISMATCH}, and a redirect is never followed (L{REDIRECT}); both keep the
+batch.  What the service does with each kind is L{relay.sync.decide}.
 """
 
 import attr
@@ -27,6 +33,16 @@ UNAUTHORIZED = "unauthorized"
 TOO_LARGE = "too_large"
 BAD_MESSAGE = "bad_message"
 BAD_BATCH = "bad_batch"
+#: A 403 saying the body's workspace is not the key's (C{field: workspace_id}).
+WRONG_WORKSPACE = "wrong_workspace"
+#: A 2xx whose counts do not add up to the messages sent.
+MISMATCH = "mismatch"
+#: A 3xx: not followed (the data would go where nobody configured).
+REDIRECT = "redirect"
+
+#: Every kind, for exhaustive tests of the decision table.
+KINDS = (OK, RETRY, UNAUTHORIZED, WRONG_WORKSPACE, TOO_LARGE, BAD_MESSAGE, BAD_BATCH,
+         MISMATCH, REDIRECT)
 
 #: The most response body read from the ingest service.
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -37,8 +53,7 @@ class Outcome:
     """
     What one POST came to.
 
-    @ivar kind: one of L{OK}, L{RETRY}, L{UNAUTHORIZED}, L{TOO_LARGE},
-        L{BAD_MESSAGE}, L{BAD_BATCH}.
+    @ivar kind: one of L{KINDS}.
     @ivar status: the HTTP status, or None when no response arrived.
     @ivar reason: a one-line description (for logs and C{last_error}).
     @ivar data: the decoded JSON response body (a dict, possibly empty).
@@ -94,7 +109,14 @@ def make_treq_client(reactor, ca_file=None):
     return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)), pool
 
 
-def _status_outcome(status, headers, body, now):
+def _count(data, field):
+    value = data.get(field, 0)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _status_outcome(status, headers, body, now, sent):
     try:
         data = orjson.loads(body) if body else {}
     except orjson.JSONDecodeError:
@@ -104,7 +126,20 @@ def _status_outcome(status, headers, body, now):
     error = data.get("error")
     detail = " ({})".format(str(error)[:200]) if error else ""
     if 200 <= status < 300:
+        synced, duplicates = _count(data, "synced"), _count(data, "duplicates")
+        if "synced" not in data or synced is None or duplicates is None \
+                or synced + duplicates != sent:
+            return Outcome(MISMATCH, status, "HTTP {} but the body does not count the {} messages "
+                           "sent (synced {!r}, duplicates {!r}): is --sync-url the ingest "
+                           "service?".format(status, sent, data.get("synced"),
+                                             data.get("duplicates")), data)
         return Outcome(OK, status, "HTTP {}".format(status), data)
+    if 300 <= status < 400:
+        location = headers.getRawHeaders(b"location", [b""])[0].decode("latin-1")[:200]
+        return Outcome(REDIRECT, status, "HTTP {} redirect to {!r}, not followed: check "
+                       "--sync-url".format(status, location), data)
+    if status == 403 and data.get("field") == "workspace_id":
+        return Outcome(WRONG_WORKSPACE, status, "HTTP 403{}".format(detail), data)
     if status in (401, 403):
         return Outcome(UNAUTHORIZED, status, "HTTP {}{}".format(status, detail), data)
     if status == 413:
@@ -140,9 +175,9 @@ class Poster:
         self._client = client
         self._pool = pool
 
-    def post(self, body):
+    def post(self, body, count):
         """
-        POST C{body} (uncompressed JSON bytes).
+        POST C{body} (uncompressed JSON bytes) holding C{count} messages.
 
         @return: a cancellable Deferred firing with an L{Outcome}; it errbacks
             only with L{defer.CancelledError} when the caller cancels it.
@@ -156,7 +191,9 @@ class Poster:
             headers[b"Content-Encoding"] = [b"gzip"]
         timed_out = []
 
-        d = self._client.post(self.url, data=data, headers=headers)
+        # Never follow a redirect: a POST re-sent elsewhere (or turned into a
+        # GET by a 303) could be "accepted" by something that stores nothing.
+        d = self._client.post(self.url, data=data, headers=headers, allow_redirects=False)
 
         def got_response(response):
             return treq.content(response).addCallback(lambda body: (response, body))
@@ -179,7 +216,7 @@ class Poster:
         def classify(result):
             response, rbody = result
             outcome = _status_outcome(response.code, response.headers, rbody[:MAX_RESPONSE_BYTES],
-                                      self._reactor.seconds())
+                                      self._reactor.seconds(), count)
             return outcome
 
         def failed(failure):

@@ -18,7 +18,10 @@ How a message travels:
      batch; 5xx/429/refused/timeout retry with jittered backoff and
      Retry-After, then spill the batch to disk; 413 splits it; a 400 naming a
      message dead-letters that one and re-sends the rest; 401/403 stop
-     syncing; a 400 naming no message spills the batch.
+     syncing; a 400 naming no message spills the batch; a redirect (never
+     followed) or a 2xx whose counts do not add up is retried like a 5xx.
+     A spill file refused as a whole is moved into C{rejected/}.  The whole
+     table is L{relay.sync.decide}.
   4. The cursor (meta C{sync_cursor}) moves to the batch's last seq once the
      batch is confirmed, spilled or dead-lettered; batches finish in seq
      order, so every seq at or below the cursor is safe.  It is written
@@ -43,6 +46,8 @@ from twisted.logger import Logger
 from relay.interfaces import ISyncSource
 from relay.sync import poster as outcomes
 from relay.sync.backoff import Backoff
+from relay.sync.decide import (CONFIRM, DEAD_LETTER, DROP_NAMED, LIVE, REJECT_FILE, RETRY, SPILL,
+                               SPLIT, STOP, decide)
 from relay.sync.spill import SpillDir, UnreadableSpill
 from relay.sync.wire import batch_body, encode_message
 
@@ -131,7 +136,9 @@ class SyncService(service.Service):
         self.bytes_raw = 0
         self.bytes_wire = 0
         self.dead_letters = 0
+        self.collisions = 0
         self.last_error = None
+        self.last_rejected = None
 
     # -- lifecycle -----------------------------------------------------
 
@@ -355,7 +362,7 @@ class SyncService(service.Service):
         body = batch_body(daemon_id or self.daemon_id, workspace_id or self.workspace_id, items)
         self.in_flight = len(items)
         self.state = SENDING
-        self._waiting = self.poster.post(body)
+        self._waiting = self.poster.post(body, len(items))
         try:
             outcome = await self._waiting
         finally:
@@ -387,11 +394,15 @@ class SyncService(service.Service):
         duplicates = outcome.data.get("duplicates")
         if isinstance(duplicates, int) and not isinstance(duplicates, bool):
             self.duplicates += duplicates
+        collisions = outcome.data.get("collisions")
+        if isinstance(collisions, int) and not isinstance(collisions, bool):
+            self.collisions += collisions
 
     async def _send_live(self, items):
         """
         Send one batch of live messages until it is confirmed, spilled or
-        dead-lettered, then move the cursor past it.
+        dead-lettered, then move the cursor past it.  What each outcome
+        leads to is L{relay.sync.decide.decide}.
         """
         top = items[-1].seq
         held = sum(i.size for i in items)
@@ -401,21 +412,20 @@ class SyncService(service.Service):
             items = []
         while items:
             outcome = await self._post(items)
-            kind = outcome.kind
-            if kind == outcomes.OK:
+            bad = self._named(items, outcome)
+            action = decide(outcome.kind, LIVE, single=len(items) == 1, named=bad is not None,
+                            stale=False, retries_left=attempt < self.retries)
+            if action == CONFIRM:
                 self._confirmed(items, outcome)
                 break
-            if kind == outcomes.BAD_MESSAGE:
-                bad = self._named(items, outcome)
-                if bad is not None:
-                    await self._dead_letter(items[bad], outcome)
-                    items = items[:bad] + items[bad + 1:]
-                    continue
-                kind = outcomes.BAD_BATCH
-            if kind == outcomes.TOO_LARGE:
-                if len(items) == 1:
-                    await self._dead_letter(items[0], outcome)
-                    break
+            if action == DROP_NAMED:
+                await self._dead_letter(items[bad], outcome)
+                items = items[:bad] + items[bad + 1:]
+                continue
+            if action == DEAD_LETTER:
+                await self._dead_letter(items[0], outcome)
+                break
+            if action == SPLIT:
                 half = len(items) // 2
                 self.log.info("Ingest refused {n} messages as too large (413); splitting",
                               n=len(items))
@@ -423,15 +433,10 @@ class SyncService(service.Service):
                 self._splits.appendleft(items[:half])
                 self._mem_bytes -= held - sum(i.size for i in items)
                 return
-            if kind == outcomes.UNAUTHORIZED:
+            if action == STOP:
                 self._unauthorized(outcome)
                 return
-            if kind == outcomes.BAD_BATCH:
-                self.log.critical(
-                    "Ingest refused a whole batch of {n} messages ({reason}): a bug in the sync "
-                    "encoder; the batch is kept in a spill file", n=len(items), reason=outcome.reason)
-                attempt = self.retries
-            if attempt < self.retries:
+            if action == RETRY:
                 delay = self.backoff.delay(attempt, outcome.retry_after)
                 attempt += 1
                 self.state = BACKOFF
@@ -439,6 +444,11 @@ class SyncService(service.Service):
                               reason=outcome.reason, attempt=attempt, retries=self.retries, delay=delay)
                 await self._sleep(delay)
                 continue
+            # SPILL_BATCH
+            if outcome.kind in (outcomes.BAD_MESSAGE, outcomes.BAD_BATCH):
+                self.log.critical(
+                    "Ingest refused a whole batch of {n} messages ({reason}): a bug in the sync "
+                    "encoder; the batch is kept in a spill file", n=len(items), reason=outcome.reason)
             if self._spill_batch(items):
                 break
             # Neither sent nor spilled: keep it and try again later.
@@ -455,6 +465,8 @@ class SyncService(service.Service):
         """
         The index in C{items} of the message a 400 names, or None.
         """
+        if outcome.kind != outcomes.BAD_MESSAGE:
+            return None
         index = outcome.data.get("index")
         mid = outcome.data.get("id")
         if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(items):
@@ -487,8 +499,9 @@ class SyncService(service.Service):
         self.state = UNAUTHORIZED
         self.last_error = outcome.reason
         self.log.critical(
-            "SYNC STOPPED: the ingest service refused our API key ({reason}). Nothing is lost: "
-            "messages after seq {cursor} wait in the store; fix the key and restart the daemon.",
+            "SYNC STOPPED: the ingest service refused our API key or workspace ({reason}). "
+            "Nothing is lost: messages after seq {cursor} wait in the store; fix the key "
+            "(or --workspace-id) and restart the daemon.",
             reason=outcome.reason, cursor=self.cursor)
 
     def _spill_batch(self, items):
@@ -549,49 +562,65 @@ class SyncService(service.Service):
 
     async def _replay_one(self):
         """
-        Send the oldest spill file once.  A 2xx deletes it; a failure ends
-        this pass until the next tick.
+        Send the oldest spill file once.  A 2xx deletes it; a file refused
+        as a whole is moved aside (and the next one goes on); any other
+        failure ends this pass until the next tick.  What each outcome
+        leads to is L{relay.sync.decide.decide}.
         """
         name = self.spill.names()[0]
         try:
             daemon_id, workspace_id, items = self.spill.read(name)
         except UnreadableSpill as e:
-            self.last_error = str(e)
-            self.log.critical("Spill file is unreadable, kept as *.unreadable: {error}", error=str(e))
+            self._rejected_file(name, "unreadable: {}".format(e))
             return
+        stale = bool(workspace_id) and str(workspace_id).lower() != str(self.workspace_id).lower()
         while items:
             outcome = await self._post(items, daemon_id, workspace_id)
-            kind = outcome.kind
-            if kind == outcomes.OK:
+            bad = self._named(items, outcome)
+            action = decide(outcome.kind, SPILL, single=len(items) == 1, named=bad is not None,
+                            stale=stale, retries_left=False)
+            if action == CONFIRM:
                 self._confirmed(items, outcome)
                 break
-            if kind == outcomes.BAD_MESSAGE:
-                bad = self._named(items, outcome)
-                if bad is not None:
-                    await self._dead_letter(items[bad], outcome)
-                    items = items[:bad] + items[bad + 1:]
-                    if not items:
-                        break
-                    self._rewrite(name, daemon_id, workspace_id, [items])
-                    return
-            if kind == outcomes.TOO_LARGE and len(items) > 1:
+            if action == DROP_NAMED:
+                await self._dead_letter(items[bad], outcome)
+                items = items[:bad] + items[bad + 1:]
+                if not items:
+                    break
+                self._rewrite(name, daemon_id, workspace_id, [items])
+                return
+            if action == SPLIT:
                 half = len(items) // 2
                 self._rewrite(name, daemon_id, workspace_id, [items[:half], items[half:]])
                 return
-            if kind == outcomes.TOO_LARGE:
+            if action == DEAD_LETTER:
                 await self._dead_letter(items[0], outcome)
                 break
-            if kind == outcomes.UNAUTHORIZED:
+            if action == STOP:
                 self._unauthorized(outcome)
                 return
-            if kind in (outcomes.BAD_MESSAGE, outcomes.BAD_BATCH):
-                self.log.critical("Ingest refused spill file {name} as a whole ({reason}); it is kept",
-                                  name=name, reason=outcome.reason)
+            if action == REJECT_FILE:
+                self.spill.reject(name)
+                self._rejected_file(name, outcome.reason)
+                return
+            # PAUSE
             self._spill_due = False
             self.log.warn("Spill replay paused until the next pass: {reason}", reason=outcome.reason)
             return
         self.spill.remove(name)
         self.log.info("Re-sent spill file {name} ({n} messages)", name=name, n=len(items))
+
+    def _rejected_file(self, name, reason):
+        """
+        Report spill file C{name}, refused as a whole and already moved
+        into C{rejected/}; the replay goes on with the next file.
+        """
+        self.last_rejected = "{}: {}".format(name, reason)
+        self.last_error = "spill file rejected: {}".format(self.last_rejected)
+        self.log.critical(
+            "Spill file {name} refused as a whole ({reason}); kept in {path}, its messages are "
+            "NOT synced; the next file goes on", name=name, reason=reason,
+            path=self.spill.rejected_path)
 
     def _rewrite(self, name, daemon_id, workspace_id, parts):
         """
@@ -630,6 +659,9 @@ class SyncService(service.Service):
             "spilled_files": self.spill.files,
             "spilled_bytes": self.spill.bytes,
             "spills_written": self.spills_written,
+            "rejected_files": self.spill.rejected,
+            "last_rejected": self.last_rejected,
+            "collisions": self.collisions,
             "bytes_raw": self.bytes_raw,
             "bytes_wire": self.bytes_wire,
             "dead_letters": self.dead_letters,

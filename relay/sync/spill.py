@@ -11,8 +11,10 @@ they were written (oldest first).  A file rewritten after a split or a dead
 letter becomes C{<its name>.<part>.spill.gz}, keeping its place.  A file is written under a temporary name,
 fsynced, renamed into place and the directory fsynced, so a crash leaves
 either no file or a whole one.  Files are deleted only after the ingest
-answered 2xx for them; a file that cannot be read is renamed to
-C{*.unreadable} and kept.
+answered 2xx for them.  A file refused as a whole (it cannot be read, or
+the ingest refuses it for what it is, not for our credentials) is moved
+into C{rejected/} under the directory, kept for an operator, and counted
+in L{SpillDir.rejected}; the files behind it go on.
 """
 
 import gzip
@@ -28,7 +30,7 @@ from relay.sync.wire import Item
 
 SUFFIX = ".spill.gz"
 TMP_PREFIX = ".tmp-"
-UNREADABLE = ".unreadable"
+REJECTED = "rejected"
 
 
 class UnreadableSpill(Exception):
@@ -52,6 +54,12 @@ class SpillDir:
         self._clock = clock
         self._counter = itertools.count()
         os.makedirs(path, exist_ok=True)
+        self.rejected_path = os.path.join(path, REJECTED)
+        #: How many files are in C{rejected/} (set aside, kept); the
+        #: directory is made when the first file is moved there.
+        self.rejected = 0
+        if os.path.isdir(self.rejected_path):
+            self.rejected = sum(1 for n in os.listdir(self.rejected_path) if n.endswith(SUFFIX))
         self._sizes = {}
         for name in os.listdir(path):
             full = os.path.join(path, name)
@@ -124,7 +132,7 @@ class SpillDir:
         """
         @return: C{(daemon_id, workspace_id, items)} from the file C{name}.
         @raise UnreadableSpill: the file is not a spill file; it has been
-            renamed to C{name + ".unreadable"} and is kept.
+            moved into C{rejected/} (L{reject}) and is kept.
         """
         full = os.path.join(self.path, name)
         try:
@@ -137,11 +145,7 @@ class SpillDir:
             items = [Item(seq=int(s), id=m["id"], json=orjson.dumps(m)) for s, m in zip(seqs, messages)]
         except (OSError, EOFError, zlib.error, orjson.JSONDecodeError, KeyError, TypeError,
                 ValueError) as e:
-            self._sizes.pop(name, None)
-            try:
-                os.rename(full, full + UNREADABLE)
-            except OSError:
-                pass
+            self.reject(name)
             raise UnreadableSpill("{}: {}".format(name, e))
         return doc.get("daemon_id"), doc.get("workspace_id"), items
 
@@ -152,6 +156,29 @@ class SpillDir:
         os.unlink(os.path.join(self.path, name))
         self._sizes.pop(name, None)
         self._fsync_dir()
+
+    def reject(self, name):
+        """
+        Move C{name} into C{rejected/} (kept as it is, out of the replay
+        order).  When even the rename fails the file is forgotten for this
+        process (so it cannot block the others) and left where it is.
+
+        @return: the path it is kept at.
+        """
+        full = os.path.join(self.path, name)
+        self._sizes.pop(name, None)
+        target = os.path.join(self.rejected_path, name)
+        try:
+            os.makedirs(self.rejected_path, exist_ok=True)
+            os.rename(full, target)
+        except OSError as e:
+            self.log.error("Could not move spill file {name} aside ({error}); it stays in "
+                           "{path} and is skipped until a restart", name=name, error=str(e),
+                           path=self.path)
+            return full
+        self.rejected += 1
+        self._fsync_dir()
+        return target
 
     def _fsync_dir(self):
         fd = os.open(self.path, os.O_RDONLY)

@@ -7,6 +7,10 @@ Each stored message is encoded to JSON once, when it is read from the store
 C{{"daemon_id", "workspace_id", "messages": [...]}} without re-encoding
 them (L{batch_body}).  Bodies above the compression threshold are gzipped
 (L{maybe_compress}).
+
+The fields that exist only for the ingest (C{is_broadcast}, C{is_urgent})
+are derived here, from the row's C{to} and C{payload_meta}: the store knows
+nothing about them.
 """
 
 import gzip
@@ -18,6 +22,31 @@ WIRE_FIELDS = (
     "id", "ts", "from", "to", "topic", "thread", "kind", "body", "data",
     "payload_meta", "is_broadcast", "is_urgent", "expires_at",
 )
+
+#: C{payload_meta.importance} words that make a message urgent.
+URGENT_WORDS = frozenset(["urgent", "high", "critical"])
+#: A numeric C{payload_meta.importance} at or above this is urgent.
+URGENT_LEVEL = 80
+
+
+def is_urgent(meta):
+    """
+    Whether a message with C{payload_meta} C{meta} (a dict or None) is
+    urgent for the ingest's C{is_urgent} column.
+    """
+    importance = meta.get("importance") if isinstance(meta, dict) else None
+    if isinstance(importance, str):
+        return importance.lower() in URGENT_WORDS
+    if isinstance(importance, (int, float)) and not isinstance(importance, bool):
+        return importance >= URGENT_LEVEL
+    return False
+
+
+def is_broadcast(to):
+    """
+    Whether a message sent to C{to} is a broadcast.
+    """
+    return to == "*"
 
 
 @attr.s(slots=True, frozen=True)
@@ -48,8 +77,8 @@ def encode_message(row):
     why; the pipeline dead-letters it.
     """
     wire = {name: row.get(name) for name in WIRE_FIELDS}
-    wire["is_broadcast"] = bool(wire["is_broadcast"])
-    wire["is_urgent"] = bool(wire["is_urgent"])
+    wire["is_broadcast"] = is_broadcast(row.get("to"))
+    wire["is_urgent"] = is_urgent(row.get("payload_meta"))
     try:
         data = orjson.dumps(wire)
     except (TypeError, orjson.JSONEncodeError) as e:

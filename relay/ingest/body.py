@@ -1,0 +1,224 @@
+# -*- test-case-name: tests.test_ingest_web -*-
+"""
+Request bodies held in bounded memory.
+
+L{BoundedBody} stands in for C{request.content}: it counts the body (and
+inflates gzip, incrementally, with C{zlib.decompressobj(wbits=31)} and
+C{max_length}) as it arrives, and once a limit is passed the rest is
+discarded.  Every byte kept is taken from a L{MemoryBudget} shared by all
+requests.
+"""
+
+import zlib
+
+from relay.ingest.validate import BadRequest
+
+
+class MemoryBudget:
+    """
+    The bytes of request bodies (as received, or inflated) that all requests
+    together may hold in memory.
+
+    @ivar used: bytes held now.
+    """
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n):
+        """
+        Hold C{n} more bytes if they fit; return whether they did.
+        """
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n):
+        self.used -= n
+
+
+#: Bytes of a body kept unprocessed while its key is checked; past them the
+#: connection is paused.  (Not pausing at once lets a connection that goes
+#: away be noticed, and its key lookup leave the queue.)
+HOLD_BYTES = 256 * 1024
+
+
+class BoundedBody:
+    """
+    Stands in for C{request.content}: keeps the (inflated) body in memory
+    up to the limits, and records the first problem as a L{BadRequest}.
+
+    While the API key is being checked (L{hold}) the bytes that arrive are
+    kept as they are, up to L{HOLD_BYTES}; then C{onHoldFull} is called (the
+    request pauses its transport).  L{accept} then processes them, L{refuse}
+    drops them and every later byte.  Every byte kept is taken from C{budget} (a
+    L{MemoryBudget} shared by all requests) and given back by L{close}; a
+    body that does not fit fails with 503.
+
+    @ivar error: L{None}, or the L{BadRequest} to answer with.
+    @ivar received: bytes received on the wire for this body.
+    """
+
+    def __init__(self, maxBodyBytes, maxInflatedBytes, encoding, declaredLength,
+                 discard=False, metrics=None, budget=None):
+        self.maxBodyBytes = maxBodyBytes
+        self.maxInflatedBytes = maxInflatedBytes
+        self.received = 0
+        self.inflated = 0
+        self.error = None
+        self._chunks = []
+        self._metrics = metrics
+        self._discard = discard
+        self._budget = budget
+        self._held = 0
+        self._pending = None
+        self._pendingBytes = 0
+        #: Called once when the held bytes reach L{HOLD_BYTES}.
+        self.onHoldFull = None
+        self._inflater = None
+        if encoding in (None, b"identity"):
+            pass
+        elif encoding in (b"gzip", b"x-gzip"):
+            self._inflater = zlib.decompressobj(wbits=31)
+        else:
+            self._fail(415, "unsupported Content-Encoding %r (use gzip or none)"
+                       % (encoding.decode("latin-1"),))
+        if declaredLength is not None and declaredLength > maxBodyBytes:
+            self._tooLarge()
+
+    def _fail(self, status, message):
+        if self.error is None:
+            self.error = BadRequest(status, message)
+        self._drop()
+
+    def _drop(self):
+        self._chunks = []
+        self._pending = None
+        self._inflater = None
+        if self._budget is not None:
+            self._budget.give(self._held)
+        self._held = 0
+
+    def _take(self, n):
+        if self._budget is None or self._budget.take(n):
+            self._held += n
+            return True
+        self._fail(503, "the ingest holds too many request bodies in memory; retry later")
+        return False
+
+    def _tooLarge(self):
+        self._fail(413, "request body is larger than %d bytes" % (self.maxBodyBytes,))
+
+    def _inflatedTooLarge(self):
+        self._fail(413, "inflated request body is larger than %d bytes"
+                   % (self.maxInflatedBytes,))
+
+    def hold(self):
+        """
+        Keep what arrives as it is until L{accept} or L{refuse}.
+        """
+        if self._pending is None and self.error is None and not self._discard:
+            self._pending = []
+
+    def accept(self):
+        """
+        The key is good: process what was held, and what comes next.
+        """
+        pending, self._pending = self._pending, None
+        if not pending:
+            return
+        # The held bytes were taken from the budget as they are; process
+        # them as if they arrived now (they are taken again as kept).
+        size = sum(len(c) for c in pending)
+        self._held -= size
+        if self._budget is not None:
+            self._budget.give(size)
+        for chunk in pending:
+            self._process(chunk)
+
+    def refuse(self):
+        """
+        The key is not good (or cannot be checked): drop everything.
+        """
+        self._discard = True
+        self._drop()
+
+    def write(self, data):
+        self.received += len(data)
+        if self._metrics is not None:
+            self._metrics.bytesIn.inc(len(data))
+        if self.error is not None or self._discard:
+            return
+        if self.received > self.maxBodyBytes:
+            self._tooLarge()
+            return
+        if self._pending is not None:
+            if self._take(len(data)):
+                self._pending.append(data)
+                self._pendingBytes += len(data)
+                if self._pendingBytes >= HOLD_BYTES and self.onHoldFull is not None:
+                    full, self.onHoldFull = self.onHoldFull, None
+                    full()
+            return
+        self._process(data)
+
+    def _process(self, data):
+        if self.error is not None or self._discard:
+            return
+        if self._inflater is None:
+            if self._take(len(data)):
+                self._chunks.append(data)
+            return
+        try:
+            self._inflate(data)
+        except zlib.error as e:
+            self._fail(400, "the gzip body is corrupt: %s" % (e,))
+
+    def _inflate(self, data):
+        while data:
+            room = self.maxInflatedBytes - self.inflated
+            out = self._inflater.decompress(data, room + 1)
+            self.inflated += len(out)
+            if self.inflated > self.maxInflatedBytes:
+                self._inflatedTooLarge()
+                return
+            if out:
+                if not self._take(len(out)):
+                    return
+                self._chunks.append(out)
+            if self._inflater.eof:
+                # Another gzip member may follow (concatenated gzip files).
+                data = self._inflater.unused_data
+                if data:
+                    self._inflater = zlib.decompressobj(wbits=31)
+            else:
+                data = self._inflater.unconsumed_tail
+
+    def body(self):
+        """
+        The complete (inflated) body, or raise the recorded L{BadRequest}.
+        """
+        if self.error is not None:
+            raise self.error
+        if self._inflater is not None and not self._inflater.eof:
+            raise BadRequest(400, "the gzip body is truncated")
+        return b"".join(self._chunks)
+
+    # The parts of the file interface twisted.web.http.Request uses.
+
+    def tell(self):
+        return self.received
+
+    def seek(self, offset, whence=0):
+        pass
+
+    def read(self, size=-1):
+        return b""
+
+    def close(self):
+        """
+        Forget the body and give its bytes back to the budget.
+        """
+        self._drop()
