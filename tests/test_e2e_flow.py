@@ -10,7 +10,8 @@ import sqlite3
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.daemon_support import DaemonProcess, connect_agent, daemon_status, send
+from tests.daemon_support import (DaemonProcess, connect_agent, daemon_status, send,
+                                  wait_status)
 
 
 def rss_kib(pid):
@@ -173,3 +174,108 @@ class RateLimitTests(unittest.TestCase):
         conn.close()
         self.assertEqual(stored, receipts)
         self.assertEqual(len(bodies(receiver)), len(receipts))
+
+
+def resend_busy(agent, envs):
+    """
+    Make C{agent} behave as a client should on C{NACK BUSY}: send that
+    SEND again (same id) after its retry_after_ms.
+    """
+    by_id = {e["id"]: e for e in envs}
+    seen = [0]
+
+    def check(a):
+        nacks = a.of_type("NACK")
+        for f in nacks[seen[0]:]:
+            p = f["payload"]
+            if p.get("code") == "BUSY" and p.get("ack_id") in by_id:
+                reactor.callLater((p.get("retry_after_ms") or 10) / 1000.0,
+                                  a.send, by_id[p["ack_id"]])
+        seen[0] = len(nacks)
+        return False
+
+    agent.wait_for(check, timeout=3600).addErrback(lambda f: None)
+
+
+class MutualBurstTests(unittest.TestCase):
+    timeout = 300
+
+    @defer.inlineCallbacks
+    def test_small_marks_no_deadlock(self):
+        """
+        Two agents burst at each other above the high mark (issue 13.4:
+        with --queue-high 20 --queue-low 5 --queue-max 40 --max-inflight 5
+        and 60 each way, 5 arrived each way, forever): their ACKs are read
+        while their SENDs are held, so both get all 60, in order, each
+        exactly once.
+        """
+        daemon = DaemonProcess(self, ["--queue-high", "20", "--queue-low", "5",
+                                      "--queue-max", "40", "--max-inflight", "5"])
+        yield daemon.start()
+        a = yield connect_agent(daemon, "a")
+        b = yield connect_agent(daemon, "b")
+        n = 60
+        # Make the order of events certain: a holds its ACKs until b is
+        # blocked on a's queue and a is blocked on b's, then reads on.
+        a.auto_ack = False
+        b.send_many(send("a", "b%03d" % i) for i in range(n))
+        yield wait_status(daemon, lambda s: any(x["name"] == "a" and x["backpressured"]
+                                                for x in s["agents"]))
+        a.send_many(send("b", "a%03d" % i) for i in range(n))
+        # Before the fix a ended up paused here (its socket unread); with it
+        # a may well not be, as b's ACKs are read: then b gets everything.
+        yield wait_status(daemon, lambda s: b.counts.get("DELIVER", 0) >= n or any(
+            x["name"] == "a" and x["paused"] for x in s["agents"]))
+        a.auto_ack = True
+        a.send_many({"v": 1, "type": "ACK", "payload": {"ack_id": f["id"],
+                                                         "seq": f["delivery"]["seq"]}}
+                    for f in a.of_type("DELIVER"))
+        yield a.wait_type("DELIVER", n, timeout=30)
+        yield b.wait_type("DELIVER", n, timeout=30)
+        self.assertEqual(bodies(a), ["b%03d" % i for i in range(n)])
+        self.assertEqual(bodies(b), ["a%03d" % i for i in range(n)])
+        self.assertEqual(a.counts.get("NACK", 0) + b.counts.get("NACK", 0), 0)
+        yield daemon.stop()
+
+    @defer.inlineCallbacks
+    def test_defaults_20000_each_way(self):
+        """
+        With the default marks, window and rate limit, two agents each send
+        20,000 messages to the other (asking for receipts, re-sending what
+        gets NACK BUSY after its retry_after_ms, as a client should): both
+        get all 20,000 exactly once by id, in order, and every SEND has its
+        receipt.
+        """
+        daemon = DaemonProcess(self)
+        yield daemon.start()
+        a = yield connect_agent(daemon, "a")
+        b = yield connect_agent(daemon, "b")
+        n = 20000
+        to_b = [send("b", "a%05d" % i, requires_ack=True) for i in range(n)]
+        to_a = [send("a", "b%05d" % i, requires_ack=True) for i in range(n)]
+        resend_busy(a, to_b)
+        resend_busy(b, to_a)
+        a.send_many(to_b)
+        b.send_many(to_a)
+        for agent in (a, b):
+            yield agent.wait_for(
+                lambda x: len({f["id"] for f in x.of_type("DELIVER")}) >= n
+                and len({f["payload"]["ack_id"] for f in x.of_type("ACK")}) >= n,
+                timeout=240)
+        for agent, envs, prefix in ((a, to_b, "b"), (b, to_a, "a")):
+            delivers = agent.of_type("DELIVER")
+            ids = [f["id"] for f in delivers]
+            self.assertEqual(len(set(ids)), n)
+            firsts = {}
+            for f in delivers:
+                firsts.setdefault(f["id"], f["payload"]["body"])
+            self.assertEqual(sorted(firsts.values()), ["%s%05d" % (prefix, i) for i in range(n)])
+            # In send order (a redelivery keeps its id: count first copies).
+            order = []
+            for f in delivers:
+                if f["id"] in firsts:
+                    order.append(firsts.pop(f["id"]))
+            self.assertEqual(order, ["%s%05d" % (prefix, i) for i in range(n)])
+            self.assertEqual({f["payload"]["ack_id"] for f in agent.of_type("ACK")},
+                             {e["id"] for e in envs})
+        yield daemon.stop()
