@@ -444,8 +444,12 @@ class RelayProtocol(Int32StringReceiver):
         # a token bucket per connection.
         wait = self._status_bucket.take(self.clock.seconds())
         if wait:
-            self.error("BAD_REQUEST", "STATUS rate limit: ask again later",
-                       retry_after_ms=max(1, int(wait * 1000 + 0.999)))
+            # Small, non-fatal, and with the request's id so that a client
+            # can fail that request.
+            self.send_frame(envelope("ERROR", {
+                "code": "BAD_REQUEST", "fatal": False,
+                "message": "STATUS rate limit: ask again later",
+                "retry_after_ms": max(1, int(wait * 1000 + 0.999))}, id=env.get("id")))
             return
         self.send_frame(envelope("STATUS_REPLY", self.router.status(), id=env.get("id"),
                                  ts=self.router.now_ms()))

@@ -179,7 +179,8 @@ class RateLimitTests(unittest.TestCase):
 def resend_busy(agent, envs):
     """
     Make C{agent} behave as a client should on C{NACK BUSY}: send that
-    SEND again (same id) after its retry_after_ms.
+    SEND again (same id) after its retry_after_ms, until every one of
+    C{envs} has its receipt.
     """
     by_id = {e["id"]: e for e in envs}
     seen = [0]
@@ -192,9 +193,9 @@ def resend_busy(agent, envs):
                 reactor.callLater((p.get("retry_after_ms") or 10) / 1000.0,
                                   a.send, by_id[p["ack_id"]])
         seen[0] = len(nacks)
-        return False
+        return len({f["payload"]["ack_id"] for f in a.of_type("ACK")} & by_id.keys()) >= len(by_id)
 
-    agent.wait_for(check, timeout=3600).addErrback(lambda f: None)
+    agent.wait_for(check, timeout=280).addErrback(lambda f: None)
 
 
 class MutualBurstTests(unittest.TestCase):
@@ -243,8 +244,9 @@ class MutualBurstTests(unittest.TestCase):
         With the default marks, window and rate limit, two agents each send
         20,000 messages to the other (asking for receipts, re-sending what
         gets NACK BUSY after its retry_after_ms, as a client should): both
-        get all 20,000 exactly once by id, in order, and every SEND has its
-        receipt.
+        get all 20,000 exactly once by id, and every SEND has its receipt.
+        (Not in send order: a client re-sending after NACK BUSY reorders
+        its own messages.)
         """
         daemon = DaemonProcess(self)
         yield daemon.start()
@@ -270,12 +272,50 @@ class MutualBurstTests(unittest.TestCase):
             for f in delivers:
                 firsts.setdefault(f["id"], f["payload"]["body"])
             self.assertEqual(sorted(firsts.values()), ["%s%05d" % (prefix, i) for i in range(n)])
-            # In send order (a redelivery keeps its id: count first copies).
-            order = []
-            for f in delivers:
-                if f["id"] in firsts:
-                    order.append(firsts.pop(f["id"]))
-            self.assertEqual(order, ["%s%05d" % (prefix, i) for i in range(n)])
             self.assertEqual({f["payload"]["ack_id"] for f in agent.of_type("ACK")},
                              {e["id"] for e in envs})
+        yield daemon.stop()
+
+
+class NeverReadingTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_status_flood_from_a_socket_that_never_reads(self):
+        """
+        A socket that never reads sends 3,000 STATUS requests (before any
+        HELLO) while 30 agents are connected (so each reply is large):
+        the daemon's RSS stays within 24 MiB of where it was (issue 13.5:
+        +291 MiB), it stays responsive to another agent, and what it does
+        answer is a few replies and small ERRORs, never all 3,000 replies.
+        """
+        daemon = DaemonProcess(self)
+        yield daemon.start()
+        for i in range(30):
+            yield connect_agent(daemon, "agent%02d" % i, task="t" * 2000,
+                                workingDirectory="/w" * 500)
+        other = yield connect_agent(daemon, "other")
+        yield daemon_status(daemon)
+        yield pause(0.2)
+        base_rss = rss_kib(daemon.pid)
+        flooder = yield connect_agent(daemon)
+        flooder.transport.pauseProducing()
+        flooder.send_many({"v": 1, "type": "STATUS", "id": "q%d" % i} for i in range(3000))
+        peak = base_rss
+        for i in range(20):
+            yield pause(0.1)
+            peak = max(peak, rss_kib(daemon.pid))
+        # Still responsive: another agent's PING is answered, STATUS too.
+        other.send({"v": 1, "type": "PING", "payload": {"nonce": "still-there"}})
+        yield other.wait_for(lambda a: any(
+            f.get("type") == "PONG" and f["payload"].get("nonce") == "still-there"
+            for f in a.frames), timeout=10)
+        status = yield daemon_status(daemon)
+        self.assertEqual(len(status["agents"]), 31)
+        peak = max(peak, rss_kib(daemon.pid))
+        growth_mb = (peak - base_rss) / 1024.0
+        self.assertLess(growth_mb, 24.0, "daemon RSS grew %.1f MiB" % (growth_mb,))
+        flooder.transport.resumeProducing()
+        yield flooder.wait_for(lambda a: a.counts.get("STATUS_REPLY", 0) >= 1, timeout=10)
+        self.assertLess(flooder.counts.get("STATUS_REPLY", 0), 100)
         yield daemon.stop()

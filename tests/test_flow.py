@@ -436,6 +436,7 @@ class ConnectionMemoryTests(unittest.TestCase):
         self.assertEqual([f["type"] for f in fs], ["STATUS_REPLY"] * 3 + ["ERROR"] * 7)
         self.assertEqual({f["payload"]["fatal"] for f in fs[3:]}, {False})
         self.assertEqual(fs[3]["payload"]["retry_after_ms"], 500)
+        self.assertEqual(fs[3]["id"], "q")
         h.clock.advance(0.5)
         proto.dataReceived(frame({"v": 1, "type": "STATUS", "id": "q"}))
         self.assertEqual([f["type"] for f in frames_of(t)], ["STATUS_REPLY"])
