@@ -319,3 +319,75 @@ class NeverReadingTests(unittest.TestCase):
         yield flooder.wait_for(lambda a: a.counts.get("STATUS_REPLY", 0) >= 1, timeout=10)
         self.assertLess(flooder.counts.get("STATUS_REPLY", 0), 100)
         yield daemon.stop()
+
+
+class HeldSendTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_bye_with_held_sends_routes_them(self):
+        """
+        A sender held behind a receiver that stopped reading says BYE: the
+        daemon answers BYE and closes at once (BYE is read although SENDs
+        are held), and every SEND it had read is delivered, in order, once
+        the receiver reads again.
+        """
+        daemon = DaemonProcess(self, ["--queue-high", "20", "--queue-low", "5",
+                                      "--queue-max", "40", "--max-inflight", "5"])
+        yield daemon.start()
+        rx = yield connect_agent(daemon, "rx")
+        tx = yield connect_agent(daemon, "tx")
+        yield wait_status(daemon, lambda s: [a["live"] for a in s["agents"]] == [True, True])
+        rx.auto_ack = False
+        n = 100
+        tx.send_many(send("rx", "%03d" % i) for i in range(n))
+        yield tx.wait_type("BUSY")
+        tx.send({"v": 1, "type": "BYE", "payload": {}})
+        yield tx.wait_closed()
+        self.assertEqual(tx.counts.get("BYE"), 1)
+        rx.auto_ack = True
+        rx.send_many({"v": 1, "type": "ACK", "payload": {"ack_id": f["id"],
+                                                          "seq": f["delivery"]["seq"]}}
+                     for f in rx.of_type("DELIVER"))
+        yield rx.wait_for(lambda a: len({f["id"] for f in a.of_type("DELIVER")}) >= n,
+                          timeout=60)
+        firsts = []
+        for f in rx.of_type("DELIVER"):
+            if f["payload"]["body"] not in firsts:
+                firsts.append(f["payload"]["body"])
+        self.assertEqual(firsts, ["%03d" % i for i in range(n)])
+        yield daemon.stop()
+
+    @defer.inlineCallbacks
+    def test_rate_limited_beyond_the_hold_nacks_busy(self):
+        """
+        Throttled by the rate limit with a small hold (--max-held-sends 20),
+        a sender that pushes 300 SENDs open loop gets NACK BUSY with
+        retry_after_ms for those beyond the hold, and a receipt for every
+        other one: receipts + NACKs = sent, what is stored is exactly what
+        was receipted, and the receiver gets those.
+        """
+        daemon = DaemonProcess(self, ["--rate-limit", "200", "--rate-burst", "20",
+                                      "--max-held-sends", "20"])
+        yield daemon.start()
+        rx = yield connect_agent(daemon, "rx")
+        tx = yield connect_agent(daemon, "tx")
+        n = 300
+        envs = [send("rx", str(i), requires_ack=True) for i in range(n)]
+        tx.send_many(envs)
+        yield tx.wait_for(lambda a: a.counts.get("ACK", 0) + a.counts.get("NACK", 0) >= n,
+                          timeout=60)
+        nacks = tx.of_type("NACK")
+        self.assertGreater(len(nacks), 0)
+        self.assertEqual({f["payload"]["code"] for f in nacks}, {"BUSY"})
+        self.assertTrue(all(f["payload"]["retry_after_ms"] > 0 for f in nacks))
+        receipts = {f["payload"]["ack_id"] for f in tx.of_type("ACK")}
+        refused = {f["payload"]["ack_id"] for f in nacks}
+        self.assertEqual(receipts | refused, {e["id"] for e in envs})
+        self.assertEqual(receipts & refused, set())
+        yield rx.wait_type("DELIVER", len(receipts), timeout=30)
+        yield daemon.stop()
+        conn = sqlite3.connect(daemon.db_path)
+        stored = {r[0] for r in conn.execute("SELECT send_id FROM messages")}
+        conn.close()
+        self.assertEqual(stored, receipts)
