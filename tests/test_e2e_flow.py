@@ -216,6 +216,7 @@ class MutualBurstTests(unittest.TestCase):
         a = yield connect_agent(daemon, "a")
         b = yield connect_agent(daemon, "b")
         n = 60
+        yield wait_status(daemon, lambda s: [x["live"] for x in s["agents"]] == [True, True])
         # Make the order of events certain: a holds its ACKs until b is
         # blocked on a's queue and a is blocked on b's, then reads on.
         a.auto_ack = False
