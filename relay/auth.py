@@ -295,7 +295,7 @@ class AuthPolicy:
         if problem is not None:
             self._refuse(conn, name, problem)
             return
-        conn.pause_reading("auth")
+        conn.stop_reading("auth")
         creds = TokenCredentials(name.encode("utf-8"), given["token"].encode("utf-8", "replace"))
         d = self.portal.login(creds, None, IRelayAgent)
         d.addCallbacks(self._logged_in, self._login_failed,
@@ -308,7 +308,7 @@ class AuthPolicy:
         if avatar != name:
             self._refuse(conn, name, "the credentials name another agent")
             return
-        conn.resume_reading("auth")
+        conn.read_on("auth")
         self.counters["authenticated"] += 1
         self._admit(conn, env, name, verified=True)
 
@@ -383,7 +383,7 @@ class AuthPolicy:
             conn.error("UNAUTHORIZED", message, fatal=True)
             return
         # Not read meanwhile: whatever else it sent waits in the kernel.
-        conn.pause_reading("auth")
+        conn.stop_reading("auth")
         self.delayed += 1
         self.clock.callLater(delay, self._answer, conn, message)
 

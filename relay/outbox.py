@@ -25,7 +25,8 @@ class Outbox:
     """
 
     def __init__(self, transport, high=1500, low=500, maximum=2000, window=1000,
-                 on_write=None, on_backpressure=None):
+                 on_write=None, on_backpressure=None, control_max=4 * 1024 * 1024,
+                 on_control_full=None):
         self.transport = transport
         self.high = high
         self.low = low
@@ -34,6 +35,15 @@ class Outbox:
         self.on_write = on_write
         self.on_backpressure = on_backpressure
         self.control = deque()
+        # Control frames (receipts, NACKs, PONGs, PINGs, ERRORs, STATUS
+        # replies, redeliveries) have no count limit of their own: their
+        # bytes do.  Above control_max, on_control_full(True) (the
+        # connection stops reading a peer that does not read us); at half
+        # of it again, on_control_full(False).
+        self.control_bytes = 0
+        self.control_max = control_max
+        self.control_full = False
+        self.on_control_full = on_control_full
         self.frames = deque()
         self.unacked = 0
         self.paused = False
@@ -66,6 +76,11 @@ class Outbox:
             self.written += 1
         else:
             self.control.append(data)
+            self.control_bytes += len(data)
+            if not self.control_full and self.control_bytes > self.control_max:
+                self.control_full = True
+                if self.on_control_full is not None:
+                    self.on_control_full(True)
             self._marks()
 
     def push(self, data, delivery):
@@ -98,7 +113,9 @@ class Outbox:
         write = self.transport.write
         while not self.paused and not self.closed:
             if control:
-                write(control.popleft())
+                data = control.popleft()
+                self.control_bytes -= len(data)
+                write(data)
             elif frames and self.unacked < self.window:
                 data, delivery = frames.popleft()
                 self.unacked += 1
@@ -107,6 +124,10 @@ class Outbox:
             else:
                 break
             self.written += 1
+        if self.control_full and self.control_bytes <= self.control_max // 2:
+            self.control_full = False
+            if self.on_control_full is not None:
+                self.on_control_full(False)
         self._marks()
 
     def _marks(self):
@@ -138,6 +159,7 @@ class Outbox:
         self.paused = True
         self.closed = True
         self.control.clear()
+        self.control_bytes = 0
         self.frames.clear()
 
     def close(self):

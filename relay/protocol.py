@@ -13,20 +13,39 @@ from twisted.protocols.basic import Int32StringReceiver
 
 from relay.frames import check_send, echo, envelope, frame, valid_agent_name
 from relay.outbox import Outbox
+from relay.ratelimit import TokenBucket
 
 NEW, ACTIVE, CLOSED = "new", "active", "closed"
 
 # Frames a connection may send before its HELLO.
 BEFORE_HELLO = frozenset(("HELLO", "PING", "PONG", "BYE", "STATUS"))
 
+# The longest LOG line that reaches the daemon's log, in characters.
+LOG_LINE_MAX = 2000
+
 
 class RelayProtocol(Int32StringReceiver):
     """
     One agent connection.
 
-    @ivar pause_reasons: why the daemon is not reading this socket now
-        (flow control, rate limiting, a store that is behind); reading
-        resumes when the set is empty.
+    Two different things slow a connection down, and only the second stops
+    reading its socket:
+
+      - C{pause_reasons} (a recipient's queue above its high mark, the rate
+        limit, a store that is behind): this connection's SENDs wait in
+        C{held}, in arrival order, bounded by the factory's C{hold_max}
+        frames and C{hold_bytes}.  Everything else it sends (its ACKs,
+        which drain its own queue, PONG, PING, BYE, ...) is still read and
+        acted on at once, so two agents blocked on each other's queues
+        cannot deadlock.  Beyond the bound, see L{_hold}.
+      - its own control queue above C{control_max} bytes: this peer does
+        not read what we write.  Then we stop reading it (C{self.paused})
+        until the queue is half drained.
+
+    @ivar pause_reasons: why this connection's SENDs are held now; they
+        are routed again, in order, when the set is empty.
+    @ivar held: the held SENDs, C{(envelope, size)}; C{held_bytes} their
+        size on the wire.
     """
 
     log = Logger()
@@ -43,7 +62,14 @@ class RelayProtocol(Int32StringReceiver):
         self.peer = None
         self.pause_reasons = set()
         self.held = deque()
+        self.held_bytes = 0
         self.last_rx = 0.0
+        now = self.clock.seconds()
+        self._status_bucket = TokenBucket(factory.status_rate, factory.status_burst, now)
+        self._log_bucket = TokenBucket(factory.log_rate, factory.log_burst, now)
+        self._logs_dropped = 0
+        self._read_call = None
+        self.stop_reasons = set()
         self._heartbeat = None
         self._nonce = 0
         self._resume_call = None
@@ -57,7 +83,8 @@ class RelayProtocol(Int32StringReceiver):
         self.last_rx = self.clock.seconds()
         self.outbox = Outbox(self.transport, high=f.queue_high, low=f.queue_low,
                              maximum=f.queue_max, window=f.window,
-                             on_write=self._written, on_backpressure=self._backpressure)
+                             on_write=self._written, on_backpressure=self._backpressure,
+                             control_max=f.control_max, on_control_full=self._control_full)
         self.router.connection_made(self)
         if f.auth is not None:
             f.auth.connection_made(self)
@@ -66,13 +93,15 @@ class RelayProtocol(Int32StringReceiver):
         self._heartbeat.start(f.heartbeat, now=False)
 
     def connectionLost(self, reason):
+        # SENDs still held were read from the socket: route them (the
+        # sender gets no receipt for them now, but nothing it sent is lost).
+        self._route_held()
         self.state = CLOSED
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
-        for call in (self._resume_call, self._throttle_call):
+        for call in (self._resume_call, self._throttle_call, self._read_call):
             if call is not None and call.active():
                 call.cancel()
-        self.held.clear()
         self.router.connection_lost(self)
 
     def _written(self, delivery):
@@ -102,6 +131,9 @@ class RelayProtocol(Int32StringReceiver):
         """
         if self.state == CLOSED:
             return
+        # Route what is held before the close (BYE, replacement, fatal
+        # error): it was read, so it is not dropped.
+        self._route_held()
         self.state = CLOSED
         self.outbox.close()
         if final is not None:
@@ -117,31 +149,83 @@ class RelayProtocol(Int32StringReceiver):
     # -- reading and flow control -------------------------------------------
 
     def pause_reading(self, reason):
+        """
+        Hold this connection's SENDs for C{reason} (the socket is still
+        read: see the class docstring).
+        """
         if self.state == CLOSED:
             return
-        if not self.pause_reasons:
-            self.paused = True
-            self.transport.pauseProducing()
         self.pause_reasons.add(reason)
 
     def resume_reading(self, reason):
         self.pause_reasons.discard(reason)
-        if not self.pause_reasons and self.paused and self._resume_call is None:
-            # Resume from the reactor, not from inside another connection's
+        if reason == "store":
+            self.read_on("store")
+        if not self.pause_reasons and self.held and self._resume_call is None:
+            # Route from the reactor, not from inside another connection's
             # frame handler.
             self._resume_call = self.clock.callLater(0, self._resume)
 
     def _resume(self):
         self._resume_call = None
-        if self.pause_reasons or self.state == CLOSED:
+        while self.held and not self.pause_reasons and self.state != CLOSED:
+            env, size = self.held.popleft()
+            self.held_bytes -= size
+            self._route(env, size)
+
+    def _route_held(self):
+        """
+        Route every held SEND now, whatever holds them (BYE, close).
+        """
+        if self.session is None or self.session.closed:
+            self.held.clear()
+            self.held_bytes = 0
             return
-        self.paused = False
-        while self.held and not self.paused:
-            self._dispatch(*self.held.popleft())
-        if self.paused:
+        while self.held:
+            env, size = self.held.popleft()
+            self.held_bytes -= size
+            self.router.send(self.session, env, size)
+
+    def _control_full(self, full):
+        """
+        The outbox's control queue passed C{control_max} bytes (C{full}) or
+        fell back to half of it: this peer is not reading its socket, so we
+        stop reading it too, until it does.
+        """
+        if full:
+            self.log.info("agent {name}: {n} bytes of replies unread; not reading it",
+                          name=self.session.name if self.session else None,
+                          n=self.outbox.control_bytes)
+            self.stop_reading("output")
+        else:
+            self.read_on("output")
+
+    def stop_reading(self, reason):
+        """
+        Stop reading the socket itself, for reasons that clear whatever any
+        other agent does: C{"output"} (this peer does not read ours),
+        C{"store"} (the store writer is behind and this connection's hold is
+        full; the writer catches up on its own) or C{"auth"} (its HELLO is
+        being checked, or its refusal is being slowed down: L{relay.auth}).
+        """
+        if self.state == CLOSED:
             return
-        self.transport.resumeProducing()
-        self.dataReceived(b"")
+        if not self.stop_reasons and not self.paused:
+            self.pauseProducing()
+        self.stop_reasons.add(reason)
+
+    def read_on(self, reason):
+        if reason not in self.stop_reasons:
+            return
+        self.stop_reasons.discard(reason)
+        if not self.stop_reasons and self._read_call is None:
+            # From the reactor, not from inside the outbox's write loop.
+            self._read_call = self.clock.callLater(0, self._read_again)
+
+    def _read_again(self):
+        self._read_call = None
+        if self.paused and not self.stop_reasons and self.state != CLOSED:
+            self.resumeProducing()
 
     def stringReceived(self, data):
         self.last_rx = self.clock.seconds()
@@ -221,6 +305,17 @@ class RelayProtocol(Int32StringReceiver):
             self.send_frame(envelope("NACK", {"ack_id": send_id, "code": "INVALID",
                                               "message": reason}))
             return
+        if self.held or self.pause_reasons:
+            self._hold(env, size)
+        else:
+            self._route(env, size)
+
+    def _route(self, env, size):
+        """
+        Route one SEND now, unless the rate limit says wait: then refuse it
+        (policy reject) or hold it at the head of the queue until a token
+        is due (throttle).
+        """
         wait = self.router.admit(self.session)
         if not wait and self._throttled and self.router.spare(self.session) >= 1.0:
             # Back under budget: the throttle episode is over.
@@ -228,14 +323,10 @@ class RelayProtocol(Int32StringReceiver):
         if wait:
             retry_ms = max(1, int(wait * 1000 + 0.999))
             if self.factory.rate_policy == "reject":
-                self.router.counters["nacked"] += 1
-                self.send_frame(envelope("NACK", {
-                    "ack_id": send_id, "code": "BUSY", "retry_after_ms": retry_ms,
-                    "message": "rate limit exceeded"}))
+                self._busy_nack(env, retry_ms, "rate limit exceeded")
                 return
-            # Throttle: hold this frame (and everything after it, in order)
-            # and stop reading until a token is due.
-            self.held.appendleft(("SEND", env, size))
+            self.held.appendleft((env, size))
+            self.held_bytes += size
             if not self._throttled:
                 # One BUSY per throttle episode.
                 self._throttled = True
@@ -243,9 +334,64 @@ class RelayProtocol(Int32StringReceiver):
                 self.send_frame(envelope("BUSY", {"retry_after_ms": retry_ms,
                                                   "queue_depth": len(self.held)}))
             self.pause_reading("rate")
-            self._throttle_call = self.clock.callLater(wait, self._unthrottle)
+            if self._throttle_call is None:
+                self._throttle_call = self.clock.callLater(wait, self._unthrottle)
             return
         self.router.send(self.session, env, size)
+
+    def _hold(self, env, size):
+        """
+        Keep C{env} behind the SENDs already held, within the bound.
+
+        Beyond it: if only slow recipients hold this sender, the oldest
+        held SEND is routed now (in order; the router puts what a full
+        queue cannot take into the store, so memory stays bounded and
+        nothing waits on anyone's ACK).  If the store writer is behind,
+        the SEND is kept and the socket is not read until the writer has
+        caught up (that wait depends on no agent: it cannot deadlock).  If
+        the rate limit holds it, the SEND gets C{NACK BUSY} with
+        C{retry_after_ms}: it is not accepted, and the sender knows.
+        """
+        f = self.factory
+        if len(self.held) < f.hold_max and self.held_bytes + size <= f.hold_bytes:
+            self.held.append((env, size))
+            self.held_bytes += size
+            return
+        if "store" in self.pause_reasons:
+            self.held.append((env, size))
+            self.held_bytes += size
+            self.stop_reading("store")
+            return
+        if self.held and all(isinstance(r, tuple) for r in self.pause_reasons):
+            first, first_size = self.held.popleft()
+            self.held_bytes -= first_size
+            self._route(first, first_size)
+            if "rate" not in self.pause_reasons:
+                self.held.append((env, size))
+                self.held_bytes += size
+                return
+        self._busy_nack(env, self._retry_ms(), "daemon busy: %d SENDs of this connection "
+                        "already wait" % (len(self.held),))
+
+    def _retry_ms(self):
+        """
+        When a SEND refused now would likely be taken.
+        """
+        ms = 50
+        limiter = self.router.limiter
+        if "rate" in self.pause_reasons and limiter is not None:
+            ms = max(ms, int((len(self.held) + 1) * 1000.0 / limiter.rate + 0.999))
+        if "store" in self.pause_reasons:
+            ms = max(ms, 100)
+        if any(isinstance(r, tuple) for r in self.pause_reasons):
+            ms = max(ms, int(self.factory.ack_timeout * 100))
+        return ms
+
+    def _busy_nack(self, env, retry_ms, message):
+        self.router.counters["nacked"] += 1
+        self.send_frame(envelope("NACK", {
+            "ack_id": env.get("id"), "code": "BUSY", "retry_after_ms": retry_ms,
+            "message": message}))
 
     def _unthrottle(self):
         self._throttle_call = None
@@ -275,10 +421,21 @@ class RelayProtocol(Int32StringReceiver):
         # agent-relay's wrapper streams an agent's terminal output as LOG
         # frames for its dashboard.  They are not messages: accept them (no
         # ERROR for every line) and keep them in the daemon's debug log.
+        # Rate-limited per connection and cut to LOG_LINE_MAX characters:
+        # what an agent prints must not flood the daemon's log.
+        if self._log_bucket.take(self.clock.seconds()):
+            self._logs_dropped += 1
+            return
+        if self._logs_dropped:
+            self.log.info("agent {name}: {n} LOG lines over the rate limit were not logged",
+                          name=self.session.name, n=self._logs_dropped)
+            self._logs_dropped = 0
         payload = env.get("payload")
         data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, str):
+            data = orjson.dumps(data, default=str)[:LOG_LINE_MAX * 4].decode("utf-8", "replace")
         self.log.debug("agent {name} output: {data}", name=self.session.name,
-                       data=str(data)[:2000])
+                       data=data[:LOG_LINE_MAX])
 
     def _topic(self, env):
         topic = env.get("topic")
@@ -301,6 +458,17 @@ class RelayProtocol(Int32StringReceiver):
         self.close(envelope("BYE", {}))
 
     def frame_STATUS(self, env, size):
+        # A reply costs far more than the request (every agent is listed):
+        # a token bucket per connection.
+        wait = self._status_bucket.take(self.clock.seconds())
+        if wait:
+            # Small, non-fatal, and with the request's id so that a client
+            # can fail that request.
+            self.send_frame(envelope("ERROR", {
+                "code": "BAD_REQUEST", "fatal": False,
+                "message": "STATUS rate limit: ask again later",
+                "retry_after_ms": max(1, int(wait * 1000 + 0.999))}, id=echo(env.get("id"))))
+            return
         self.send_frame(envelope("STATUS_REPLY", self.router.status(), id=echo(env.get("id")),
                                  ts=self.router.now_ms()))
 
@@ -308,9 +476,11 @@ class RelayProtocol(Int32StringReceiver):
 
     def _beat(self):
         now = self.clock.seconds()
-        if self.pause_reasons:
-            # We stopped reading this socket ourselves: its PONGs cannot
-            # arrive, so silence proves nothing.
+        if self.paused:
+            # We stopped reading this socket ourselves (it does not read
+            # ours): its PONGs cannot arrive, so silence proves nothing.
+            # Held SENDs do not count: a connection we hold SENDs of is
+            # still read, and must still answer.
             self.last_rx = now
         elif now - self.last_rx > self.factory.heartbeat * 6:
             self.log.info("agent {name}: no answer for {secs:.1f}s, closing",
@@ -335,7 +505,9 @@ class RelayFactory(protocol.Factory):
 
     def __init__(self, router, clock, max_frame_bytes=1048576, heartbeat=5.0, ack_timeout=5.0,
                  queue_high=1500, queue_low=500, queue_max=2000, window=1000,
-                 rate_policy="throttle"):
+                 rate_policy="throttle", hold_max=1000, hold_bytes=1048576,
+                 control_max=4 * 1048576, status_rate=5.0, status_burst=20.0,
+                 log_rate=100.0, log_burst=500.0):
         self.router = router
         self.clock = clock
         self.max_frame_bytes = max_frame_bytes
@@ -346,6 +518,16 @@ class RelayFactory(protocol.Factory):
         self.queue_max = queue_max
         self.window = window
         self.rate_policy = rate_policy
+        # SENDs one connection may have held (frames, bytes on the wire).
+        self.hold_max = hold_max
+        self.hold_bytes = hold_bytes
+        # Unwritten control bytes per connection before we stop reading it.
+        self.control_max = control_max
+        # Per connection: STATUS requests and LOG lines per second, burst.
+        self.status_rate = status_rate
+        self.status_burst = status_burst
+        self.log_rate = log_rate
+        self.log_burst = log_burst
 
     def buildProtocol(self, addr):
         return self.protocol(self)

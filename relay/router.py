@@ -7,6 +7,9 @@ The protocol (L{relay.protocol}) only parses frames and calls the router;
 every decision lives here.  A connection is seen through a small surface:
 C{outbox} (L{relay.outbox.Outbox}), C{send_frame(envelope)},
 C{pause_reading(reason)}, C{resume_reading(reason)}, C{close(error)}.
+Pausing a connection holds its SENDs only (bounded, in order): its socket
+is still read, so its ACKs keep draining its own queue (see
+L{relay.protocol.RelayProtocol}).
 """
 
 import secrets

@@ -103,6 +103,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["max-inflight", None, 1000,
          "Deliveries written and not yet ACKed per connection (HELLO may ask for fewer).",
          _positive_int("max-inflight")],
+        ["max-held-sends", None, 1000,
+         "SENDs of one connection held while it is slowed down (flow control, rate "
+         "limit, store); beyond, NACK BUSY or straight to the store.",
+         _positive_int("max-held-sends")],
+        ["max-held-bytes", None, 1048576, "Bytes of SENDs one connection may have held.",
+         _positive_int("max-held-bytes")],
+        ["max-control-bytes", None, 4194304,
+         "Unwritten replies (receipts, NACKs, PONGs, STATUS...) per connection before "
+         "the daemon stops reading that connection until it reads them.",
+         _positive_int("max-control-bytes")],
         ["rate-limit", None, 500, "Messages per second an agent may send, sustained.",
          _positive_float("rate-limit")],
         ["rate-burst", None, 1000, "Messages an agent may send in a burst.",
@@ -361,7 +371,8 @@ def makeService(config, reactor=None):
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
         queue_high=config["queue-high"], queue_low=config["queue-low"],
         queue_max=config["queue-max"], window=config["max-inflight"],
-        rate_policy=config["rate-limit-policy"])
+        rate_policy=config["rate-limit-policy"], hold_max=config["max-held-sends"],
+        hold_bytes=config["max-held-bytes"], control_max=config["max-control-bytes"])
     factory.auth = _auth_policy(config, reactor, router)
     top = RelayService(store, router)
     for endpoint in config["listen"]:

@@ -153,3 +153,26 @@ class OutboxTests(unittest.TestCase):
         box.push(b"b", 2)
         box.push_control(b"c")
         self.assertEqual(transport.value(), b"")
+
+    def test_control_bytes_capped(self):
+        """
+        Queued control bytes are counted; above control_max the outbox says
+        so once (the connection stops reading its peer), and again once
+        the peer has read them down to half of it (issue 13.5).
+        """
+        transport = StringTransport()
+        calls = []
+        box = Outbox(transport, control_max=10, on_control_full=calls.append)
+        box.pauseProducing()
+        for _ in range(5):
+            box.push_control(b"xyz")
+        self.assertEqual(box.control_bytes, 15)
+        self.assertEqual(calls, [True])
+        box.resumeProducing()
+        self.assertEqual(transport.value(), b"xyz" * 5)
+        self.assertEqual(box.control_bytes, 0)
+        self.assertEqual(calls, [True, False])
+        box.pauseProducing()
+        box.push_control(b"abc")
+        box.stopProducing()
+        self.assertEqual(box.control_bytes, 0)

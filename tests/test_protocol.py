@@ -443,21 +443,35 @@ class PingTests(unittest.TestCase):
     def test_not_closed_while_we_paused_reading(self):
         """
         The heartbeat does not close a connection whose socket the daemon
-        itself stopped reading: its PONGs cannot arrive.  Once reading
-        resumes, the six-heartbeat count starts again from there.
+        itself stopped reading (its replies are unread, above the control
+        cap): its PONGs cannot arrive.  Once reading resumes, the
+        six-heartbeat count starts again from there.
         """
         peer = self.relay.connect()
         peer.feed(hello("alice"))
-        peer.proto.pause_reading("store")
+        peer.proto._control_full(True)
         self.assertEqual(peer.transport.producerState, "paused")
         self.clock.pump([5.0] * 20)
         self.assertFalse(peer.closed)
-        peer.proto.resume_reading("store")
+        peer.proto._control_full(False)
         self.clock.advance(0)
         self.assertEqual(peer.transport.producerState, "producing")
         self.clock.pump([5.0] * 6)
         self.assertFalse(peer.closed)
         self.clock.pump([5.0] * 2)
+        self.assertTrue(peer.closed)
+
+    def test_held_sends_do_not_keep_it_alive(self):
+        """
+        A connection whose SENDs are held (flow control, rate, store) is
+        still read, so it must still answer: silent for six heartbeats, it
+        is closed (issue 13.4: the heartbeat took paused for alive).
+        """
+        peer = self.relay.connect()
+        peer.feed(hello("alice"))
+        peer.proto.pause_reading("store")
+        self.assertEqual(peer.transport.producerState, "producing")
+        self.clock.pump([5.0] * 8)
         self.assertTrue(peer.closed)
 
 
