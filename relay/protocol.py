@@ -433,7 +433,12 @@ class RelayProtocol(Int32StringReceiver):
         payload = env.get("payload")
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, str):
-            data = orjson.dumps(data, default=str)[:LOG_LINE_MAX * 4].decode("utf-8", "replace")
+            try:
+                data = orjson.dumps(data, default=str)[:LOG_LINE_MAX * 4].decode(
+                    "utf-8", "replace")
+            except TypeError:
+                # Nested past orjson's limit: the shape is all we can say.
+                data = "(LOG data too deeply nested to show)"
         self.log.debug("agent {name} output: {data}", name=self.session.name,
                        data=data[:LOG_LINE_MAX])
 

@@ -272,7 +272,7 @@ class SlowDownTests(_AuthCase):
             if delay:
                 self.clock.advance(delay - 0.01)
                 self.assertEqual(c.errors(), [])
-                self.assertIn("auth", c.proto.pause_reasons)
+                self.assertIn("auth", c.proto.stop_reasons)
                 self.clock.advance(0.01)
             self.assertRefused(c)
         other = self.refuse_one(host="198.51.100.1")
