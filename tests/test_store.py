@@ -54,7 +54,7 @@ class OpenTests(_StoreTestCase):
         """
         store = self.open()
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
-                         [("2",)])
+                         [("3",)])
         self.assertEqual(self.rows("PRAGMA journal_mode"), [("wal",)])
         self.assertTrue(store.id_prefix)
         self.assertEqual(store.message_id(7), "%s-7" % (store.id_prefix,))
@@ -63,7 +63,9 @@ class OpenTests(_StoreTestCase):
     def test_counters_survive_reopen(self):
         """
         After a close and reopen the message seq goes on from the last
-        stored one, the id prefix is the same and stream seqs are loaded.
+        stored one, the run number in the id prefix goes up (its random part
+        is drawn again: issue 13 point 17) and stream seqs go on from the
+        stored ones, read from the file when first used.
         """
         store = self.open()
         self.message(store)
@@ -72,10 +74,14 @@ class OpenTests(_StoreTestCase):
         prefix = store.id_prefix
         yield store.close()
         again = self.open()
-        self.assertEqual(again.id_prefix.rpartition(".")[0], prefix.rpartition(".")[0])
+        self.assertEqual(int(again.id_prefix.rpartition(".")[2]),
+                         int(prefix.rpartition(".")[2]) + 1)
+        self.assertNotEqual(again.id_prefix.rpartition(".")[0], prefix.rpartition(".")[0])
         self.assertEqual(again.next_seq(), seq + 1)
         self.assertEqual(again.last_seq(), seq)
-        self.assertEqual(again.streams, {("bob", "default", "alice"): 2})
+        self.assertEqual(again.stream_state_size(), 0)
+        self.assertEqual(again.next_stream_seq(("bob", "default", "alice")), 3)
+        self.assertEqual(again.next_stream_seq(("bob", "default", "carol")), 1)
 
     @defer.inlineCallbacks
     def test_ids_unique_across_runs(self):
@@ -113,7 +119,7 @@ class OpenTests(_StoreTestCase):
                          [(0,)])
         store = self.open()
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
-                         [("2",)])
+                         [("3",)])
         self.assertEqual(self.rows("SELECT count(*) FROM quarantine"), [(0,)])
         self.assertEqual(self.rows("SELECT id FROM messages"), [("old-1",)])
         self.assertEqual(store.last_seq(), 1)
