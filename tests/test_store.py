@@ -536,6 +536,8 @@ class ExpiryTests(_StoreTestCase):
         self.assertNotIn("SCAN messages", text)
         self.assertNotIn("SCAN deliveries", text)
         self.assertIn("deliveries_open_by_message", text)
+        self.assertIn("INTEGER PRIMARY KEY (rowid>?)", text)
+        self.assertIn("messages_expires (expires_at>? AND expires_at<?)", text)
 
 
 class IdPrefixTests(_StoreTestCase):
