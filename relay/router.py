@@ -570,6 +570,9 @@ class Router:
         m = dict(batcher.metrics)
         m["pending_rows"] = batcher.pending_rows()
         m["pending_bytes"] = batcher.pending_bytes()
+        m["streams_in_memory"] = self.store.stream_state_size()
+        m["dedupe_entries"] = len(self.dedupe)
+        m["dedupe_senders"] = self.dedupe.senders()
         agents = []
         for s in self.sessions.values():
             outbox = s.conn.outbox

@@ -460,8 +460,9 @@ def _recent_sends(conn, limit, per_sender, since_ms):
         "relay_fp", 3, lambda to, topic, payload: fingerprint(to, topic, payload.encode()),
         deterministic=True)
     rows = conn.execute(
-        "SELECT sender, send_id, id, coalesce(send_fp, relay_fp(recipient, topic, payload)), ts"
-        " FROM (SELECT seq, sender, send_id, id, send_fp, recipient, topic, payload, ts,"
+        "SELECT sender, send_id, id, fp, ts"
+        " FROM (SELECT seq, sender, send_id, id, ts,"
+        " coalesce(send_fp, relay_fp(recipient, topic, payload)) AS fp,"
         " row_number() OVER (PARTITION BY sender ORDER BY seq DESC) AS n"
         " FROM messages WHERE send_id IS NOT NULL AND ts >= ?)"
         " WHERE n <= ? ORDER BY seq DESC LIMIT ?", (since_ms, per_sender, limit)).fetchall()

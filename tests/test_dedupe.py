@@ -107,3 +107,48 @@ class DedupeWindowTests(unittest.TestCase):
         w.remember("a", "id", "m-1", 1)
         self.assertIsNone(w.lookup("a", "id", 1))
         self.assertEqual(len(w), 0)
+
+
+class OptionsTests(unittest.TestCase):
+
+    def test_defaults_shown_and_checked(self):
+        """
+        --dedupe-window (all entries), --dedupe-per-sender and
+        --dedupe-hours have defaults, shown in the daemon's --help, and
+        refuse values of the wrong shape with a one-line reason.
+        """
+        from twisted.python import usage
+
+        from relay import tap
+        o = tap.Options()
+        o.parseOptions([])
+        self.assertEqual((o["dedupe-window"], o["dedupe-per-sender"], o["dedupe-hours"]),
+                         (100000, 1000, 6.0))
+        flat = " ".join(o.getUsage().split())
+        for option, default in (("--dedupe-window", "100000"),
+                                ("--dedupe-per-sender", "1000"), ("--dedupe-hours", "6.0")):
+            start = flat.index(option + "=")
+            self.assertIn("[default: %s]" % (default,), flat[start:start + 200], option)
+        for args in (["--dedupe-per-sender", "0"], ["--dedupe-hours", "-1"],
+                     ["--dedupe-hours", "long"], ["--dedupe-window", "-5"]):
+            e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, args)
+            self.assertNotIn("\n", str(e))
+        o = tap.Options()
+        o.parseOptions(["--dedupe-per-sender", "5", "--dedupe-hours", "0.5"])
+        self.assertEqual((o["dedupe-per-sender"], o["dedupe-hours"]), (5, 0.5))
+
+    def test_service_wires_the_window(self):
+        """
+        makeService hands the options to the router's window and to what
+        the store loads at startup.
+        """
+        from relay import tap
+        o = tap.Options()
+        o.parseOptions(["--db", self.mktemp() + ".sqlite", "--dedupe-per-sender", "7",
+                        "--dedupe-hours", "2", "--dedupe-window", "99"])
+        relay_service = tap.makeService(o, reactor=task.Clock())
+        w = relay_service.router.dedupe
+        self.assertEqual((w.per_sender, w.max_age, w.max_total), (7, 7200.0, 99))
+        store = relay_service.store
+        self.assertEqual((store.recent_per_sender, store.recent_age, store.recent_sends_limit),
+                         (7, 7200.0, 99))

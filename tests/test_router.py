@@ -559,6 +559,9 @@ class BoundedStateTests(unittest.TestCase):
         self.assertEqual(router.counters["accepted"], 100000)
         self.assertEqual(len(router.dedupe), 20000)
         self.assertLessEqual(self.relay.store.stream_state_size(), 2000)
+        status = router.status()["store"]
+        self.assertEqual((status["dedupe_entries"], status["dedupe_senders"]), (20000, 1))
+        self.assertLessEqual(status["streams_in_memory"], 2000)
         self.assertFalse(hasattr(router, "last_for"))
         self.assertFalse(hasattr(router, "streams"))
         alice.feed(send("name-000000", "again"))

@@ -6,10 +6,6 @@
 -- written before version 3: their fingerprint is computed once, when loaded.
 ALTER TABLE messages ADD COLUMN send_fp INTEGER;
 
--- The dedupe window is loaded per sender, newest first, over the last hours.
-CREATE INDEX IF NOT EXISTS messages_sender_send
-    ON messages (sender, seq) WHERE send_id IS NOT NULL;
-
 -- Open deliveries by message, for the incremental expiry (relay.store
 -- _expire): it finds the messages whose expiry came since its last run and
 -- marks their open deliveries, without scanning every delivery.
