@@ -11,6 +11,7 @@ the message id and a fingerprint of what the SEND said, never the payload.
 At startup it is filled again from the store, within the same bounds.
 """
 
+import hashlib
 import zlib
 from collections import OrderedDict
 
@@ -23,6 +24,25 @@ def fingerprint(to, topic, payload_bytes):
     """
     head = ("%s\0%s\0" % (to, "" if topic is None else topic)).encode()
     return zlib.crc32(payload_bytes, zlib.crc32(head))
+
+
+def derived_id(sender, send_id, to, topic, payload_bytes):
+    """
+    The message id of a SEND that carries an id: the same for the same
+    sender, SEND id, recipient, topic and payload, in any run of any daemon,
+    so that a retransmission after a crash is delivered under the id the
+    recipient already saw.  (The store adds a suffix when the id is already
+    taken by a committed message: the same SEND again once the dedupe window
+    forgot it.)
+    """
+    h = hashlib.blake2b(digest_size=12, person=b"relay-msg-id")
+    for part in (sender, send_id, to, "" if topic is None else topic):
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(4, "big"))
+        h.update(data)
+    h.update(b"\1" if topic is None else b"\0")
+    h.update(payload_bytes)
+    return "m" + h.hexdigest()
 
 
 class DedupeWindow:

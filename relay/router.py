@@ -17,7 +17,7 @@ import orjson
 from twisted.internet import task
 from twisted.logger import Logger
 
-from relay.dedupe import DedupeWindow, fingerprint
+from relay.dedupe import DedupeWindow, derived_id, fingerprint
 from relay.frames import KNOWN_FIELDS, envelope, frame
 
 STATUS_PENDING = "pending"
@@ -79,9 +79,6 @@ class Session:
         # The highest message seq stored for this agent while connected
         # (a catch-up that read up to below it reads on).
         self.last_seq = 0
-        # Live deliveries waiting for their batch to commit (see
-        # Router.send), oldest first.
-        self.held = []
 
 
 class Router:
@@ -263,7 +260,14 @@ class Router:
             targets = [target]
 
         seq = store.next_seq()
-        mid = store.message_id(seq)
+        if fp is not None:
+            # Live DELIVERs go out before their batch commits.  If the daemon
+            # dies first, the sender (no receipt) sends again, and the
+            # recipient must see that copy under the id it already has: an
+            # id derived from what the SEND is, not from this run's seq.
+            mid = store.free_id(derived_id(sender, send_id, to, topic, payload_bytes))
+        else:
+            mid = store.message_id(seq)
         extra = None
         if len(env) > 9 or any(k not in KNOWN_FIELDS for k in env):
             extra = {k: v for k, v in env.items() if k not in KNOWN_FIELDS} or None
@@ -294,7 +298,6 @@ class Router:
         if meta is not None:
             base["payload_meta"] = meta
         stream = topic if topic is not None else "default"
-        held = False
         for name, target in zip(names, targets):
             key = (name, stream, sender)
             sseq = store.next_stream_seq(key)
@@ -313,16 +316,7 @@ class Router:
                 d["delivery"] = info
                 delivery.data = frame(d)
                 target.cursor = seq
-                if receipted or target.held:
-                    # A receipted SEND goes out once it is on disk: a crash
-                    # before the commit must not leave the recipient with a
-                    # copy under an id the sender's retransmission (it got
-                    # no receipt) cannot have.  Later deliveries to the same
-                    # agent wait behind it, to keep the order.
-                    target.held.append(delivery)
-                    held = True
-                else:
-                    outbox.push(delivery.data, delivery)
+                outbox.push(delivery.data, delivery)
             elif target.live:
                 # Its queue is at --queue-max: this delivery and the ones
                 # after it wait in the store until the queue drains.
@@ -333,9 +327,7 @@ class Router:
                 # broadcast does not stop for one slow member; that member's
                 # share waits in the store instead (see above).
                 self._block(session, target)
-        # In the SEND's own batch: they run once its rows are on disk.
-        if held:
-            store.after_commit(self._release_held, (targets, seq))
+        # In the SEND's own batch: it runs once its rows are on disk.
         if receipted:
             store.after_commit(self._receipt, (session, env.get("id")))
         store.end_send()
@@ -344,27 +336,6 @@ class Router:
         if store.batcher.pending_bytes() > store.batcher.overload_bytes:
             store.batcher.check_overload()
         return mid
-
-    def _release_held(self, arg):
-        """
-        Message C{seq} is on disk: push the live deliveries held for it
-        (and the ones held behind them, up to it) to their recipients.  A
-        recipient gone meanwhile finds them in the store when it comes back.
-        """
-        targets, seq = arg
-        for target in targets:
-            if target is None or not target.held:
-                continue
-            held = target.held
-            n = 0
-            while n < len(held) and held[n].seq <= seq:
-                n += 1
-            release, target.held = held[:n], held[n:]
-            if target.closed:
-                continue
-            outbox = target.conn.outbox
-            for delivery in release:
-                outbox.push(delivery.data, delivery)
 
     def _retransmitted(self, session, send_id, meta, mid):
         """

@@ -159,6 +159,8 @@ class Store:
         self._uncommitted_streams = {}
         self._reader = None
         self.stream_reads = 0
+        # Ids of message rows queued and not committed yet (see free_id).
+        self._pending_ids = {}
         self.recent_sends_limit = recent_sends
         self.recent_per_sender = recent_per_sender
         self.recent_age = recent_age
@@ -225,6 +227,21 @@ class Store:
     def message_id(self, seq):
         return "%s-%d" % (self.id_prefix, seq)
 
+    def free_id(self, base):
+        """
+        C{base} if no message has it (committed, or queued and not yet
+        committed), else the first of C{base.2}, C{base.3}, ... that is
+        free: the same answer for the same committed rows, so a SEND lost
+        in a crash gets the same id when it comes again.
+        """
+        candidate = base
+        n = 1
+        while candidate in self._pending_ids or self._reader.execute(
+                "SELECT 1 FROM messages WHERE id = ?", (candidate,)).fetchone():
+            n += 1
+            candidate = "%s.%d" % (base, n)
+        return candidate
+
     def begin_send(self):
         """
         The message row, delivery rows and stream seqs queued until
@@ -243,6 +260,7 @@ class Store:
         C{send_fp}, which is C{fp}; row[0] is its seq).
         """
         self.batcher.current.max_message_seq = row[0]
+        self._pending_ids[row[1]] = self._pending_ids.get(row[1], 0) + 1
         self.batcher.add("message", list(row) + [fp], nbytes)
 
     def next_stream_seq(self, key):
@@ -352,10 +370,17 @@ class Store:
             (k[0], k[1], k[2], v) for k, v in batch.stream_seqs.items()]
         d = self.pool.runInteraction(_write_rows, rows)
         d.addErrback(self._isolate, batch, rows)
-        d.addCallback(self._streams_committed, batch)
+        d.addCallback(self._batch_committed, batch)
         return d
 
-    def _streams_committed(self, result, batch):
+    def _batch_committed(self, result, batch):
+        pending = self._pending_ids
+        for row in batch.rows["message"]:
+            n = pending.get(row[1], 0) - 1
+            if n > 0:
+                pending[row[1]] = n
+            else:
+                pending.pop(row[1], None)
         uncommitted = self._uncommitted_streams
         for key, seq in batch.stream_seqs.items():
             if uncommitted.get(key) == seq:

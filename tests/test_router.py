@@ -473,61 +473,66 @@ class EarlierConnectionAckTests(unittest.TestCase):
         self.assertEqual(self.relay.store.batcher.metrics["failures"], 0)
 
 
-class HeldDeliveryTests(unittest.TestCase):
+class DerivedIdTests(unittest.TestCase):
     """
-    A receipted SEND's live deliveries go out once its batch committed
-    (issue 13 point 2), and the order per recipient holds.
+    A SEND carrying an id gets a message id derived from what it is, so a
+    retransmission after a crash is delivered under the id the recipient
+    already saw (issue 13 point 2).
     """
 
     @defer.inlineCallbacks
-    def setUp(self):
-        self.relay = Relay(self)
-        self.alice = yield self.relay.agent("alice")
-        self.bob = yield self.relay.agent("bob")
-        self.carol = yield self.relay.agent("carol")
+    def test_same_send_same_id_in_a_new_run(self):
+        """
+        The same SEND (sender, id, recipient, payload) accepted by a second
+        daemon run on a store that never got the first one (it died before
+        the commit) is delivered under the same message id; without an id
+        the message gets a run-prefixed id.
+        """
+        from relay.dedupe import derived_id
+        relay = Relay(self)
+        alice = yield relay.agent("alice")
+        bob = yield relay.agent("bob")
+        env = send("bob", "same", requires_ack=True)
+        alice.feed(env)
+        [first] = bob.of_type("DELIVER")
+        self.assertEqual(first["id"], derived_id("alice", env["id"], "bob", None,
+                                                 b'{"kind":"message","body":"same"}'))
+        other = Relay(self)
+        alice2 = yield other.agent("alice")
+        bob2 = yield other.agent("bob")
+        alice2.feed(env)
+        [again] = bob2.of_type("DELIVER")
+        self.assertEqual(again["id"], first["id"])
+        no_id = dict(env)
+        del no_id["id"]
+        alice2.feed(no_id)
+        self.assertTrue(bob2.of_type("DELIVER")[-1]["id"].startswith(other.store.id_prefix))
 
     @defer.inlineCallbacks
-    def test_receipted_send_delivered_after_commit(self):
+    def test_same_send_after_window_forgot_is_new(self):
         """
-        A receipted SEND is not delivered before its rows are on disk; once
-        they are, the recipient gets it, and a later unreceipted SEND to the
-        same recipient waits behind it (order kept); a SEND to another
-        agent goes out at once.
+        The same SEND again once the dedupe window has forgotten it (here a
+        window of one entry per sender) is stored and delivered as a new
+        message, under the derived id with a suffix (messages.id stays
+        unique); within the window it is a retransmission.
         """
-        self.alice.feed(send("bob", "durable", requires_ack=True))
-        self.alice.feed(send("bob", "after"))
-        self.alice.feed(send("carol", "other"))
-        self.assertEqual(self.bob.of_type("DELIVER"), [])
-        self.assertEqual(bodies(self.carol.of_type("DELIVER")), ["other"])
-        yield self.relay.flush()
-        self.assertEqual(self.relay.rows("SELECT count(*) FROM deliveries"), [(3,)])
-        self.assertEqual(bodies(self.bob.of_type("DELIVER")), ["durable", "after"])
-        self.assertEqual([d["delivery"]["seq"] for d in self.bob.of_type("DELIVER")], [1, 2])
-
-    @defer.inlineCallbacks
-    def test_broadcast_held_for_each_member(self):
-        """
-        A receipted broadcast reaches every other agent after its commit,
-        the sender's receipt after the deliveries are queued.
-        """
-        self.alice.feed(send("*", "all", requires_ack=True))
-        self.assertEqual(self.bob.of_type("DELIVER") + self.carol.of_type("DELIVER"), [])
-        yield self.relay.flush()
-        self.assertEqual(bodies(self.bob.of_type("DELIVER")), ["all"])
-        self.assertEqual(bodies(self.carol.of_type("DELIVER")), ["all"])
-        self.assertEqual(len(self.alice.of_type("ACK")), 1)
-
-    @defer.inlineCallbacks
-    def test_recipient_gone_before_commit_gets_it_on_return(self):
-        """
-        A recipient that disconnects while its delivery is held gets it
-        from the store when it comes back, once.
-        """
-        self.alice.feed(send("bob", "held", requires_ack=True))
-        self.bob.transport.loseConnection()
-        yield self.relay.flush()
-        bob = yield self.relay.agent("bob")
-        self.assertEqual(bodies(bob.of_type("DELIVER")), ["held"])
+        relay = Relay(self, dedupe_per_sender=1)
+        alice = yield relay.agent("alice")
+        bob = yield relay.agent("bob")
+        env = send("bob", "again")
+        alice.feed(env)
+        alice.feed(env)
+        self.assertEqual(relay.router.counters["retransmits"], 1)
+        yield relay.flush()
+        alice.feed(send("bob", "pushes it out"))
+        alice.feed(env)
+        alice.feed(env)
+        yield relay.flush()
+        ids = [d["id"] for d in bob.of_type("DELIVER")]
+        self.assertEqual(bodies(bob.of_type("DELIVER")), ["again", "pushes it out", "again"])
+        self.assertEqual(ids[2], ids[0] + ".2")
+        self.assertEqual(relay.router.counters["retransmits"], 2)
+        self.assertEqual(relay.rows("SELECT count(DISTINCT id) FROM messages"), [(3,)])
 
 
 class BoundedStateTests(unittest.TestCase):
