@@ -152,3 +152,29 @@ class OptionsTests(unittest.TestCase):
         store = relay_service.store
         self.assertEqual((store.recent_per_sender, store.recent_age, store.recent_sends_limit),
                          (7, 7200.0, 99))
+
+
+class DerivedIdTests(unittest.TestCase):
+
+    def test_same_send_same_id(self):
+        """
+        The derived id depends on sender, SEND id, recipient, topic and
+        payload, on each of them, and on nothing else (no run, no seq); the
+        fields cannot run into each other.
+        """
+        from relay.dedupe import derived_id
+        base = derived_id("a", "s1", "bob", None, b'{"body":"x"}')
+        self.assertEqual(base, derived_id("a", "s1", "bob", None, b'{"body":"x"}'))
+        self.assertTrue(base.startswith("m"))
+        others = [derived_id("b", "s1", "bob", None, b'{"body":"x"}'),
+                  derived_id("a", "s2", "bob", None, b'{"body":"x"}'),
+                  derived_id("a", "s1", "carol", None, b'{"body":"x"}'),
+                  derived_id("a", "s1", "bob", "", b'{"body":"x"}'),
+                  derived_id("a", "s1", "bob", "t", b'{"body":"x"}'),
+                  derived_id("a", "s1", "bob", None, b'{"body":"y"}'),
+                  derived_id("as", "1", "bob", None, b'{"body":"x"}'),
+                  derived_id("a", "s1b", "ob", None, b'{"body":"x"}')]
+        self.assertNotIn(base, others)
+        self.assertEqual(len(set(others)), len(others))
+        # Names the protocol lets through, whatever their code points.
+        self.assertTrue(derived_id("\ud800", "\udfff", "x", None, b"{}"))

@@ -676,3 +676,39 @@ class StreamStateTests(_StoreTestCase):
         self.assertEqual(self.rows("SELECT last_seq FROM streams WHERE recipient = 'name-0'"),
                          [(2,)])
         self.assertEqual(self.rows("SELECT count(*) FROM streams"), [(100000,)])
+
+
+class FreeIdTests(_StoreTestCase):
+
+    @defer.inlineCallbacks
+    def test_taken_ids_get_a_suffix(self):
+        """
+        free_id gives the base id while no message has it; once a message
+        queued or committed has it, the first free of base.2, base.3, ...;
+        the answer depends on the committed rows only, so it is the same
+        again after a restart that lost what was only queued.
+        """
+        store = self.open()
+        self.assertEqual(store.free_id("mx"), "mx")
+
+        def add(mid):
+            seq = store.next_seq()
+            store.add_message([seq, mid, "s", 1000, "a", "b", None, None, "message", "{}",
+                               None, None, 10 ** 13], 100)
+
+        add("mx")
+        self.assertEqual(store.free_id("mx"), "mx.2")
+        yield store.batcher.flush()
+        self.assertEqual(store.free_id("mx"), "mx.2")
+        add("mx.2")
+        self.assertEqual(store.free_id("mx"), "mx.3")
+        self.assertEqual(store._pending_ids, {"mx.2": 1})
+        yield store.batcher.flush()
+        self.assertEqual(store._pending_ids, {})
+        add("my")
+        # A crash: "my" was only queued.
+        store.batcher.current = type(store.batcher.current)()
+        yield store.close()
+        again = self.open()
+        self.assertEqual(again.free_id("mx"), "mx.3")
+        self.assertEqual(again.free_id("my"), "my")
