@@ -139,7 +139,8 @@ class Batcher:
         if self._group is not None:
             raise RuntimeError("begin_group inside a group")
         batch = self.current
-        self._group = (batch, {name: len(batch.rows[name]) for name in STATEMENTS})
+        rows = batch.rows
+        self._group = (batch, [len(rows[name]) for name in STATEMENTS])
 
     def end_group(self):
         """
@@ -148,8 +149,12 @@ class Batcher:
         """
         batch, starts = self._group
         self._group = None
-        group = {name: (start, len(batch.rows[name])) for name, start in starts.items()
-                 if len(batch.rows[name]) > start}
+        rows = batch.rows
+        group = {}
+        for name, start in zip(STATEMENTS, starts):
+            end = len(rows[name])
+            if end > start:
+                group[name] = (start, end)
         if group:
             batch.groups.append(group)
         deferred, self._deferred_cause = self._deferred_cause, None

@@ -265,7 +265,11 @@ class Router:
             # dies first, the sender (no receipt) sends again, and the
             # recipient must see that copy under the id it already has: an
             # id derived from what the SEND is, not from this run's seq.
-            mid = store.free_id(derived_id(sender, send_id, to, topic, payload_bytes))
+            # The same SEND again after the dedupe window forgot it has the
+            # id of a stored message: the store leaves it out at write time
+            # (it is that message), and the recipient, which has that id,
+            # takes the live copy for what it is, a duplicate.
+            mid = derived_id(sender, send_id, to, topic, payload_bytes)
         else:
             mid = store.message_id(seq)
         extra = None

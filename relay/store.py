@@ -147,6 +147,7 @@ class Store:
         self.batcher = Batcher(reactor, self._write_batch, size=batch_size, delay=batch_delay,
                                max_bytes=batch_bytes, on_committed=self._committed)
         self.batcher.metrics["quarantined"] = 0
+        self.batcher.metrics["known_sends"] = 0
         self._commit_listeners = []
         self._seq = 0
         self._committed_seq = 0
@@ -159,8 +160,6 @@ class Store:
         self._uncommitted_streams = {}
         self._reader = None
         self.stream_reads = 0
-        # Ids of message rows queued and not committed yet (see free_id).
-        self._pending_ids = {}
         self.recent_sends_limit = recent_sends
         self.recent_per_sender = recent_per_sender
         self.recent_age = recent_age
@@ -227,21 +226,6 @@ class Store:
     def message_id(self, seq):
         return "%s-%d" % (self.id_prefix, seq)
 
-    def free_id(self, base):
-        """
-        C{base} if no message has it (committed, or queued and not yet
-        committed), else the first of C{base.2}, C{base.3}, ... that is
-        free: the same answer for the same committed rows, so a SEND lost
-        in a crash gets the same id when it comes again.
-        """
-        candidate = base
-        n = 1
-        while candidate in self._pending_ids or self._reader.execute(
-                "SELECT 1 FROM messages WHERE id = ?", (candidate,)).fetchone():
-            n += 1
-            candidate = "%s.%d" % (base, n)
-        return candidate
-
     def begin_send(self):
         """
         The message row, delivery rows and stream seqs queued until
@@ -260,7 +244,6 @@ class Store:
         C{send_fp}, which is C{fp}; row[0] is its seq).
         """
         self.batcher.current.max_message_seq = row[0]
-        self._pending_ids[row[1]] = self._pending_ids.get(row[1], 0) + 1
         self.batcher.add("message", list(row) + [fp], nbytes)
 
     def next_stream_seq(self, key):
@@ -281,10 +264,10 @@ class Store:
             cache.move_to_end(key)
             return seq
         self.stream_reads += 1
-        row = self._reader.execute(
+        rows = self._reader.execute(
             "SELECT last_seq FROM streams WHERE recipient = ? AND topic = ? AND sender = ?",
-            key).fetchone()
-        seq = row[0] if row else 0
+            key).fetchall()
+        seq = rows[0][0] if rows else 0
         self._cache_stream(key, seq)
         return seq
 
@@ -374,13 +357,6 @@ class Store:
         return d
 
     def _batch_committed(self, result, batch):
-        pending = self._pending_ids
-        for row in batch.rows["message"]:
-            n = pending.get(row[1], 0) - 1
-            if n > 0:
-                pending[row[1]] = n
-            else:
-                pending.pop(row[1], None)
         uncommitted = self._uncommitted_streams
         for key, seq in batch.stream_seqs.items():
             if uncommitted.get(key) == seq:
@@ -405,8 +381,13 @@ class Store:
         d.addCallback(self._quarantined)
         return d
 
-    def _quarantined(self, refused):
+    def _quarantined(self, result):
+        refused, known = result
         self.batcher.metrics["quarantined"] += len(refused)
+        self.batcher.metrics["known_sends"] += len(known)
+        for mid in known:
+            self.log.info("store: message {id} is already stored (the same SEND again, after "
+                          "the dedupe window forgot it): not stored twice", id=mid)
         for statement, row, error in refused:
             self.log.critical("store: quarantined a {statement} row SQLite refuses ({error}): {row}",
                               statement=statement, error=error, row=row)
@@ -512,25 +493,51 @@ def _quarantine(txn, refused, now_ms, name, row, e):
                 (now_ms, name, text, error))
 
 
+def _is_known_send(group, rows, error):
+    """
+    Whether C{error} refused a SEND because its message id is already
+    stored: an id derived from the SEND (relay.dedupe.derived_id, "m...")
+    names the same sender, SEND id, recipient, topic and payload, so that
+    message is on disk already.
+    """
+    if "message" not in group or not isinstance(error, sqlite3.IntegrityError):
+        return False
+    start, end = group["message"]
+    mid = rows["message"][start][1]
+    return (isinstance(mid, str) and mid.startswith("m")
+            and "messages.id" in str(error))
+
+
 def _write_rows_isolated(txn, rows, groups, now_ms):
     """
     Write a batch SQLite refused as a whole unit by unit: each SEND (a
     group: its message, delivery and stream rows) under one savepoint, so it
     is written whole or quarantined whole, then every other row on its own.
+    A SEND whose derived message id is already stored is the same SEND
+    again: its rows are left out, not quarantined.
+
+    @return: (refused rows, ids of SENDs found already stored)
     """
     refused = []
+    known = []
     grouped = {name: set() for name in STATEMENTS}
+    for group in groups:
+        for name, (start, end) in group.items():
+            grouped[name].update(range(start, end))
     for group in groups:
         txn.execute("SAVEPOINT relay_send")
         try:
             for name in STATEMENTS:
                 if name in group:
                     start, end = group[name]
-                    grouped[name].update(range(start, end))
                     for row in rows[name][start:end]:
                         _execute(txn, name, row)
         except ROW_ERRORS as e:
             txn.execute("ROLLBACK TO relay_send")
+            if _is_known_send(group, rows, e):
+                known.append(rows["message"][group["message"][0]][1])
+                txn.execute("RELEASE relay_send")
+                continue
             for name in STATEMENTS:
                 if name in group:
                     start, end = group[name]
@@ -549,7 +556,7 @@ def _write_rows_isolated(txn, rows, groups, now_ms):
                 txn.execute("ROLLBACK TO relay_row")
                 _quarantine(txn, refused, now_ms, name, row, e)
             txn.execute("RELEASE relay_row")
-    return refused
+    return refused, known
 
 
 def _execute(txn, name, row):
