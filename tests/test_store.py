@@ -641,6 +641,35 @@ class DedupeLoadTests(_StoreTestCase):
         return d
 
 
+class StartupBoundsTests(_StoreTestCase):
+
+    @defer.inlineCallbacks
+    def test_100000_names_on_disk_load_bounded(self):
+        """
+        A store holding SENDs from 100,000 distinct senders to 100,000
+        distinct recipients (100,000 streams) loads at startup no more
+        dedupe entries than its total bound, each without payload, and no
+        stream state at all.
+        """
+        yield self.open().close()
+        conn = sqlite3.connect(self.path)
+        now_ms = int(reactor.seconds() * 1000)
+        conn.executemany(
+            "INSERT INTO messages (seq, id, send_id, ts, sender, recipient, kind, payload,"
+            " expires_at, send_fp) VALUES (?, ?, 's', ?, ?, ?, 'message', ?, ?, 7)",
+            ((i, "m%d" % i, now_ms, "sender-%06d" % i, "rcpt-%06d" % i,
+              '{"body":"%s"}' % ("x" * 100), now_ms + 10 ** 9) for i in range(1, 100001)))
+        conn.executemany("INSERT INTO streams VALUES (?, 'default', ?, 1)",
+                         (("rcpt-%06d" % i, "sender-%06d" % i) for i in range(1, 100001)))
+        conn.commit()
+        conn.close()
+        store = self.open(recent_sends=5000)
+        self.assertEqual(len(store.recent_sends), 5000)
+        self.assertEqual(store.recent_sends[-1], ("sender-100000", "s", "m100000", 7, now_ms))
+        self.assertEqual(store.stream_state_size(), 0)
+        self.assertEqual(store.next_stream_seq(("rcpt-000001", "default", "sender-000001")), 2)
+
+
 class StreamStateTests(_StoreTestCase):
     """
     Stream seqs are kept in a bounded LRU backed by the streams table
