@@ -122,6 +122,22 @@ class Batcher:
             self._check_size()
         return row
 
+    def abort_group(self):
+        """
+        Take back every row added since L{begin_group} (the unit failed
+        half way: nothing of it is written).  Callbacks stay: they may be
+        anyone's (a flush asked for meanwhile); a unit adds its own after
+        its rows are complete.
+        """
+        batch, starts, (count, nbytes, max_seq) = self._group
+        self._group = None
+        for name, start in zip(STATEMENTS, starts):
+            del batch.rows[name][start:]
+        batch.count, batch.nbytes, batch.max_message_seq = count, nbytes, max_seq
+        deferred, self._deferred_cause = self._deferred_cause, None
+        if deferred is not None:
+            self._kick(deferred)
+
     def _check_size(self):
         batch = self.current
         if batch.count >= self.size:
@@ -140,14 +156,15 @@ class Batcher:
             raise RuntimeError("begin_group inside a group")
         batch = self.current
         rows = batch.rows
-        self._group = (batch, [len(rows[name]) for name in STATEMENTS])
+        self._group = (batch, [len(rows[name]) for name in STATEMENTS],
+                       (batch.count, batch.nbytes, batch.max_message_seq))
 
     def end_group(self):
         """
         Close the unit L{begin_group} opened; a size or byte trigger it
         crossed starts the flush now, after the whole unit.
         """
-        batch, starts = self._group
+        batch, starts, _ = self._group
         self._group = None
         rows = batch.rows
         group = {}

@@ -276,65 +276,71 @@ class Router:
         if len(env) > 9 or any(k not in KNOWN_FIELDS for k in env):
             extra = {k: v for k, v in env.items() if k not in KNOWN_FIELDS} or None
         payload_text = payload_bytes.decode()
-        if fp is not None:
-            self.dedupe.remember(sender, send_id, mid, fp)
         receipted = bool(meta and meta.get("requires_ack"))
         # The message row, its delivery rows and its stream seqs commit in
         # one transaction (a crash between two would leave a message that
         # reaches some or none of its recipients, and a retransmission
         # receipted from the dedupe window).
         store.begin_send()
-        store.add_message([
-            seq, mid, env.get("id"), now_ms, sender, to, topic, payload.get("thread"),
-            payload.get("kind", "message"), payload_text,
-            orjson.dumps(meta).decode() if meta is not None else None,
-            orjson.dumps(extra).decode() if extra else None,
-            expires], size, fp)
-        self.counters["accepted"] += 1
-        session.sent += 1
+        try:
+            store.add_message([
+                seq, mid, env.get("id"), now_ms, sender, to, topic, payload.get("thread"),
+                payload.get("kind", "message"), payload_text,
+                orjson.dumps(meta).decode() if meta is not None else None,
+                orjson.dumps(extra).decode() if extra else None,
+                expires], size, fp)
+            self.counters["accepted"] += 1
+            session.sent += 1
 
-        base = {"v": 1, "type": "DELIVER", "id": mid, "ts": now_ms, "from": sender}
-        if extra:
-            base = dict(extra, **base)
-        if topic is not None:
-            base["topic"] = topic
-        base["payload"] = payload
-        if meta is not None:
-            base["payload_meta"] = meta
-        stream = topic if topic is not None else "default"
-        for name, target in zip(names, targets):
-            key = (name, stream, sender)
-            sseq = store.next_stream_seq(key)
-            handle = store.add_delivery(name, seq, key, sseq, STATUS_PENDING, now_ms)
-            if target is None:
-                continue
-            target.last_seq = seq
-            outbox = target.conn.outbox
-            if target.live and not outbox.full():
-                delivery = Delivery(seq, mid, name, None, handle, 0, expires)
-                info = {"seq": sseq, "session_id": target.session_id}
-                if to == "*":
-                    info["originalTo"] = "*"
-                d = dict(base)
-                d["to"] = name
-                d["delivery"] = info
-                delivery.data = frame(d)
-                target.cursor = seq
-                outbox.push(delivery.data, delivery)
-            elif target.live:
-                # Its queue is at --queue-max: this delivery and the ones
-                # after it wait in the store until the queue drains.
-                target.live = False
-            if outbox.backpressured and to != "*":
-                # A direct message to a recipient that is not keeping up:
-                # stop reading the sender until the recipient drains.  A
-                # broadcast does not stop for one slow member; that member's
-                # share waits in the store instead (see above).
-                self._block(session, target)
+            base = {"v": 1, "type": "DELIVER", "id": mid, "ts": now_ms, "from": sender}
+            if extra:
+                base = dict(extra, **base)
+            if topic is not None:
+                base["topic"] = topic
+            base["payload"] = payload
+            if meta is not None:
+                base["payload_meta"] = meta
+            stream = topic if topic is not None else "default"
+            for name, target in zip(names, targets):
+                key = (name, stream, sender)
+                sseq = store.next_stream_seq(key)
+                handle = store.add_delivery(name, seq, key, sseq, STATUS_PENDING, now_ms)
+                if target is None:
+                    continue
+                target.last_seq = seq
+                outbox = target.conn.outbox
+                if target.live and not outbox.full():
+                    delivery = Delivery(seq, mid, name, None, handle, 0, expires)
+                    info = {"seq": sseq, "session_id": target.session_id}
+                    if to == "*":
+                        info["originalTo"] = "*"
+                    d = dict(base)
+                    d["to"] = name
+                    d["delivery"] = info
+                    delivery.data = frame(d)
+                    target.cursor = seq
+                    outbox.push(delivery.data, delivery)
+                elif target.live:
+                    # Its queue is at --queue-max: this delivery and the ones
+                    # after it wait in the store until the queue drains.
+                    target.live = False
+                if outbox.backpressured and to != "*":
+                    # A direct message to a recipient that is not keeping up:
+                    # stop reading the sender until the recipient drains.  A
+                    # broadcast does not stop for one slow member; that member's
+                    # share waits in the store instead (see above).
+                    self._block(session, target)
+        except BaseException:
+            # Nothing of a SEND that failed half way is stored, nor
+            # remembered: the sender gets no receipt and sends it again.
+            store.abort_send()
+            raise
         # In the SEND's own batch: it runs once its rows are on disk.
         if receipted:
             store.after_commit(self._receipt, (session, env.get("id")))
         store.end_send()
+        if fp is not None:
+            self.dedupe.remember(sender, send_id, mid, fp)
         if receipted:
             store.batcher.soon()
         if store.batcher.pending_bytes() > store.batcher.overload_bytes:

@@ -238,6 +238,13 @@ class Store:
     def end_send(self):
         self.batcher.end_group()
 
+    def abort_send(self):
+        """
+        The SEND failed half way: none of its rows are written (its stream
+        seqs stay used: a gap, never a repeat).
+        """
+        self.batcher.abort_group()
+
     def add_message(self, row, nbytes, fp=None):
         """
         Queue a message row (see SQL["message"] without its last column,

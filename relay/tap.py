@@ -104,7 +104,8 @@ class Options(usage.Options):
          _positive_float("rate-burst")],
         ["dedupe-window", None, 100000,
          "Recent SENDs remembered in all by (sender, id), so that a client re-sending one "
-         "it got no receipt for is receipted again, not stored twice (0: off).",
+         "it got no receipt for is receipted again, not stored twice (0: off; the store "
+         "still keeps a SEND with an id once).",
          _non_negative_int("dedupe-window")],
         ["dedupe-per-sender", None, 1000,
          "Recent SENDs remembered for each sender (its newest), also across restarts.",

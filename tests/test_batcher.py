@@ -588,3 +588,23 @@ class GroupTests(unittest.TestCase):
         self.flushLoggedErrors(RuntimeError)
         self.assertEqual(batcher.current.stream_seqs,
                          {("bob", "default", "a"): 2, ("bob", "t", "a"): 1})
+
+    def test_abort_takes_the_group_back(self):
+        """
+        abort_group removes the rows and bytes of the unit and nothing
+        before it; a flush asked for meanwhile starts then, and fires.
+        """
+        clock, writer, batcher = make(size=50, delay=10.0)
+        batcher.add("message", [1], 10)
+        batcher.begin_group()
+        batcher.add("message", [2], 100)
+        batcher.add("delivery", ["bob", 2], 100)
+        d = batcher.flush()
+        batcher.abort_group()
+        writer.commit(0)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(len(writer.calls), 1)
+        self.assertEqual(writer.rows(0), [[1]])
+        self.assertEqual(writer.rows(0, "delivery"), [])
+        batch = writer.calls[0][0]
+        self.assertEqual((batch.count, batch.nbytes, batch.groups), (1, 10, []))

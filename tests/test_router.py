@@ -574,3 +574,35 @@ class BoundedStateTests(unittest.TestCase):
         yield self.relay.flush()
         back = yield self.relay.agent("name-000000")
         self.assertEqual([d["delivery"]["seq"] for d in back.of_type("DELIVER")], [1, 2])
+
+
+class SendUnitTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def test_failure_inside_a_send_does_not_stop_the_store(self):
+        """
+        An exception raised while a SEND's rows are being queued takes
+        that SEND's rows back (nothing half stored, nor remembered as sent:
+        its retransmission is stored) and closes the store's unit: later
+        SENDs are stored and flushed as usual.
+        """
+        relay = Relay(self)
+        alice = yield relay.agent("alice")
+        store = relay.store
+        real = store.add_delivery
+
+        def broken(*args):
+            store.add_delivery = real
+            raise RuntimeError("boom")
+
+        store.add_delivery = broken
+        self.assertRaises(RuntimeError, relay.router.send, relay.router.sessions["alice"],
+                          send("bob", "first"), 100)
+        self.assertIsNone(store.batcher._group)
+        self.assertEqual(store.batcher.current.count, 0)
+        self.assertEqual(len(relay.router.dedupe), 0)
+        alice.feed(send("bob", "second"))
+        yield relay.flush()
+        self.assertEqual(relay.rows("SELECT json_extract(payload, '$.body') FROM messages"),
+                         [("second",)])
+        self.assertEqual(relay.rows("SELECT count(*) FROM deliveries"), [(1,)])
