@@ -128,7 +128,7 @@ class OptionsTests(unittest.TestCase):
         for option, default in (("--dedupe-window", "100000"),
                                 ("--dedupe-per-sender", "1000"), ("--dedupe-hours", "6.0")):
             start = flat.index(option + "=")
-            self.assertIn("[default: %s]" % (default,), flat[start:start + 200], option)
+            self.assertIn("[default: %s]" % (default,), flat[start:start + 300], option)
         for args in (["--dedupe-per-sender", "0"], ["--dedupe-hours", "-1"],
                      ["--dedupe-hours", "long"], ["--dedupe-window", "-5"]):
             e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, args)
