@@ -91,9 +91,11 @@ def run_store(reactor, path, messages, chunk, batch_size, batch_delay, batch_byt
                 row = list(row)
                 row[0] = seq
                 row[1] = store.message_id(seq)
+                store.begin_send()
                 store.add_message(row, size)
                 for name, key, sseq in deliveries:
                     store.add_delivery(name, seq, key, sseq, STATUS_PENDING, now_ms)
+                store.end_send()
                 if receipts:
                     store.after_commit(receipted.append, seq)
                     store.batcher.soon()
@@ -123,7 +125,7 @@ def run_baseline(path, messages, synchronous="full"):
         message_rows = []
         delivery_rows = []
         for row, size, deliveries in messages:
-            row = list(row)
+            row = list(row) + [None]  # send_fp
             row[1] = "base-%d" % (row[0],)
             message_rows.append(row)
             for name, key, sseq in deliveries:

@@ -39,13 +39,26 @@ class Batch:
         self.demanded = False
         self.urgent = False
         self.max_message_seq = 0
+        # The row ranges of each SEND added as one unit: a list of dicts
+        # statement -> (start, end), so that the row-by-row fallback keeps
+        # a SEND's rows together (all written or all quarantined).
+        self.groups = []
+        # (recipient, topic, sender) -> the highest stream seq of this
+        # batch's deliveries, written with them.
+        self.stream_seqs = {}
 
     def absorb(self, later):
         """
         Append the rows of C{later} (a newer batch) after ours.
         """
+        for group in later.groups:
+            self.groups.append({name: (start + len(self.rows[name]), end + len(self.rows[name]))
+                                for name, (start, end) in group.items()})
         for name in STATEMENTS:
             self.rows[name].extend(later.rows[name])
+        for key, seq in later.stream_seqs.items():
+            if seq > self.stream_seqs.get(key, 0):
+                self.stream_seqs[key] = seq
         self.count += later.count
         self.nbytes += later.nbytes
         self.callbacks.extend(later.callbacks)
@@ -79,6 +92,8 @@ class Batcher:
         self._soon = None
         self._running = False
         self._overload_listeners = []
+        self._group = None
+        self._deferred_cause = None
         self.overload_bytes = 4 * max_bytes
         self.overloaded = False
         self.metrics = {
@@ -103,11 +118,66 @@ class Batcher:
         batch.rows[statement].append(row)
         batch.count += 1
         batch.nbytes += nbytes
+        if self._group is None:
+            self._check_size()
+        return row
+
+    def abort_group(self):
+        """
+        Take back every row added since L{begin_group} (the unit failed
+        half way: nothing of it is written).  Callbacks stay: they may be
+        anyone's (a flush asked for meanwhile); a unit adds its own after
+        its rows are complete.
+        """
+        batch, starts, (count, nbytes, max_seq) = self._group
+        self._group = None
+        for name, start in zip(STATEMENTS, starts):
+            del batch.rows[name][start:]
+        batch.count, batch.nbytes, batch.max_message_seq = count, nbytes, max_seq
+        deferred, self._deferred_cause = self._deferred_cause, None
+        if deferred is not None:
+            self._kick(deferred)
+
+    def _check_size(self):
+        batch = self.current
         if batch.count >= self.size:
             self._kick("size")
         elif batch.nbytes >= self.max_bytes:
             self._kick("bytes")
-        return row
+
+    def begin_group(self):
+        """
+        The rows added until L{end_group} belong to one unit (a SEND: its
+        message row, delivery rows and stream seqs): no flush starts in
+        between, so they commit in one transaction, and the row-by-row
+        fallback writes or quarantines them together.
+        """
+        if self._group is not None:
+            raise RuntimeError("begin_group inside a group")
+        batch = self.current
+        rows = batch.rows
+        self._group = (batch, [len(rows[name]) for name in STATEMENTS],
+                       (batch.count, batch.nbytes, batch.max_message_seq))
+
+    def end_group(self):
+        """
+        Close the unit L{begin_group} opened; a size or byte trigger it
+        crossed starts the flush now, after the whole unit.
+        """
+        batch, starts, _ = self._group
+        self._group = None
+        rows = batch.rows
+        group = {}
+        for name, start in zip(STATEMENTS, starts):
+            end = len(rows[name])
+            if end > start:
+                group[name] = (start, end)
+        if group:
+            batch.groups.append(group)
+        deferred, self._deferred_cause = self._deferred_cause, None
+        self._check_size()
+        if deferred is not None:
+            self._kick(deferred)
 
     def after_commit(self, fn, arg):
         """
@@ -208,6 +278,10 @@ class Batcher:
 
     def _kick(self, cause):
         if self._inflight is not None:
+            return
+        if self._group is not None:
+            # Never between the rows of one unit: start once it is complete.
+            self._deferred_cause = self._deferred_cause or cause
             return
         if self._retry is not None:
             if cause == "shutdown" or cause == "demand":

@@ -14,13 +14,13 @@ L{relay.protocol.RelayProtocol}).
 
 import secrets
 import uuid
-import zlib
 from collections import OrderedDict
 
 import orjson
 from twisted.internet import task
 from twisted.logger import Logger
 
+from relay.dedupe import DedupeWindow, derived_id, fingerprint
 from relay.frames import KNOWN_FIELDS, envelope, frame
 
 STATUS_PENDING = "pending"
@@ -35,14 +35,7 @@ HELLO_INFO = ("entityType", "cli", "program", "model", "task", "workingDirectory
               "displayName")
 
 
-def fingerprint(to, topic, payload_bytes):
-    """
-    A checksum of what a SEND says (recipient, topic, payload), so that a
-    client reusing an id for a different message is not taken for a
-    retransmission.
-    """
-    head = ("%s\0%s\0" % (to, "" if topic is None else topic)).encode()
-    return zlib.crc32(payload_bytes, zlib.crc32(head))
+__all__ = ["Router", "fingerprint"]
 
 
 class Delivery:
@@ -86,6 +79,9 @@ class Session:
         self.blocked = set()
         self.sent = 0
         self.delivered = 0
+        # The highest message seq stored for this agent while connected
+        # (a catch-up that read up to below it reads on).
+        self.last_seq = 0
 
 
 class Router:
@@ -101,7 +97,8 @@ class Router:
     log = Logger()
 
     def __init__(self, clock, store, ack_timeout=5.0, message_ttl=86400.0, limiter=None,
-                 rate_policy="throttle", window=1000, dedupe_window=10000):
+                 rate_policy="throttle", window=1000, dedupe_window=100000,
+                 dedupe_per_sender=1000, dedupe_age=6 * 3600.0):
         self.clock = clock
         self.store = store
         self.ack_timeout = ack_timeout
@@ -109,15 +106,13 @@ class Router:
         self.limiter = limiter
         self.rate_policy = rate_policy
         self.default_window = window
-        self.dedupe_window = dedupe_window
-        # (sender, SEND id) -> (message id, fingerprint) of recent SENDs, to
-        # recognise a client re-sending what it got no receipt for.
-        self.recent_sends = OrderedDict()
+        # Recent SENDs per sender, to recognise a client re-sending what it
+        # got no receipt for.
+        self.dedupe = DedupeWindow(clock, per_sender=dedupe_per_sender, max_age=dedupe_age,
+                                   max_total=dedupe_window)
         self.sessions = {}
         self.connections = set()
         self.topics = {}
-        self.streams = {}
-        self.last_for = {}
         self.started = clock.seconds()
         self.store_paused = False
         self.sync_stats = None
@@ -131,9 +126,8 @@ class Router:
         self._expirer.clock = clock
 
     def start(self):
-        self.streams = self.store.streams
-        for sender, send_id, mid, to, topic, payload in self.store.recent_sends:
-            self._remember(sender, send_id, mid, fingerprint(to, topic, payload.encode()))
+        for sender, send_id, mid, fp, ts_ms in self.store.recent_sends:
+            self.dedupe.remember(sender, send_id, mid, fp, ts_ms / 1000.0)
         self.store.recent_sends = ()
         self._sweeper.start(max(0.05, min(self.ack_timeout / 4.0, 1.0)), now=False)
         self._expirer.start(60.0, now=True)
@@ -250,11 +244,11 @@ class Router:
 
         payload_bytes = orjson.dumps(payload)
         send_id = env.get("id")
-        if self.dedupe_window and isinstance(send_id, str) and send_id:
+        if isinstance(send_id, str) and send_id:
             fp = fingerprint(to, topic, payload_bytes)
-            seen = self.recent_sends.get((sender, send_id))
-            if seen is not None and seen[1] == fp:
-                return self._retransmitted(session, send_id, meta, seen[0])
+            seen = self.dedupe.lookup(sender, send_id, fp)
+            if seen is not None:
+                return self._retransmitted(session, send_id, meta, seen)
         else:
             fp = None
 
@@ -270,76 +264,92 @@ class Router:
             targets = [target]
 
         seq = store.next_seq()
-        mid = store.message_id(seq)
+        if fp is not None:
+            # Live DELIVERs go out before their batch commits.  If the daemon
+            # dies first, the sender (no receipt) sends again, and the
+            # recipient must see that copy under the id it already has: an
+            # id derived from what the SEND is, not from this run's seq.
+            # The same SEND again after the dedupe window forgot it has the
+            # id of a stored message: the store leaves it out at write time
+            # (it is that message), and the recipient, which has that id,
+            # takes the live copy for what it is, a duplicate.
+            mid = derived_id(sender, send_id, to, topic, payload_bytes)
+        else:
+            mid = store.message_id(seq)
         extra = None
         if len(env) > 9 or any(k not in KNOWN_FIELDS for k in env):
             extra = {k: v for k, v in env.items() if k not in KNOWN_FIELDS} or None
         payload_text = payload_bytes.decode()
-        if fp is not None:
-            self._remember(sender, send_id, mid, fp)
-        store.add_message([
-            seq, mid, env.get("id"), now_ms, sender, to, topic, payload.get("thread"),
-            payload.get("kind", "message"), payload_text,
-            orjson.dumps(meta).decode() if meta is not None else None,
-            orjson.dumps(extra).decode() if extra else None,
-            expires], size)
-        self.counters["accepted"] += 1
-        session.sent += 1
+        receipted = bool(meta and meta.get("requires_ack"))
+        # The message row, its delivery rows and its stream seqs commit in
+        # one transaction (a crash between two would leave a message that
+        # reaches some or none of its recipients, and a retransmission
+        # receipted from the dedupe window).
+        store.begin_send()
+        try:
+            store.add_message([
+                seq, mid, env.get("id"), now_ms, sender, to, topic, payload.get("thread"),
+                payload.get("kind", "message"), payload_text,
+                orjson.dumps(meta).decode() if meta is not None else None,
+                orjson.dumps(extra).decode() if extra else None,
+                expires], size, fp)
+            self.counters["accepted"] += 1
+            session.sent += 1
 
-        base = {"v": 1, "type": "DELIVER", "id": mid, "ts": now_ms, "from": sender}
-        if extra:
-            base = dict(extra, **base)
-        if topic is not None:
-            base["topic"] = topic
-        base["payload"] = payload
-        if meta is not None:
-            base["payload_meta"] = meta
-        stream = topic if topic is not None else "default"
-        streams = self.streams
-        last_for = self.last_for
-        for name, target in zip(names, targets):
-            key = (name, stream, sender)
-            sseq = streams.get(key, 0) + 1
-            streams[key] = sseq
-            handle = store.add_delivery(name, seq, key, sseq, STATUS_PENDING, now_ms)
-            last_for[name] = seq
-            if target is None:
-                continue
-            outbox = target.conn.outbox
-            if target.live and not outbox.full():
-                delivery = Delivery(seq, mid, name, None, handle, 0, expires)
-                info = {"seq": sseq, "session_id": target.session_id}
-                if to == "*":
-                    info["originalTo"] = "*"
-                d = dict(base)
-                d["to"] = name
-                d["delivery"] = info
-                delivery.data = frame(d)
-                target.cursor = seq
-                outbox.push(delivery.data, delivery)
-            elif target.live:
-                # Its queue is at --queue-max: this delivery and the ones
-                # after it wait in the store until the queue drains.
-                target.live = False
-            if outbox.backpressured and to != "*":
-                # A direct message to a recipient that is not keeping up:
-                # stop reading the sender until the recipient drains.  A
-                # broadcast does not stop for one slow member; that member's
-                # share waits in the store instead (see above).
-                self._block(session, target)
-
-        if meta and meta.get("requires_ack"):
+            base = {"v": 1, "type": "DELIVER", "id": mid, "ts": now_ms, "from": sender}
+            if extra:
+                base = dict(extra, **base)
+            if topic is not None:
+                base["topic"] = topic
+            base["payload"] = payload
+            if meta is not None:
+                base["payload_meta"] = meta
+            stream = topic if topic is not None else "default"
+            for name, target in zip(names, targets):
+                key = (name, stream, sender)
+                sseq = store.next_stream_seq(key)
+                handle = store.add_delivery(name, seq, key, sseq, STATUS_PENDING, now_ms)
+                if target is None:
+                    continue
+                target.last_seq = seq
+                outbox = target.conn.outbox
+                if target.live and not outbox.full():
+                    delivery = Delivery(seq, mid, name, None, handle, 0, expires)
+                    info = {"seq": sseq, "session_id": target.session_id}
+                    if to == "*":
+                        info["originalTo"] = "*"
+                    d = dict(base)
+                    d["to"] = name
+                    d["delivery"] = info
+                    delivery.data = frame(d)
+                    target.cursor = seq
+                    outbox.push(delivery.data, delivery)
+                elif target.live:
+                    # Its queue is at --queue-max: this delivery and the ones
+                    # after it wait in the store until the queue drains.
+                    target.live = False
+                if outbox.backpressured and to != "*":
+                    # A direct message to a recipient that is not keeping up:
+                    # stop reading the sender until the recipient drains.  A
+                    # broadcast does not stop for one slow member; that member's
+                    # share waits in the store instead (see above).
+                    self._block(session, target)
+        except BaseException:
+            # Nothing of a SEND that failed half way is stored, nor
+            # remembered: the sender gets no receipt and sends it again.
+            store.abort_send()
+            raise
+        # In the SEND's own batch: it runs once its rows are on disk.
+        if receipted:
             store.after_commit(self._receipt, (session, env.get("id")))
+        store.end_send()
+        if fp is not None:
+            self.dedupe.remember(sender, send_id, mid, fp)
+        if receipted:
             store.batcher.soon()
         if store.batcher.pending_bytes() > store.batcher.overload_bytes:
             store.batcher.check_overload()
         return mid
-
-    def _remember(self, sender, send_id, mid, fp):
-        recent = self.recent_sends
-        recent[(sender, send_id)] = (mid, fp)
-        if len(recent) > self.dedupe_window:
-            recent.popitem(last=False)
 
     def _retransmitted(self, session, send_id, meta, mid):
         """
@@ -480,7 +490,7 @@ class Router:
             outbox.push(delivery.data, delivery)
         if len(rows) < CATCH_UP_PAGE:
             session.cursor = max(session.cursor, upto)
-        more = len(rows) >= CATCH_UP_PAGE or self.last_for.get(session.name, 0) > session.cursor
+        more = len(rows) >= CATCH_UP_PAGE or session.last_seq > session.cursor
         if not more:
             session.live = True
         elif not outbox.backpressured:
@@ -502,6 +512,7 @@ class Router:
         now = self.clock.seconds()
         now_ms = int(now * 1000)
         deadline = now - self.ack_timeout
+        self.dedupe.prune()
         for session in list(self.sessions.values()):
             inflight = session.inflight
             if not inflight:
@@ -544,6 +555,9 @@ class Router:
         m = dict(batcher.metrics)
         m["pending_rows"] = batcher.pending_rows()
         m["pending_bytes"] = batcher.pending_bytes()
+        m["streams_in_memory"] = self.store.stream_state_size()
+        m["dedupe_entries"] = len(self.dedupe)
+        m["dedupe_senders"] = self.dedupe.senders()
         agents = []
         for s in self.sessions.values():
             outbox = s.conn.outbox

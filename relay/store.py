@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import sqlite3
+from collections import OrderedDict
 
 import orjson
 from twisted.enterprise import adbapi
@@ -18,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relay.batcher import STATEMENTS, Batcher
+from relay.dedupe import fingerprint
 from relay.interfaces import ISyncSource
 
 SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schema")
@@ -25,16 +27,19 @@ SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schema")
 SQL = {
     "message": (
         "INSERT INTO messages (seq, id, send_id, ts, sender, recipient, topic, thread,"
-        " kind, payload, payload_meta, extra, expires_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        " kind, payload, payload_meta, extra, expires_at, send_fp)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     ),
     "delivery": (
         "INSERT INTO deliveries (recipient, message_seq, stream_seq, status, attempts, updated_at)"
         " VALUES (?,?,?,?,?,?)"
     ),
+    # An expired delivery stays expired unless it is acked (the incremental
+    # expiry never looks at a message twice, so nothing may reopen one).
     "status": (
         "UPDATE deliveries SET status = ?, attempts = ?, updated_at = ?"
         " WHERE recipient = ? AND message_seq = ? AND status != 'acked'"
+        " AND (status != 'expired' OR ? = 'acked')"
     ),
     "ack_by_id": (
         "UPDATE deliveries SET status = 'acked', updated_at = ?"
@@ -46,11 +51,17 @@ SQL = {
         " ON CONFLICT (recipient, topic, sender)"
         " DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
     ),
+    # Incremental (see _expire): only messages whose expiry passed since the
+    # last run, or stored since the last run, are looked at; both ranges are
+    # index lookups, whatever the number of messages that ever expired.
     "expire": (
-        "UPDATE deliveries SET status = 'expired', updated_at = ?"
-        " WHERE status IN ('pending', 'delivered')"
-        " AND message_seq IN (SELECT seq FROM messages WHERE expires_at <= ?)"
+        "UPDATE deliveries SET status = 'expired', updated_at = :now"
+        " WHERE status IN ('pending', 'delivered') AND message_seq IN ("
+        " SELECT seq FROM messages WHERE expires_at > :after_ms AND expires_at <= :now"
+        " UNION SELECT seq FROM messages WHERE seq > :after_seq AND +expires_at <= :now)"
     ),
+    # (The unary + keeps SQLite from scanning the expiry index for the second
+    # range: the messages stored since the last run are a rowid range.)
     "meta": "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
     "dead_letter": "INSERT OR REPLACE INTO dead_letters (message_seq, id, reason, ts) VALUES (?,?,?,?)",
 }
@@ -77,6 +88,12 @@ def _synchronous(value):
     if value not in SYNCHRONOUS:
         raise ValueError("synchronous must be one of %s, not %r" % (", ".join(SYNCHRONOUS), value))
     return value.upper()
+
+
+# The bounds of what the store keeps in memory for routing (point 7 of
+# issue 13): stream seqs of this many (recipient, topic, sender) streams;
+# the rest are read from the streams table when next used.
+STREAM_CACHE = 10000
 
 
 def schema_scripts():
@@ -135,7 +152,8 @@ class Store:
     log = Logger()
 
     def __init__(self, reactor, path, batch_size=50, batch_delay=0.1, batch_bytes=1048576,
-                 recent_sends=10000, synchronous="full"):
+                 recent_sends=100000, recent_per_sender=1000, recent_age=6 * 3600.0,
+                 stream_cache=STREAM_CACHE, synchronous="full"):
         self.reactor = reactor
         _synchronous(synchronous)
         self.synchronous = synchronous
@@ -144,13 +162,22 @@ class Store:
         self.batcher = Batcher(reactor, self._write_batch, size=batch_size, delay=batch_delay,
                                max_bytes=batch_bytes, on_committed=self._committed)
         self.batcher.metrics["quarantined"] = 0
+        self.batcher.metrics["known_sends"] = 0
         self._commit_listeners = []
-        self._dirty_streams = {}
         self._seq = 0
         self._committed_seq = 0
         self.id_prefix = None
-        self.streams = {}
+        # Stream seqs: the newest ones used (an LRU of at most stream_cache),
+        # and every one handed to a batch that has not committed yet (those
+        # must never be read back from the file, which does not have them).
+        self.stream_cache = stream_cache
+        self._streams = OrderedDict()
+        self._uncommitted_streams = {}
+        self._reader = None
+        self.stream_reads = 0
         self.recent_sends_limit = recent_sends
+        self.recent_per_sender = recent_per_sender
+        self.recent_age = recent_age
         self.recent_sends = ()
 
     # -- lifecycle -----------------------------------------------------------
@@ -172,11 +199,18 @@ class Store:
             try:
                 _open_connection(conn, self.synchronous)
                 upgrade(conn, self.log, self.path)
-                self._seq, self.id_prefix, self.streams = _load_state(conn.cursor(), conn,
-                                                                      self.synchronous)
-                self.recent_sends = _recent_sends(conn, self.recent_sends_limit)
+                self._seq, self.id_prefix = _load_state(conn.cursor(), conn)
+                since_ms = int((self.reactor.seconds() - self.recent_age) * 1000)
+                self.recent_sends = _recent_sends(conn, self.recent_sends_limit,
+                                                  self.recent_per_sender, since_ms)
             finally:
                 conn.close()
+            # Reads stream seqs the LRU no longer holds, in the reactor
+            # thread: a primary-key lookup; WAL readers never block the
+            # writer thread nor wait for it.
+            self._reader = sqlite3.connect(self.path, isolation_level=None,
+                                           check_same_thread=False)
+            self._reader.execute("PRAGMA busy_timeout=10000")
         except sqlite3.Error as e:
             raise StoreError("cannot open store %s: %s" % (self.path, e))
         self._committed_seq = self._seq
@@ -195,6 +229,9 @@ class Store:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     # -- writing -------------------------------------------------------------
 
@@ -205,21 +242,84 @@ class Store:
     def message_id(self, seq):
         return "%s-%d" % (self.id_prefix, seq)
 
-    def add_message(self, row, nbytes):
+    def begin_send(self):
         """
-        Queue a message row (see SQL["message"]; row[0] is its seq).
+        The message row, delivery rows and stream seqs queued until
+        L{end_send} are one SEND: they commit in one transaction, always
+        (no size or byte trigger flushes in between), and if SQLite refuses
+        one of them the whole SEND is quarantined, not part of it.
+        """
+        self.batcher.begin_group()
+
+    def end_send(self):
+        self.batcher.end_group()
+
+    def abort_send(self):
+        """
+        The SEND failed half way: none of its rows are written (its stream
+        seqs stay used: a gap, never a repeat).
+        """
+        self.batcher.abort_group()
+
+    def add_message(self, row, nbytes, fp=None):
+        """
+        Queue a message row (see SQL["message"] without its last column,
+        C{send_fp}, which is C{fp}; row[0] is its seq).
         """
         self.batcher.current.max_message_seq = row[0]
-        self.batcher.add("message", row, nbytes)
+        self.batcher.add("message", list(row) + [fp], nbytes)
+
+    def next_stream_seq(self, key):
+        """
+        The seq the next DELIVER on stream C{key} (recipient, topic,
+        sender) carries: one above the last one given, whether that is in
+        memory, in a batch not yet committed, or only in the file.
+        """
+        return self.last_stream_seq(key) + 1
+
+    def last_stream_seq(self, key):
+        seq = self._uncommitted_streams.get(key)
+        if seq is not None:
+            return seq
+        cache = self._streams
+        seq = cache.get(key)
+        if seq is not None:
+            cache.move_to_end(key)
+            return seq
+        self.stream_reads += 1
+        rows = self._reader.execute(
+            "SELECT last_seq FROM streams WHERE recipient = ? AND topic = ? AND sender = ?",
+            key).fetchall()
+        seq = rows[0][0] if rows else 0
+        self._cache_stream(key, seq)
+        return seq
+
+    def _cache_stream(self, key, seq):
+        cache = self._streams
+        cache[key] = seq
+        cache.move_to_end(key)
+        while len(cache) > self.stream_cache:
+            cache.popitem(last=False)
+
+    def stream_state_size(self):
+        """
+        How many streams the store holds in memory (STATUS, tests).
+        """
+        return len(self._streams) + len(self._uncommitted_streams)
 
     def add_delivery(self, recipient, message_seq, stream_key, stream_seq, status, now_ms):
         """
-        Queue a delivery row and return C{(batch, row)}, the handle for
-        later status changes.
+        Queue a delivery row (and the stream's new last seq, in the same
+        batch) and return C{(batch, row)}, the handle for later status
+        changes.
         """
-        self._dirty_streams[stream_key] = stream_seq
         row = [recipient, message_seq, stream_seq, status, 0, now_ms]
         batch = self.batcher.current
+        if stream_seq > batch.stream_seqs.get(stream_key, 0):
+            batch.stream_seqs[stream_key] = stream_seq
+        if stream_seq > self._uncommitted_streams.get(stream_key, 0):
+            self._uncommitted_streams[stream_key] = stream_seq
+        self._cache_stream(stream_key, max(stream_seq, self._streams.get(stream_key, 0)))
         self.batcher.add("delivery", row, 48)
         return batch, row
 
@@ -238,7 +338,7 @@ class Store:
                 row[D_ATTEMPTS] = attempts
                 row[D_UPDATED] = now_ms
                 return handle
-        self.batcher.add("status", (status, attempts, now_ms, recipient, message_seq), 40)
+        self.batcher.add("status", (status, attempts, now_ms, recipient, message_seq, status), 40)
         return None
 
     def ack_by_id(self, recipient, message_id, now_ms):
@@ -254,7 +354,7 @@ class Store:
         Queue the marking of every open delivery whose message's TTL has
         run out as expired (never deleted).
         """
-        self.batcher.add("expire", (now_ms, now_ms), 16)
+        self.batcher.add("expire", (now_ms,), 16)
 
     def set_meta(self, key, value):
         self.batcher.add("meta", (key, value), len(key) + len(value))
@@ -269,15 +369,26 @@ class Store:
         self.batcher.after_commit(fn, arg)
 
     def _write_batch(self, batch):
-        if self._dirty_streams:
-            batch.rows["stream"].extend(
-                (k[0], k[1], k[2], v) for k, v in self._dirty_streams.items())
-            self._dirty_streams = {}
-        d = self.pool.runInteraction(_write_rows, batch.rows)
-        d.addErrback(self._isolate, batch)
+        # The stream seqs of this batch's deliveries, in the same
+        # transaction (built afresh on a retry: the dict is the truth).
+        rows = dict(batch.rows)
+        rows["stream"] = batch.rows["stream"] + [
+            (k[0], k[1], k[2], v) for k, v in batch.stream_seqs.items()]
+        d = self.pool.runInteraction(_write_rows, rows)
+        d.addErrback(self._isolate, batch, rows)
+        d.addCallback(self._batch_committed, batch)
         return d
 
-    def _isolate(self, failure, batch):
+    def _batch_committed(self, result, batch):
+        uncommitted = self._uncommitted_streams
+        for key, seq in batch.stream_seqs.items():
+            if uncommitted.get(key) == seq:
+                del uncommitted[key]
+                if key in self._streams:
+                    self._streams[key] = max(self._streams[key], seq)
+        return result
+
+    def _isolate(self, failure, batch, rows):
         """
         SQLite (or the binding of a value) refused a row of this batch
         outright; retrying would fail forever and stop every write.  Write
@@ -288,13 +399,18 @@ class Store:
         failure.trap(*ROW_ERRORS)
         self.log.error("store: SQLite refused a row ({error}); writing the batch row by row "
                        "and quarantining what it refuses", error=failure.getErrorMessage())
-        d = self.pool.runInteraction(_write_rows_isolated, batch.rows,
+        d = self.pool.runInteraction(_write_rows_isolated, rows, batch.groups,
                                      int(self.reactor.seconds() * 1000))
         d.addCallback(self._quarantined)
         return d
 
-    def _quarantined(self, refused):
+    def _quarantined(self, result):
+        refused, known = result
         self.batcher.metrics["quarantined"] += len(refused)
+        self.batcher.metrics["known_sends"] += len(known)
+        for mid in known:
+            self.log.info("store: message {id} is already stored (the same SEND again, after "
+                          "the dedupe window forgot it): not stored twice", id=mid)
         for statement, row, error in refused:
             self.log.critical("store: quarantined a {statement} row SQLite refuses ({error}): {row}",
                               statement=statement, error=error, row=row)
@@ -335,43 +451,50 @@ class Store:
         return self.count("SELECT count(*) FROM dead_letters")
 
 
-def _load_state(txn, conn, synchronous="full"):
+def _load_state(txn, conn):
     txn.execute("SELECT max(seq) FROM messages")
     seq = txn.fetchone()[0] or 0
-    txn.execute("SELECT value FROM meta WHERE key = 'id_prefix'")
-    row = txn.fetchone()
-    if row:
-        prefix = row[0]
-    else:
-        prefix = secrets.token_hex(6)
-        txn.execute("INSERT INTO meta (key, value) VALUES ('id_prefix', ?)", (prefix,))
-        conn.commit()
-    txn.execute("SELECT recipient, topic, sender, last_seq FROM streams")
-    streams = {(r, t, s): n for r, t, s, n in txn.fetchall()}
-    # Each run gets its own id prefix.  Messages are delivered live before
-    # their batch commits; a crash loses those, and their seqs are given
-    # again after the restart.  Clients drop a DELIVER whose id they have
-    # seen, so an id must never name two messages: the run number in it,
-    # written durably before anything listens, keeps them apart.
+    # Each run draws a fresh random id prefix; the run number only makes ids
+    # easier to read.  Messages are delivered live before their batch
+    # commits, and a crash loses those, so seqs are given again after a
+    # restart: the prefix keeps their ids apart.  A prefix kept in the file
+    # (as this store did before) would come back with the file: a store
+    # restored from a backup, or copied to another machine, would give out
+    # again ids it (or its original) already gave, and the sync target takes
+    # those for duplicates.  Detecting a copy from the file's identity
+    # (inode, device) misses a backup copied back over the same inode; a
+    # random prefix per run needs no detection and no durable write before
+    # listening: two runs share a prefix with probability 2**-48.
     txn.execute("SELECT value FROM meta WHERE key = 'runs'")
     row = txn.fetchone()
     runs = int(row[0]) + 1 if row else 1
-    conn.execute("PRAGMA synchronous=FULL")
+    prefix = "%s.%d" % (secrets.token_hex(6), runs)
     txn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('runs', ?)", (str(runs),))
-    conn.execute("PRAGMA synchronous=%s" % (_synchronous(synchronous),))
-    return seq, "%s.%d" % (prefix, runs), streams
+    txn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('id_prefix', ?)", (prefix,))
+    conn.commit()
+    return seq, prefix
 
 
-def _recent_sends(conn, limit):
+def _recent_sends(conn, limit, per_sender, since_ms):
     """
-    The last C{limit} SENDs that carried an id, oldest first, as (sender,
-    send id, message id, recipient, topic, payload text).
+    The SENDs that carried an id for the dedupe window: for each sender its
+    last C{per_sender} ones accepted since C{since_ms}, at most C{limit} in
+    all (the newest), oldest first, as (sender, send id, message id,
+    fingerprint, ts ms).  No payload is kept: rows written before schema 3
+    have no stored fingerprint and get it computed in the query.
     """
-    if not limit:
+    if not (limit and per_sender):
         return []
+    conn.create_function(
+        "relay_fp", 3, lambda to, topic, payload: fingerprint(to, topic, payload.encode()),
+        deterministic=True)
     rows = conn.execute(
-        "SELECT sender, send_id, id, recipient, topic, payload FROM messages"
-        " WHERE send_id IS NOT NULL ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        "SELECT sender, send_id, id, fp, ts"
+        " FROM (SELECT seq, sender, send_id, id, ts,"
+        " coalesce(send_fp, relay_fp(recipient, topic, payload)) AS fp,"
+        " row_number() OVER (PARTITION BY sender ORDER BY seq DESC) AS n"
+        " FROM messages WHERE send_id IS NOT NULL AND ts >= ?)"
+        " WHERE n <= ? ORDER BY seq DESC LIMIT ?", (since_ms, per_sender, limit)).fetchall()
     rows.reverse()
     return rows
 
@@ -382,32 +505,121 @@ ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.Programmin
               sqlite3.DataError, OverflowError, ValueError, TypeError)
 
 
-def _write_rows_isolated(txn, rows, now_ms):
+def _quarantine(txn, refused, now_ms, name, row, e):
+    # Plain ASCII JSON: whatever SQLite refused (a huge integer, a lone
+    # surrogate, an odd type) can be written down.
+    text = json.dumps(list(row), default=repr)
+    error = ("%s: %s" % (e.__class__.__name__, e)).encode(
+        "ascii", "backslashreplace").decode("ascii")
+    refused.append((name, text, error))
+    txn.execute("INSERT INTO quarantine (ts, statement, row, error) VALUES (?,?,?,?)",
+                (now_ms, name, text, error))
+
+
+def _is_known_send(group, rows, error):
+    """
+    Whether C{error} refused a SEND because its message id is already
+    stored: an id derived from the SEND (relay.dedupe.derived_id, "m...")
+    names the same sender, SEND id, recipient, topic and payload, so that
+    message is on disk already.
+    """
+    if "message" not in group or not isinstance(error, sqlite3.IntegrityError):
+        return False
+    start, end = group["message"]
+    mid = rows["message"][start][1]
+    return (isinstance(mid, str) and mid.startswith("m")
+            and "messages.id" in str(error))
+
+
+def _write_rows_isolated(txn, rows, groups, now_ms):
+    """
+    Write a batch SQLite refused as a whole unit by unit: each SEND (a
+    group: its message, delivery and stream rows) under one savepoint, so it
+    is written whole or quarantined whole, then every other row on its own.
+    A SEND whose derived message id is already stored is the same SEND
+    again: its rows are left out, not quarantined.
+
+    @return: (refused rows, ids of SENDs found already stored)
+    """
     refused = []
+    known = []
+    grouped = {name: set() for name in STATEMENTS}
+    for group in groups:
+        for name, (start, end) in group.items():
+            grouped[name].update(range(start, end))
+    for group in groups:
+        txn.execute("SAVEPOINT relay_send")
+        try:
+            for name in STATEMENTS:
+                if name in group:
+                    start, end = group[name]
+                    for row in rows[name][start:end]:
+                        _execute(txn, name, row)
+        except ROW_ERRORS as e:
+            txn.execute("ROLLBACK TO relay_send")
+            if _is_known_send(group, rows, e):
+                known.append(rows["message"][group["message"][0]][1])
+                txn.execute("RELEASE relay_send")
+                continue
+            for name in STATEMENTS:
+                if name in group:
+                    start, end = group[name]
+                    for row in rows[name][start:end]:
+                        _quarantine(txn, refused, now_ms, name, row, e)
+        txn.execute("RELEASE relay_send")
     for name in STATEMENTS:
-        for row in rows[name]:
+        skip = grouped[name]
+        for i, row in enumerate(rows[name]):
+            if i in skip:
+                continue
             txn.execute("SAVEPOINT relay_row")
             try:
-                txn.execute(SQL[name], row)
+                _execute(txn, name, row)
             except ROW_ERRORS as e:
                 txn.execute("ROLLBACK TO relay_row")
-                # Plain ASCII JSON: whatever SQLite refused (a huge integer,
-                # a lone surrogate, an odd type) can be written down.
-                text = json.dumps(list(row), default=repr)
-                error = ("%s: %s" % (e.__class__.__name__, e)).encode(
-                    "ascii", "backslashreplace").decode("ascii")
-                refused.append((name, text, error))
-                txn.execute("INSERT INTO quarantine (ts, statement, row, error) VALUES (?,?,?,?)",
-                            (now_ms, name, text, refused[-1][2]))
+                _quarantine(txn, refused, now_ms, name, row, e)
             txn.execute("RELEASE relay_row")
-    return refused
+    return refused, known
+
+
+def _execute(txn, name, row):
+    if name == "expire":
+        _expire(txn, row[0])
+    else:
+        txn.execute(SQL[name], row)
 
 
 def _write_rows(txn, rows):
     for name in STATEMENTS:
         batch = rows[name]
-        if batch:
+        if not batch:
+            continue
+        if name == "expire":
+            for row in batch:
+                _expire(txn, row[0])
+        else:
             txn.executemany(SQL[name], batch)
+
+
+def _expire(txn, now_ms):
+    """
+    Mark expired the open deliveries of every message whose expiry passed
+    since the last run (expires_at in (watermark, now]) or that was stored
+    since the last run (seq above the seq watermark: it may have come with
+    an expiry already behind the watermark), then move both watermarks on.
+    They live in meta, in the same transaction, so a restart goes on from
+    there; the first run on a file looks at every message once.
+    """
+    txn.execute("SELECT key, value FROM meta WHERE key IN ('expire_after_ms', 'expire_after_seq')")
+    marks = dict(txn.fetchall())
+    after_ms = int(marks.get("expire_after_ms", -1))
+    after_seq = int(marks.get("expire_after_seq", 0))
+    txn.execute(SQL["expire"], {"now": now_ms, "after_ms": after_ms, "after_seq": after_seq})
+    txn.execute("SELECT max(seq) FROM messages")
+    top = txn.fetchone()[0] or 0
+    txn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [("expire_after_ms", str(max(after_ms, now_ms))),
+                     ("expire_after_seq", str(max(after_seq, top)))])
 
 
 def _read_open(txn, recipient, after_seq, limit):

@@ -117,10 +117,16 @@ class Options(usage.Options, strcred.AuthOptionMixin):
          _positive_float("rate-limit")],
         ["rate-burst", None, 1000, "Messages an agent may send in a burst.",
          _positive_float("rate-burst")],
-        ["dedupe-window", None, 10000,
-         "Recent SENDs per daemon remembered by (sender, id), so that a client re-sending one "
-         "it got no receipt for is receipted again, not stored twice (0: off).",
+        ["dedupe-window", None, 100000,
+         "Recent SENDs remembered in all by (sender, id), so that a client re-sending one "
+         "it got no receipt for is receipted again, not stored twice (0: off; the store "
+         "still keeps a SEND with an id once).",
          _non_negative_int("dedupe-window")],
+        ["dedupe-per-sender", None, 1000,
+         "Recent SENDs remembered for each sender (its newest), also across restarts.",
+         _positive_int("dedupe-per-sender")],
+        ["dedupe-hours", None, 6.0, "Hours a SEND stays in the dedupe window.",
+         _positive_float("dedupe-hours")],
         ["rate-limit-policy", None, "throttle",
          "throttle: stop reading an agent over its budget; reject: NACK BUSY its SENDs."],
         ["synchronous", None, "full",
@@ -357,6 +363,8 @@ def makeService(config, reactor=None):
     store = Store(reactor, config["db"], batch_size=config["batch-size"],
                   batch_delay=config["batch-delay-ms"] / 1000.0,
                   batch_bytes=config["batch-bytes"], recent_sends=config["dedupe-window"],
+                  recent_per_sender=config["dedupe-per-sender"],
+                  recent_age=config["dedupe-hours"] * 3600.0,
                   synchronous=config["synchronous"])
     limiter = None
     if not config["no-rate-limit"]:
@@ -365,7 +373,8 @@ def makeService(config, reactor=None):
         reactor, store, ack_timeout=config["ack-timeout-ms"] / 1000.0,
         message_ttl=config["message-ttl"], limiter=limiter,
         rate_policy=config["rate-limit-policy"], window=config["max-inflight"],
-        dedupe_window=config["dedupe-window"])
+        dedupe_window=config["dedupe-window"], dedupe_per_sender=config["dedupe-per-sender"],
+        dedupe_age=config["dedupe-hours"] * 3600.0)
     factory = RelayFactory(
         router, reactor, max_frame_bytes=config["max-frame-bytes"],
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,

@@ -498,3 +498,113 @@ class OverloadTests(unittest.TestCase):
         writer.commit(0)
         writer.commit(1)
         self.assertEqual(heard, [True, False])
+
+
+class GroupTests(unittest.TestCase):
+    """
+    Rows added between begin_group and end_group (one SEND) are never split
+    across two flushes (issue 13 point 1).
+    """
+
+    def test_size_and_bytes_triggers_wait_for_the_group(self):
+        """
+        A group of 61 rows (a broadcast to 60 agents) added with a batch
+        size of 2 and a byte limit of 10 starts no flush until the group is
+        complete, then one flush takes all 61 rows.
+        """
+        clock, writer, batcher = make(size=2, delay=10.0, max_bytes=10)
+        batcher.begin_group()
+        batcher.add("message", [1], 100)
+        for i in range(60):
+            batcher.add("delivery", ["agent%d" % i, 1])
+        self.assertEqual(writer.calls, [])
+        batcher.end_group()
+        self.assertEqual(len(writer.calls), 1)
+        self.assertEqual(writer.rows(0), [[1]])
+        self.assertEqual(len(writer.rows(0, "delivery")), 60)
+        self.assertEqual(writer.calls[0][0].groups, [{"message": (0, 1), "delivery": (0, 60)}])
+
+    def test_demanded_flush_inside_a_group_waits(self):
+        """
+        A flush asked for in the middle of a group (a callback that runs
+        synchronously, a commit arriving) starts only at end_group, with
+        the whole group in it.
+        """
+        clock, writer, batcher = make(size=50, delay=10.0)
+        batcher.begin_group()
+        batcher.add("message", [1])
+        d = batcher.flush()
+        self.assertEqual(writer.calls, [])
+        batcher.add("delivery", ["bob", 1])
+        batcher.end_group()
+        self.assertEqual(len(writer.calls), 1)
+        self.assertEqual(writer.rows(0, "delivery"), [["bob", 1]])
+        writer.commit(0)
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_groups_of_a_failed_batch_keep_their_rows(self):
+        """
+        A failed batch put back in front of the open one keeps each group's
+        row ranges pointing at that group's rows, and a group added after
+        the failure points at its own rows in the merged batch.
+        """
+        clock, writer, batcher = make(size=50, delay=1.0)
+        for seq in (1, 2):
+            batcher.begin_group()
+            batcher.add("message", [seq])
+            batcher.add("delivery", ["bob", seq])
+            batcher.add("delivery", ["carol", seq])
+            batcher.end_group()
+        batcher.flush()
+        batcher.begin_group()
+        batcher.add("message", [3])
+        batcher.add("delivery", ["dave", 3])
+        batcher.end_group()
+        writer.fail(0)
+        self.flushLoggedErrors(RuntimeError)
+        clock.advance(1.0)
+        batch, rows, _ = writer.calls[-1]
+        for group, seq in zip(batch.groups, (1, 2, 3)):
+            start, end = group["message"]
+            self.assertEqual(rows["message"][start:end], [[seq]])
+            start, end = group["delivery"]
+            self.assertEqual({r[1] for r in rows["delivery"][start:end]}, {seq})
+        self.assertEqual(len(batch.groups), 3)
+
+    def test_stream_seqs_merge_on_retry(self):
+        """
+        Stream seqs of a failed batch and of the batch after it merge to the
+        highest seq per stream, so the retried transaction writes each
+        stream's newest seq.
+        """
+        clock, writer, batcher = make(size=50, delay=1.0)
+        batcher.add("delivery", ["bob", 1])
+        batcher.current.stream_seqs[("bob", "default", "a")] = 1
+        batcher.flush()
+        batcher.add("delivery", ["bob", 2])
+        batcher.current.stream_seqs[("bob", "default", "a")] = 2
+        batcher.current.stream_seqs[("bob", "t", "a")] = 1
+        writer.fail(0)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(batcher.current.stream_seqs,
+                         {("bob", "default", "a"): 2, ("bob", "t", "a"): 1})
+
+    def test_abort_takes_the_group_back(self):
+        """
+        abort_group removes the rows and bytes of the unit and nothing
+        before it; a flush asked for meanwhile starts then, and fires.
+        """
+        clock, writer, batcher = make(size=50, delay=10.0)
+        batcher.add("message", [1], 10)
+        batcher.begin_group()
+        batcher.add("message", [2], 100)
+        batcher.add("delivery", ["bob", 2], 100)
+        d = batcher.flush()
+        batcher.abort_group()
+        writer.commit(0)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(len(writer.calls), 1)
+        self.assertEqual(writer.rows(0), [[1]])
+        self.assertEqual(writer.rows(0, "delivery"), [])
+        batch = writer.calls[0][0]
+        self.assertEqual((batch.count, batch.nbytes, batch.groups), (1, 10, []))

@@ -140,8 +140,8 @@ class BackpressureTests(unittest.TestCase):
         yield until(lambda: h.router.sessions["rx"].live)
         got = [f for f in frames_of(rx_t) if f["type"] == "DELIVER"]
         self.assertEqual([f["payload"]["body"] for f in got], ["%02d" % i for i in range(10)])
-        self.assertEqual([f["id"] for f in got],
-                         [h.store.message_id(s) for s in range(1, 11)])
+        ids = yield h.store.pool.runQuery("SELECT id FROM messages ORDER BY seq")
+        self.assertEqual([f["id"] for f in got], [r[0] for r in ids])
         self.assertEqual([f["delivery"]["seq"] for f in got], list(range(1, 11)))
 
     @defer.inlineCallbacks

@@ -223,7 +223,9 @@ class SyncEndToEndTests(unittest.TestCase):
         yield daemon.start()
         yield self.server.refuse()
         yield self.send_messages(daemon, 10)
-        ids = sorted(stored_ids(daemon.db_path), key=lambda i: int(i.rsplit("-", 1)[1]))
+        conn = connect_readonly(daemon.db_path)
+        ids = [row[0] for row in conn.execute("SELECT id FROM messages ORDER BY seq")]
+        conn.close()
         self.server.stub.reject = {ids[3]: "body"}
         self.server.start()
         yield self.server.stub.wait_for_ids(set(ids) - {ids[3]})
