@@ -7,22 +7,25 @@ the release it exists for.
 
 import inspect
 
-from twisted.web import server
+from twisted.python import usage
 
 
-def _site_takes_parse_post():
+def site_takes_parse_post():
+    """
+    Twisted 25.5.0 added C{Site(..., parsePOSTFormSubmission=False)}: without
+    it a POST whose Content-Type is a form has its body read into
+    C{request.args} before the resource sees it.  Older releases (22.10 to
+    24.11) always parse, and do not take the keyword.
+
+    (twisted.web is imported here, not at the top: C{relay.tap} imports this
+    module and needs nothing from the web.)
+    """
+    from twisted.web import server
     try:
         parameters = inspect.signature(server.Site.__init__).parameters
     except (TypeError, ValueError):
         return False
     return "parsePOSTFormSubmission" in parameters
-
-
-#: Twisted 25.5.0 added C{Site(..., parsePOSTFormSubmission=False)}: without
-#: it a POST whose Content-Type is a form has its body read into
-#: C{request.args} before the resource sees it.  Older releases (22.10 to
-#: 24.11) always parse, and do not take the keyword.
-SITE_TAKES_PARSE_POST = _site_takes_parse_post()
 
 
 def site_without_form_parsing():
@@ -34,6 +37,26 @@ def site_without_form_parsing():
     C{BoundedBody.read()} returns C{b""}), so the body is still read once,
     by the resource.
     """
-    if SITE_TAKES_PARSE_POST:
+    if site_takes_parse_post():
         return {"parsePOSTFormSubmission": False}
     return {}
+
+
+class ExitOnUsageError:
+    """
+    Mixin for the C{usage.Options} of a twistd plugin: under twistd, a bad
+    option is one line on stderr and exit status 1 on every supported
+    Twisted.  twistd itself exits 0 after printing a usage error up to at
+    least 25.5.0 (26.10.0 exits 1), so a service manager or a script would
+    take a daemon that never started for a success.  Used on its own (not as
+    a twistd sub-command) the options still raise L{usage.UsageError}.
+    """
+
+    def parseOptions(self, options=None):
+        try:
+            return super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit("twistd %s: %s" % (getattr(self.parent, "subCommand", None)
+                                                or "", e))

@@ -4,11 +4,14 @@ C{twistd relay}: options and service construction.
 """
 
 import os
+import sys
 
 from twisted.application import service, strports
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.python import usage
+
+from relay import compat
 
 DEFAULT_LISTEN = "unix:/tmp/agent-relay.sock:mode=600"
 
@@ -60,7 +63,7 @@ def _sync_options():
     return options
 
 
-class Options(usage.Options):
+class Options(compat.ExitOnUsageError, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run the relay daemon: agents connect (agent-relay wire protocol v1), "
@@ -159,6 +162,35 @@ def _with_lockfile(endpoint):
     return endpoint
 
 
+class StartupError(SystemExit, Exception):
+    """
+    The daemon cannot start: one line saying why, exit status 1.
+
+    A L{SystemExit}, so that C{twistd -n} prints just the line; and an
+    L{Exception}, so that a daemonized C{twistd} (no C{-n}) reports it
+    through its status pipe: the command that started the daemon then
+    prints it and exits 1 instead of waiting for a child that is gone.
+    """
+
+
+def _twistd_owner(config):
+    """
+    The (uid, gid) that C{twistd -u/-g} will switch to after the listeners
+    are bound, read from twistd's own options (the parent of ours), or
+    L{None} when there is no switch.
+    """
+    parent = getattr(config, "parent", None)
+    if parent is None or not hasattr(parent, "get"):
+        return None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return None
+    if uid is not None and gid is None:
+        import pwd
+        gid = pwd.getpwuid(uid).pw_gid
+    return (-1 if uid is None else uid, gid)
+
+
 class RelayService(service.MultiService):
     """
     The daemon: the store opens before anything listens, and on shutdown
@@ -167,10 +199,13 @@ class RelayService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, store, router):
+    def __init__(self, store, router, owner=None):
         service.MultiService.__init__(self)
         self.store = store
         self.router = router
+        # (uid, gid) of twistd -u/-g: Unix sockets bound as root are given
+        # to that user, so that it (and agents running as it) can use them.
+        self.owner = owner
 
     def privilegedStartService(self):
         # Listeners bind here; a bind failure must stop startup with a
@@ -179,14 +214,32 @@ class RelayService(service.MultiService):
             try:
                 child.privilegedStartService()
             except Exception as e:
-                raise SystemExit("relay: cannot listen on %s: %s"
-                                 % (getattr(child, "relay_endpoint", child), _reason(e)))
+                raise StartupError("relay: cannot listen on %s: %s"
+                                   % (getattr(child, "relay_endpoint", child), _reason(e)))
+            waiting = getattr(child, "_waitingForPort", None)
+            if self.owner is not None and waiting is not None:
+                waiting.addCallback(self._give_to_owner)
+
+    def _give_to_owner(self, port):
+        # Runs while still root (the Deferred of a bound port fires at once).
+        address = port.getHost()
+        path = getattr(address, "name", None)
+        if isinstance(path, bytes):
+            path = path.decode(sys.getfilesystemencoding())
+        if isinstance(path, str) and path and not path.startswith("\0"):
+            uid, gid = self.owner
+            os.chown(path, uid, gid)
+            if os.path.lexists(path + ".lock"):
+                os.lchown(path + ".lock", uid, gid)
+            self.log.info("relay socket {path} given to uid {uid} gid {gid}",
+                          path=path, uid=uid, gid=gid)
+        return port
 
     def startService(self):
         try:
             self.store.open()
         except Exception as e:
-            raise SystemExit("relay: %s" % (_reason(e),))
+            raise StartupError("relay: %s" % (_reason(e),))
         self.router.start()
         self.log.info("relay store {path}: {n} messages so far", path=self.store.path,
                       n=self.store.last_seq())
@@ -234,7 +287,7 @@ def makeService(config, reactor=None):
         queue_high=config["queue-high"], queue_low=config["queue-low"],
         queue_max=config["queue-max"], window=config["max-inflight"],
         rate_policy=config["rate-limit-policy"])
-    top = RelayService(store, router)
+    top = RelayService(store, router, owner=_twistd_owner(config))
     for endpoint in config["listen"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
         listener.relay_endpoint = endpoint

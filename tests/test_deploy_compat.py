@@ -32,12 +32,12 @@ class FormParsingTests(unittest.TestCase):
 
     def test_flag_matches_release(self):
         """
-        C{SITE_TAKES_PARSE_POST} is true exactly from Twisted 25.5.0 on, the
+        C{site_takes_parse_post()} is true exactly from Twisted 25.5.0 on, the
         release that added C{Site(parsePOSTFormSubmission=...)}.
         """
-        self.assertEqual(compat.SITE_TAKES_PARSE_POST,
+        self.assertEqual(compat.site_takes_parse_post(),
                          (twisted_version.major, twisted_version.minor) >= (25, 5))
-        expected = {"parsePOSTFormSubmission": False} if compat.SITE_TAKES_PARSE_POST else {}
+        expected = {"parsePOSTFormSubmission": False} if compat.site_takes_parse_post() else {}
         self.assertEqual(compat.site_without_form_parsing(), expected)
 
     @defer.inlineCallbacks
