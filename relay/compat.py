@@ -60,3 +60,20 @@ class ExitOnUsageError:
                 raise
             raise SystemExit("twistd %s: %s" % (getattr(self.parent, "subCommand", None)
                                                 or "", e))
+
+
+def exit_zero_after_clean_stop(reactor):
+    """
+    Make twistd exit 0 after a stop that flushed everything.
+
+    twistd (22.10 and 26.10 alike) ends a process that a signal stopped by
+    raising that signal again once the reactor is done, so
+    C{kill -TERM $(cat pidfile)} leaves status 143 even when the shutdown
+    was clean.  The daemon calls this only after its store is flushed and
+    closed: status 0 then means nothing was left unwritten, and a failed
+    flush still ends with the signal.  C{_exitSignal} is the attribute
+    twistd reads (L{twisted.internet.interfaces._ISupportsExitSignalCapturing}),
+    the same on both ends of the supported range.
+    """
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None

@@ -199,8 +199,9 @@ class RelayService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, store, router, owner=None):
+    def __init__(self, store, router, owner=None, reactor=None):
         service.MultiService.__init__(self)
+        self.reactor = reactor
         self.store = store
         self.router = router
         # (uid, gid) of twistd -u/-g: Unix sockets bound as root are given
@@ -255,6 +256,8 @@ class RelayService(service.MultiService):
             conn.transport.loseConnection()
         yield self.store.close()
         self.log.info("relay store {path}: flushed and closed", path=self.store.path)
+        if self.reactor is not None:
+            compat.exit_zero_after_clean_stop(self.reactor)
 
 
 def _reason(e):
@@ -287,7 +290,7 @@ def makeService(config, reactor=None):
         queue_high=config["queue-high"], queue_low=config["queue-low"],
         queue_max=config["queue-max"], window=config["max-inflight"],
         rate_policy=config["rate-limit-policy"])
-    top = RelayService(store, router, owner=_twistd_owner(config))
+    top = RelayService(store, router, owner=_twistd_owner(config), reactor=reactor)
     for endpoint in config["listen"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
         listener.relay_endpoint = endpoint
