@@ -139,7 +139,12 @@ class Options(compat.ExitOnUsageError, usage.Options):
             try:
                 # Parses only: nothing binds, no reactor is needed yet.
                 endpoints.serverFromString(None, e)
-            except (ValueError, TypeError, KeyError) as err:
+            except KeyError as err:
+                # systemd:...:name=N with no inherited descriptor named N.
+                raise usage.UsageError("bad --listen endpoint %r: no inherited socket named %s"
+                                       " (LISTEN_FDNAMES=%r)"
+                                       % (e, err, os.environ.get("LISTEN_FDNAMES", "")))
+            except (ValueError, TypeError) as err:
                 raise usage.UsageError("bad --listen endpoint %r: %s" % (e, err))
         if self["rate-limit-policy"] not in ("throttle", "reject"):
             raise usage.UsageError("--rate-limit-policy must be throttle or reject, not %r"
