@@ -71,6 +71,8 @@ class ClassicDaemonTests(unittest.TestCase):
 
         def cleanup():
             self._kill_leftover()
+            if not launcher.ended.called:
+                launcher.transport.signalProcess("KILL")
             return launcher.ended
         self.addCleanup(cleanup)
         return launcher
