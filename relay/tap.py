@@ -6,12 +6,15 @@ C{twistd relay}: options and service construction.
 import os
 import pwd
 import stat
+import sys
 
 from twisted.application import service, strports
 from twisted.cred import credentials, strcred
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.python import usage
+
+from relay import compat
 
 DEFAULT_LISTEN = "unix:/tmp/agent-relay.sock:mode=600"
 
@@ -63,7 +66,7 @@ def _sync_options():
     return options
 
 
-class Options(usage.Options, strcred.AuthOptionMixin):
+class Options(compat.ExitOnUsageError, usage.Options, strcred.AuthOptionMixin):
     synopsis = "[options]"
     # --auth memory:NAME:TOKEN:..., --auth file:PATH, --help-auth (relay.auth).
     supportedInterfaces = (credentials.IUsernamePassword,)
@@ -166,7 +169,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             try:
                 # Parses only: nothing binds, no reactor is needed yet.
                 endpoints.serverFromString(None, e)
-            except (ValueError, TypeError, KeyError, OSError) as err:
+            except KeyError as err:
+                # systemd:...:name=N with no inherited descriptor named N.
+                raise usage.UsageError("bad --listen endpoint %r: no inherited socket named %s"
+                                       " (LISTEN_FDNAMES=%r)"
+                                       % (e, err, os.environ.get("LISTEN_FDNAMES", "")))
+            except (ValueError, TypeError, OSError) as err:
                 # OSError: an ssl: key or certificate file that cannot be read.
                 raise usage.UsageError("bad --listen endpoint %r: %s" % (e, err))
         if self["synchronous"] not in ("full", "normal"):
@@ -225,7 +233,7 @@ def _user(uid):
         return "uid %d" % (uid,)
 
 
-def check_socket_path(path, uid=None):
+def check_socket_path(path, uid=None, also=None):
     """
     Refuse a socket path (or its lock file) that exists and belongs to
     another user than C{uid} (default: ours): while the daemon was down,
@@ -235,15 +243,16 @@ def check_socket_path(path, uid=None):
     @raise SystemExit: with a one-line reason (exit status 1).
     """
     uid = os.geteuid() if uid is None else uid
+    allowed = {uid} if also is None or also < 0 else {uid, also}
     for name in (path, path + ".lock"):
         try:
             st = os.lstat(name)
         except FileNotFoundError:
             continue
         except OSError as e:
-            raise SystemExit("relay: cannot check %s: %s" % (name, _reason(e)))
-        if st.st_uid != uid:
-            raise SystemExit(
+            raise StartupError("relay: cannot check %s: %s" % (name, _reason(e)))
+        if st.st_uid not in allowed:
+            raise StartupError(
                 "relay: refusing to listen on %s: %s exists and belongs to %s, not to this "
                 "daemon (%s); remove it if you trust it, or choose another --listen path"
                 % (path, name, _user(st.st_uid), _user(uid)))
@@ -270,6 +279,35 @@ def private_store(path, log=None):
     os.close(fd)
 
 
+class StartupError(SystemExit, Exception):
+    """
+    The daemon cannot start: one line saying why, exit status 1.
+
+    A L{SystemExit}, so that C{twistd -n} prints just the line; and an
+    L{Exception}, so that a daemonized C{twistd} (no C{-n}) reports it
+    through its status pipe: the command that started the daemon then
+    prints it and exits 1 instead of waiting for a child that is gone.
+    """
+
+
+def _twistd_owner(config):
+    """
+    The (uid, gid) that C{twistd -u/-g} will switch to after the listeners
+    are bound, read from twistd's own options (the parent of ours), or
+    L{None} when there is no switch.
+    """
+    parent = getattr(config, "parent", None)
+    if parent is None or not hasattr(parent, "get"):
+        return None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return None
+    if uid is not None and gid is None:
+        import pwd
+        gid = pwd.getpwuid(uid).pw_gid
+    return (-1 if uid is None else uid, gid)
+
+
 class RelayService(service.MultiService):
     """
     The daemon: the store opens before anything listens, and on shutdown
@@ -278,10 +316,14 @@ class RelayService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, store, router):
+    def __init__(self, store, router, owner=None, reactor=None):
         service.MultiService.__init__(self)
+        self.reactor = reactor
         self.store = store
         self.router = router
+        # (uid, gid) of twistd -u/-g: Unix sockets bound as root are given
+        # to that user, so that it (and agents running as it) can use them.
+        self.owner = owner
 
     def privilegedStartService(self):
         # Listeners bind here; a bind failure must stop startup with a
@@ -290,7 +332,9 @@ class RelayService(service.MultiService):
         for child in self:
             path = getattr(child, "relay_socket_path", None)
             if path is not None:
-                check_socket_path(path)
+                # twistd -u/-g: the socket left by the last run is the
+                # target user's (see _give_to_owner).
+                check_socket_path(path, also=self.owner[0] if self.owner else None)
         for child in self:
             try:
                 # A lock left by a daemon that died and is not reaped yet
@@ -300,15 +344,33 @@ class RelayService(service.MultiService):
                     break_stale_lock(lock)
                 child.privilegedStartService()
             except Exception as e:
-                raise SystemExit("relay: cannot listen on %s: %s"
-                                 % (getattr(child, "relay_endpoint", child), _reason(e)))
+                raise StartupError("relay: cannot listen on %s: %s"
+                                   % (getattr(child, "relay_endpoint", child), _reason(e)))
+            waiting = getattr(child, "_waitingForPort", None)
+            if self.owner is not None and waiting is not None:
+                waiting.addCallback(self._give_to_owner)
+
+    def _give_to_owner(self, port):
+        # Runs while still root (the Deferred of a bound port fires at once).
+        address = port.getHost()
+        path = getattr(address, "name", None)
+        if isinstance(path, bytes):
+            path = path.decode(sys.getfilesystemencoding())
+        if isinstance(path, str) and path and not path.startswith("\0"):
+            uid, gid = self.owner
+            os.chown(path, uid, gid)
+            if os.path.lexists(path + ".lock"):
+                os.lchown(path + ".lock", uid, gid)
+            self.log.info("relay socket {path} given to uid {uid} gid {gid}",
+                          path=path, uid=uid, gid=gid)
+        return port
 
     def startService(self):
         private_store(self.store.path, self.log)
         try:
             self.store.open()
         except Exception as e:
-            raise SystemExit("relay: %s" % (_reason(e),))
+            raise StartupError("relay: %s" % (_reason(e),))
         self.router.start()
         self.log.info("relay store {path}: {n} messages so far", path=self.store.path,
                       n=self.store.last_seq())
@@ -324,6 +386,8 @@ class RelayService(service.MultiService):
             conn.transport.loseConnection()
         yield self.store.close()
         self.log.info("relay store {path}: flushed and closed", path=self.store.path)
+        if self.reactor is not None:
+            compat.exit_zero_after_clean_stop(self.reactor)
 
 
 def _reason(e):
@@ -383,7 +447,7 @@ def makeService(config, reactor=None):
         rate_policy=config["rate-limit-policy"], hold_max=config["max-held-sends"],
         hold_bytes=config["max-held-bytes"], control_max=config["max-control-bytes"])
     factory.auth = _auth_policy(config, reactor, router)
-    top = RelayService(store, router)
+    top = RelayService(store, router, owner=_twistd_owner(config), reactor=reactor)
     for endpoint in config["listen"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
         listener.relay_endpoint = endpoint

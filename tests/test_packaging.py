@@ -42,7 +42,8 @@ def _unavailable():
 
 def _copy_source(destination):
     ignore = shutil.ignore_patterns(".git", "_trial_temp*", "build", "dist", "*.egg-info",
-                                    "__pycache__", "*.pyc", ".venv", "dropin.cache")
+                                    "__pycache__", "*.pyc", ".venv", ".venv-oldest",
+                                    "dropin.cache")
     shutil.copytree(REPO, destination, ignore=ignore)
 
 

@@ -11,6 +11,7 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
+from relay import compat
 from relay.ingest import db
 
 _log = Logger()
@@ -37,7 +38,7 @@ def _positiveInt(name):
     return coerce
 
 
-class Options(usage.Options):
+class Options(compat.ExitOnUsageError, usage.Options):
     """
     Command-line options of C{twistd relay-ingest}.
     """

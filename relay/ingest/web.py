@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from relay import compat
 from relay.ingest import keys
 from relay.ingest.body import BoundedBody, MemoryBudget
 from relay.ingest.db import isUnavailable, withDeadline
@@ -173,7 +174,8 @@ class IngestSite(server.Site):
 
     def __init__(self, resource, maxBodyBytes, maxInflatedBytes, metrics=None, service=None,
                  maxBufferedBytes=None, **kw):
-        server.Site.__init__(self, resource, parsePOSTFormSubmission=False, **kw)
+        kw.update(compat.site_without_form_parsing())
+        server.Site.__init__(self, resource, **kw)
         self.maxBodyBytes = maxBodyBytes
         self.maxInflatedBytes = maxInflatedBytes
         self.metrics = metrics

@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.test_deploy_compat -*-
+"""
+The differences between the oldest and the newest Twisted that relay
+supports (setup.py's bounds, both run by C{.ci/run}), each in one place with
+the release it exists for.
+"""
+
+import inspect
+
+from twisted.python import usage
+
+
+def site_takes_parse_post():
+    """
+    Twisted 25.5.0 added C{Site(..., parsePOSTFormSubmission=False)}: without
+    it a POST whose Content-Type is a form has its body read into
+    C{request.args} before the resource sees it.  Older releases (22.10 to
+    24.11) always parse, and do not take the keyword.
+
+    (twisted.web is imported here, not at the top: C{relay.tap} imports this
+    module and needs nothing from the web.)
+    """
+    from twisted.web import server
+    try:
+        parameters = inspect.signature(server.Site.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "parsePOSTFormSubmission" in parameters
+
+
+def site_without_form_parsing():
+    """
+    The keyword arguments for C{twisted.web.server.Site} that turn form
+    parsing off where this Twisted can (25.5.0 and later).  Where it cannot,
+    form parsing stays on: the request's C{content} must then answer
+    C{read()} with nothing it would parse (the ingest service's
+    C{BoundedBody.read()} returns C{b""}), so the body is still read once,
+    by the resource.
+    """
+    if site_takes_parse_post():
+        return {"parsePOSTFormSubmission": False}
+    return {}
+
+
+class ExitOnUsageError:
+    """
+    Mixin for the C{usage.Options} of a twistd plugin: under twistd, a bad
+    option is one line on stderr and exit status 1 on every supported
+    Twisted.  twistd itself exits 0 after printing a usage error up to at
+    least 25.5.0 (26.10.0 exits 1), so a service manager or a script would
+    take a daemon that never started for a success.  Used on its own (not as
+    a twistd sub-command) the options still raise L{usage.UsageError}.
+    """
+
+    def parseOptions(self, options=None):
+        try:
+            return super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit("twistd %s: %s" % (getattr(self.parent, "subCommand", None)
+                                                or "", e))
+
+
+def exit_zero_after_clean_stop(reactor):
+    """
+    Make twistd exit 0 after a stop that flushed everything.
+
+    twistd (22.10 and 26.10 alike) ends a process that a signal stopped by
+    raising that signal again once the reactor is done, so
+    C{kill -TERM $(cat pidfile)} leaves status 143 even when the shutdown
+    was clean.  The daemon calls this only after its store is flushed and
+    closed: status 0 then means nothing was left unwritten, and a failed
+    flush still ends with the signal.  C{_exitSignal} is the attribute
+    twistd reads (L{twisted.internet.interfaces._ISupportsExitSignalCapturing}),
+    the same on both ends of the supported range.
+    """
+    if getattr(reactor, "_exitSignal", None) is not None:
+        reactor._exitSignal = None

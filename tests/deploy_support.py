@@ -1,0 +1,101 @@
+"""
+Helpers for the deployment tests: classic (daemonizing) twistd runs whose
+exit status a test can still see.
+
+A daemonized twistd double-forks, so the daemon is nobody's child.
+L{LAUNCHER} makes itself a child subreaper (Linux C{PR_SET_CHILD_SUBREAPER})
+before it runs the twistd command, so the orphaned daemon is re-parented to
+it; it prints C{launcher-rc N} when the command returns and C{daemon-exit N}
+when the daemon named in the pid file exits.
+"""
+
+import os
+import sys
+
+from twisted.internet import defer, protocol, reactor
+
+from tests.daemon_support import REPO
+
+LAUNCHER = r"""
+import ctypes, os, subprocess, sys
+PR_SET_CHILD_SUBREAPER = 36
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    print("launcher-error prctl", flush=True)
+    sys.exit(2)
+pidfile, command = sys.argv[1], sys.argv[2:]
+rc = subprocess.call(command)
+print("launcher-rc", rc, flush=True)
+pid = None
+if rc == 0:
+    with open(pidfile) as f:
+        pid = int(f.read().strip())
+    print("daemon-pid", pid, flush=True)
+while True:
+    try:
+        child, status = os.wait()
+    except ChildProcessError:
+        break
+    if child == pid:
+        print("daemon-exit", os.waitstatus_to_exitcode(status), flush=True)
+        break
+"""
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self):
+        self.lines = []
+        self._partial = ""
+        self.err = []
+        self.ended = defer.Deferred()
+        self._waiters = []
+
+    def outReceived(self, data):
+        text = self._partial + data.decode("utf-8", "replace")
+        *complete, self._partial = text.split("\n")
+        self.lines.extend(complete)
+        self._check()
+
+    def errReceived(self, data):
+        self.err.append(data.decode("utf-8", "replace"))
+
+    def processEnded(self, reason):
+        self.exit_code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(None)
+        self._check()
+
+    def value(self, key):
+        for line in self.lines:
+            words = line.split()
+            if len(words) == 2 and words[0] == key:
+                return int(words[1])
+        return None
+
+    def wait_for(self, key):
+        d = defer.Deferred()
+        self._waiters.append((key, d))
+        self._check()
+        return d
+
+    def _check(self):
+        for key, d in list(self._waiters):
+            found = self.value(key)
+            if found is not None or self.ended.called:
+                self._waiters.remove((key, d))
+                d.callback(found)
+
+    def stderr(self):
+        return "".join(self.err)
+
+
+def launch(command, pidfile, cwd, env=None):
+    """
+    Run C{command} (a classic twistd command line, daemonizing) under the
+    subreaper launcher; returns the collecting protocol.
+    """
+    full = dict(os.environ)
+    full["PYTHONPATH"] = REPO + os.pathsep + full.get("PYTHONPATH", "")
+    full.update(env or {})
+    proto = _Collect()
+    reactor.spawnProcess(proto, sys.executable, [sys.executable, "-c", LAUNCHER, pidfile]
+                         + list(command), env=full, path=cwd)
+    return proto
