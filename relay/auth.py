@@ -108,8 +108,22 @@ def _bytes_checker(checker):
     return checker
 
 
+def is_local_listener(endpoint):
+    """
+    True for a listener only local users can reach: a Unix socket, named
+    (C{unix:PATH}) or inherited from systemd (C{systemd:domain=UNIX:...}).
+    """
+    kind, _, rest = endpoint.partition(":")
+    if kind == "unix":
+        return True
+    if kind == "systemd":
+        args = dict(part.partition("=")[::2] for part in rest.split(":"))
+        return args.get("domain", "").upper() == "UNIX"
+    return False
+
+
 def network_listeners(listen):
-    return [e for e in listen if not e.startswith("unix:")]
+    return [e for e in listen if not is_local_listener(e)]
 
 
 def check_options(options):
