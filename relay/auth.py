@@ -152,11 +152,12 @@ def load_ca(path):
     """
     The certificates of a PEM file, as pyOpenSSL X509 objects.
     """
-    from cryptography import x509
     from OpenSSL import crypto
+
+    from relay.compat import load_pem_certificates
     try:
         with open(path, "rb") as f:
-            certs = x509.load_pem_x509_certificates(f.read())
+            certs = load_pem_certificates(f.read())
     except (OSError, ValueError) as e:
         raise usage.UsageError("--tls-client-ca %s: %s" % (path, str(e) or e.__class__.__name__))
     return [crypto.X509.from_cryptography(c) for c in certs]
