@@ -153,13 +153,13 @@ class BatchingTests(unittest.TestCase):
         h.stub.script.append("hold")
         h.source.add(500)
         h.settle()
-        self.assertLessEqual(h.service._mem_bytes, 8192 + 2000)
+        self.assertLessEqual(h.service.queue.mem_bytes, 8192 + 2000)
         self.assertLess(h.service.stats()["queued"], 40)
         h.stub.release()
         h.settle()
         self.assertEqual(len(h.stub.unique), 500)
         self.assertEqual(h.source.cursor, 500)
-        self.assertEqual(h.service._mem_bytes, 0)
+        self.assertEqual(h.service.queue.mem_bytes, 0)
 
 
 class RetryTests(unittest.TestCase):
@@ -278,7 +278,7 @@ class RefusalTests(unittest.TestCase):
         self.assertTrue(all(n <= 3 for n in h.stub.sizes(200)))
         self.assertIn(413, [r["status"] for r in h.stub.requests])
         self.assertEqual(h.source.cursor, 10)
-        self.assertEqual(h.service._mem_bytes, 0)
+        self.assertEqual(h.service.queue.mem_bytes, 0)
 
     def test_413_single_message_dead_letters(self):
         """
