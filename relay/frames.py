@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_frames -*-
 """
 The envelope of the wire protocol: encoding, the frames the daemon sends,
 and the checks PROTOCOL.md asks for.
