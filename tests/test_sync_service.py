@@ -309,3 +309,33 @@ class SpillTimerTests(unittest.TestCase):
         h.advance(30.0)
         self.assertEqual(h.spill.files, 0)
         self.assertEqual(len(h.stub.unique), 3)
+
+
+class ReadFailureTests(unittest.TestCase):
+    """
+    A store read that fails, even by raising at once, never stops sync.
+    """
+
+    def test_raising_read_retried(self):
+        """
+        C{read_messages_after} raising synchronously (not through its
+        Deferred) is logged and retried a second later; the messages then
+        go out.
+        """
+        h = Harness(self, batch_size=5, batch_delay=0.0)
+        read = h.source.read_messages_after
+        raised = []
+
+        def broken(seq, limit):
+            h.source.read_messages_after = read
+            raised.append(True)
+            raise RuntimeError("store read broke")
+
+        h.source.read_messages_after = broken
+        h.source.add(5)
+        h.settle()
+        self.assertEqual(raised, [True])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(h.stub.sizes(), [])
+        h.advance(1.0)
+        self.assertEqual(h.stub.sizes(), [5])

@@ -184,7 +184,10 @@ class SyncService(service.Service):
                 or self.queue.read_pos >= self._known_max or self.queue.mem_bytes >= self.max_bytes):
             return
         self._reading = True
-        d = self.source.read_messages_after(self.queue.read_pos, self.queue.page_limit(self.max_bytes))
+        # maybeDeferred: a source that raises at once must not leave
+        # _reading set, which would stop reading for good.
+        d = defer.maybeDeferred(self.source.read_messages_after, self.queue.read_pos,
+                                self.queue.page_limit(self.max_bytes))
         d.addCallbacks(self._got_rows, self._read_failed, callbackArgs=(self._known_max,))
 
     def _read_failed(self, failure):
