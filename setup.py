@@ -10,6 +10,7 @@ setup(
     packages=find_packages(include=["relay", "relay.*"]) + ["twisted.plugins"],
     package_data={
         "relay": ["schema/*.sql"],
+        "relay.web": ["static/*.html", "static/*.js", "static/*.css"],
         "relay.ingest": ["migrations/*.sql"],
         "twisted.plugins": ["relay_plugin.py", "relay_ingest_plugin.py"],
     },

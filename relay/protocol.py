@@ -91,6 +91,7 @@ class RelayProtocol(Int32StringReceiver):
     def error(self, code, message, fatal=False, **extra):
         payload = {"code": code, "message": message, "fatal": fatal}
         payload.update(extra)
+        self.router.errors[code] = self.router.errors.get(code, 0) + 1
         if fatal:
             self.close(envelope("ERROR", payload))
         else:
@@ -218,6 +219,7 @@ class RelayProtocol(Int32StringReceiver):
         reason = check_send(env, self.MAX_LENGTH, size)
         if reason is not None:
             self.router.counters["nacked"] += 1
+            self.router.nacks["INVALID"] += 1
             self.send_frame(envelope("NACK", {"ack_id": send_id, "code": "INVALID",
                                               "message": reason}))
             return
@@ -229,6 +231,7 @@ class RelayProtocol(Int32StringReceiver):
             retry_ms = max(1, int(wait * 1000 + 0.999))
             if self.factory.rate_policy == "reject":
                 self.router.counters["nacked"] += 1
+                self.router.nacks["BUSY"] += 1
                 self.send_frame(envelope("NACK", {
                     "ack_id": send_id, "code": "BUSY", "retry_after_ms": retry_ms,
                     "message": "rate limit exceeded"}))

@@ -1,0 +1,185 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+C{GET /api/events}: the router's events (L{relay.events}) as Server-Sent
+Events, so the dashboard is live without polling.
+
+Each event is serialised once, whatever the number of clients, and only
+while at least one client is connected (otherwise the hub has no SSE
+subscriber at all).  Each client gathers events for L{FLUSH_DELAY} and
+writes them in one go.  The client is the streaming producer of its HTTP
+connection: when the socket's send buffer is full (a slow or stuck
+browser) Twisted pauses it, and what arrives meanwhile waits in a bounded
+buffer (L{MAX_PENDING_BYTES}).  Past that bound the backlog is dropped and,
+once the client reads again, it gets one C{resync} event telling it to
+fetch C{/api/status} and the messages afresh: memory stays bounded and the
+daemon never waits for a browser.
+"""
+
+import orjson
+from twisted.internet import task
+from twisted.logger import Logger
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+# Bytes of events one client may have waiting while its socket is full.
+MAX_PENDING_BYTES = 512 * 1024
+# Seconds events are gathered before one write.
+FLUSH_DELAY = 0.05
+# A comment line this often keeps proxies from closing an idle stream.
+KEEPALIVE = 15.0
+# Longest message body carried by an "accepted" event (the page fetches
+# /api/messages for the rest).
+MAX_BODY = 2000
+
+RESYNC = b"event: resync\ndata: {}\n\n"
+
+
+def encode_event(kind, fields):
+    """
+    One SSE record: C{event: KIND} and the fields as one JSON C{data} line.
+    """
+    if kind == "accepted":
+        payload = fields["payload"]
+        body = payload.get("body")
+        if isinstance(body, str) and len(body) > MAX_BODY:
+            body = body[:MAX_BODY]
+        fields = {"id": fields["id"], "seq": fields["seq"], "from": fields["sender"],
+                  "to": fields["to"], "topic": fields["topic"],
+                  "thread": payload.get("thread"), "kind": payload.get("kind", "message"),
+                  "body": body, "recipients": fields["recipients"], "ts": fields["ts"]}
+    return b"event: " + kind.encode("ascii") + b"\ndata: " + orjson.dumps(
+        fields, default=str) + b"\n\n"
+
+
+class EventStream:
+    """
+    The SSE clients of one daemon.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, events, max_pending=MAX_PENDING_BYTES, flush_delay=FLUSH_DELAY):
+        self.reactor = reactor
+        self.events = events
+        self.max_pending = max_pending
+        self.flush_delay = flush_delay
+        self.clients = set()
+        self.resyncs = 0
+        self._unsubscribe = None
+        self._keepalive = task.LoopingCall(self._ping)
+        self._keepalive.clock = reactor
+
+    def add(self, request):
+        client = SSEClient(self, request)
+        self.clients.add(client)
+        if self._unsubscribe is None:
+            self._unsubscribe = self.events.subscribe(self._event)
+            self._keepalive.start(KEEPALIVE, now=False)
+        return client
+
+    def remove(self, client):
+        self.clients.discard(client)
+        if not self.clients and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+            if self._keepalive.running:
+                self._keepalive.stop()
+
+    def _event(self, kind, fields):
+        data = encode_event(kind, fields)
+        for client in self.clients:
+            client.push(data)
+
+    def _ping(self):
+        for client in list(self.clients):
+            client.push(b": keepalive\n\n")
+
+    def stop(self):
+        for client in list(self.clients):
+            client.finish()
+
+    def pending_bytes(self):
+        return sum(c.pending_bytes for c in self.clients)
+
+
+@implementer(IPushProducer)
+class SSEClient:
+    """
+    One connected C{/api/events} request.
+    """
+
+    def __init__(self, stream, request):
+        self.stream = stream
+        self.request = request
+        self.pending = []
+        self.pending_bytes = 0
+        self.paused = False
+        self.overflowed = False
+        self.closed = False
+        self._flush = None
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        request.registerProducer(self, True)
+        request.notifyFinish().addBoth(self._gone)
+        request.write(b"retry: 2000\nevent: hello\ndata: {}\n\n")
+
+    def push(self, data):
+        if self.closed:
+            return
+        if self.overflowed:
+            return
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes > self.stream.max_pending:
+            # Never buffer without bound: drop the backlog, tell the page
+            # to resynchronise once it reads again.
+            self.pending = []
+            self.pending_bytes = 0
+            self.overflowed = True
+            self.stream.resyncs += 1
+            return
+        if self._flush is None and not self.paused:
+            self._flush = self.stream.reactor.callLater(self.stream.flush_delay, self._write)
+
+    def _write(self):
+        self._flush = None
+        if self.closed or self.paused:
+            return
+        out = b"".join(self.pending)
+        if self.overflowed:
+            out = RESYNC + out
+            self.overflowed = False
+        self.pending = []
+        self.pending_bytes = 0
+        if out:
+            self.request.write(out)
+
+    # IPushProducer: the HTTP connection's transport calls these.
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        if (self.pending or self.overflowed) and self._flush is None and not self.closed:
+            self._flush = self.stream.reactor.callLater(0, self._write)
+
+    def stopProducing(self):
+        self._gone(None)
+
+    def finish(self):
+        if not self.closed:
+            self._gone(None)
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def _gone(self, _):
+        if self.closed:
+            return
+        self.closed = True
+        self.pending = []
+        self.pending_bytes = 0
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        self.stream.remove(self)
