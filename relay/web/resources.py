@@ -122,7 +122,8 @@ class NotFound(resource.Resource):
 
 class JSONDirectory(resource.Resource):
     """
-    A resource whose unknown children are JSON 404s.
+    A resource whose unknown children are JSON 404s (a route such as
+    C{/api/status/more} is not C{/api/status}).
     """
 
     def getChild(self, path, request):
@@ -132,12 +133,20 @@ class JSONDirectory(resource.Resource):
         return NotFound().render(request)
 
 
-class Deferring(resource.Resource):
+class Route(resource.Resource):
+    """
+    An endpoint: no children, and anything below it is a 404.
+    """
+
+    def getChild(self, path, request):
+        return NotFound()
+
+
+class Deferring(Route):
     """
     A GET answered from a Deferred of a JSON-able value.
     """
 
-    isLeaf = True
     log = Logger()
     allowed = frozenset()
 
@@ -199,11 +208,10 @@ class Quarantine(Deferring):
         return self.reader.quarantine(_limit(query))
 
 
-class Status(resource.Resource):
-    isLeaf = True
+class Status(Route):
 
     def __init__(self, router, stream):
-        resource.Resource.__init__(self)
+        Route.__init__(self)
         self.router = router
         self.stream = stream
 
@@ -218,11 +226,10 @@ class Status(resource.Resource):
         return json_response(request, status)
 
 
-class Events(resource.Resource):
-    isLeaf = True
+class Events(Route):
 
     def __init__(self, stream):
-        resource.Resource.__init__(self)
+        Route.__init__(self)
         self.stream = stream
 
     def render_GET(self, request):
@@ -234,15 +241,14 @@ class Events(resource.Resource):
         return server.NOT_DONE_YET
 
 
-class Health(resource.Resource):
+class Health(Route):
     """
     C{/healthz}: 200 C{{"ok": true}}, or 503 C{{"ok": false, "reasons": [...]}}.
     """
 
-    isLeaf = True
 
     def __init__(self, service, router, store):
-        resource.Resource.__init__(self)
+        Route.__init__(self)
         self.service = service
         self.router = router
         self.store = store
@@ -274,12 +280,11 @@ class Health(resource.Resource):
         return json_response(request, {"ok": True})
 
 
-class MetricsPage(resource.Resource):
-    isLeaf = True
+class MetricsPage(Route):
     log = Logger()
 
     def __init__(self, metrics, reader):
-        resource.Resource.__init__(self)
+        Route.__init__(self)
         self.metrics = metrics
         self.reader = reader
 
@@ -305,8 +310,7 @@ class MetricsPage(resource.Resource):
         return server.NOT_DONE_YET
 
 
-class Index(resource.Resource):
-    isLeaf = True
+class Index(Route):
 
     def render_GET(self, request):
         with open(os.path.join(STATIC, "index.html"), "rb") as f:
@@ -336,6 +340,7 @@ def make_root(router, store, service, metrics, reader, stream):
     root = JSONDirectory()
     root.putChild(b"", Index())
     files = StaticFiles(STATIC)
+    files.indexNames = []
     files.childNotFound = NotFound()
     root.putChild(b"static", files)
     root.putChild(b"metrics", MetricsPage(metrics, reader))
