@@ -341,3 +341,72 @@ class SSEReader:
 
     def close(self):
         self.sock.close()
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % (pid,)) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % (pid,))
+
+
+class StuckClientTests(unittest.TestCase):
+    """
+    A browser that stops reading its event stream must not cost the daemon
+    memory or speed.
+    """
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def load(self, stuck_client):
+        """
+        A fresh daemon (with an SSE client that never reads when
+        C{stuck_client}) relays 4000 receipted messages of 2 KB from alice
+        to bob; fires with (RSS growth in KiB, status, the client).
+        """
+        daemon = WebDaemon(self, extra_args=["--no-rate-limit"])
+        yield daemon.start()
+        stuck = None
+        if stuck_client:
+            stuck = yield SSEReader.open(daemon.port, rcvbuf=4096)
+            self.addCleanup(stuck.close)
+            yield stuck.wait_for(b"event: hello")
+        bob = yield connect_agent(daemon, "bob")
+        alice = yield connect_agent(daemon, "alice")
+        self.addCleanup(bob.transport.loseConnection)
+        self.addCleanup(alice.transport.loseConnection)
+        rss_before = rss_kib(daemon.pid)
+        body = "x" * 2000
+        total = 4000
+        for start in range(0, total, 500):
+            alice.send_many([send("bob", body, requires_ack=True, n=i)
+                             for i in range(start, start + 500)])
+            yield alice.wait_type("ACK", start + 500, timeout=60)
+        yield bob.wait_type("DELIVER", total, timeout=60)
+        yield wait_status(daemon, lambda s: s["messages"]["acked"] == total)
+        code, status = yield get_json(daemon.url + "/api/status")
+        self.assertEqual(status["messages"]["accepted"], total)
+        return rss_kib(daemon.pid) - rss_before, status, stuck
+
+    @defer.inlineCallbacks
+    def test_client_that_never_reads(self):
+        """
+        With an SSE client that never reads, 4000 messages of 2 KB (about
+        10 MB of events) still all reach their recipient and are acked; the
+        client's backlog stays within its bound (the daemon drops it and
+        counts a resync); the daemon's memory grows by less than 3 MiB more
+        than a daemon's with no client at all; and the client, once it
+        reads, is told to resync.
+        """
+        control, _, _ = yield self.load(False)
+        grown, status, stuck = yield self.load(True)
+        http = status["http"]
+        self.assertEqual(http["sse_clients"], 1)
+        self.assertGreaterEqual(http["sse_resyncs"], 1)
+        self.assertLessEqual(http["sse_pending_bytes"], http["sse_max_pending_bytes"])
+        self.assertLess(grown - control, 3 * 1024,
+                        "RSS grew by %d KiB with a stuck client, %d KiB without"
+                        % (grown, control))
+        yield stuck.wait_for(b"event: resync", timeout=60)

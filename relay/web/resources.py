@@ -222,7 +222,9 @@ class Status(Route):
             return json_error(request, 400, str(e))
         status = self.router.status()
         status["http"] = {"sse_clients": len(self.stream.clients),
-                          "sse_resyncs": self.stream.resyncs}
+                          "sse_resyncs": self.stream.resyncs,
+                          "sse_pending_bytes": self.stream.pending_bytes(),
+                          "sse_max_pending_bytes": self.stream.max_pending}
         return json_response(request, status)
 
 
