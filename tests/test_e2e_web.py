@@ -410,3 +410,117 @@ class StuckClientTests(unittest.TestCase):
                         "RSS grew by %d KiB with a stuck client, %d KiB without"
                         % (grown, control))
         yield stuck.wait_for(b"event: resync", timeout=60)
+
+
+class AuthTests(unittest.TestCase):
+    """
+    An HTTP endpoint reachable from the network needs the daemon's --auth
+    users (HTTP Basic, the same twisted.cred checkers as agents' HELLO).
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_network_endpoint_needs_auth(self):
+        """
+        Without --auth, C{--http} on all interfaces stops startup with a
+        one-line reason and a non-zero exit.
+        """
+        daemon = WebDaemon(self, interface=None)
+        yield self.assertFailure(daemon.start(), AssertionError)
+        yield daemon.proto.ended
+        self.assertNotEqual(daemon.exit_code, 0)
+        self.assertIn("--http tcp:%d is reachable from the network: give --auth"
+                      % (daemon.port,), daemon.output())
+        self.assertNotIn("Traceback", daemon.output())
+
+    @defer.inlineCallbacks
+    def test_basic_auth(self):
+        """
+        With --auth, every route on a network endpoint answers 401 (with a
+        Basic challenge) to no or wrong credentials and serves an --auth user.
+        """
+        daemon = WebDaemon(self, interface=None, extra_args=[
+            "--auth", "memory:alice:s3cret", "--trust-unix-peers"])
+        yield daemon.start()
+        for path in ("/", "/metrics", "/healthz", "/api/status", "/api/messages",
+                     "/api/events", "/static/app.js", "/nope"):
+            for headers in (None, basic("alice", "wrong"), basic("mallory", "s3cret")):
+                code, response_headers, _ = yield get(daemon.url + path, headers)
+                self.assertEqual(code, 401, (path, headers))
+                self.assertIn(b"basic", response_headers.getRawHeaders(
+                    b"www-authenticate")[0].lower())
+        code, body = yield get_json(daemon.url + "/api/status", basic("alice", "s3cret"))
+        self.assertEqual(code, 200)
+        self.assertIn("agents", body)
+        code, _, page = yield get(daemon.url + "/", basic("alice", "s3cret"))
+        self.assertEqual(code, 200)
+        self.assertIn(b"<title>relay</title>", page)
+
+
+class HealthTests(unittest.TestCase):
+    """
+    C{/healthz} says 503, with the reason, when something the daemon needs
+    has stopped.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_sync_refused(self):
+        """
+        A sync target that refuses the daemon's key (401) stops sync, and
+        /healthz turns 503 naming it.
+        """
+        server = IngestServer(reactor).start()
+        self.addCleanup(server.stop)
+        daemon = WebDaemon(self, extra_args=[
+            "--sync-url", server.url, "--workspace-id", WORKSPACE,
+            "--sync-batch-delay-ms", "20"], env={"RELAY_SYNC_KEY": "not-" + KEY})
+        yield daemon.start()
+        alice = yield connect_agent(daemon, "alice")
+        self.addCleanup(alice.transport.loseConnection)
+        alice.send(send("bob", "to sync", requires_ack=True))
+        yield alice.wait_type("ACK")
+        deadline = reactor.seconds() + 20
+        while True:
+            code, body = yield get_json(daemon.url + "/healthz")
+            if code != 200 or reactor.seconds() > deadline:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(code, 503)
+        self.assertFalse(body["ok"])
+        self.assertTrue(any(r.startswith("sync unauthorized") for r in body["reasons"]),
+                        body)
+
+
+class JSONLogTests(unittest.TestCase):
+    """
+    C{twist --log-format json relay ...} writes one JSON object per line,
+    each log event with its structured keys.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_json_logs(self):
+        """
+        The daemon's own events (store opened, store flushed and closed)
+        come out as JSON with their template and their keys (path, n), and
+        every stdout line is JSON.
+        """
+        daemon = TwistDaemon(self, twist_args=["--log-format", "json"])
+        yield daemon.start()
+        yield daemon.stop()
+        lines = [l for l in daemon.output().splitlines() if l.strip()]
+        events = [orjson.loads(l) for l in lines]
+        opened = [e for e in events
+                  if e.get("log_format") == "relay store {path}: {n} messages so far"]
+        self.assertEqual(len(opened), 1, lines)
+        self.assertEqual(opened[0]["path"], daemon.db_path)
+        self.assertEqual(opened[0]["n"], 0)
+        self.assertEqual(opened[0]["log_namespace"], "relay.tap.RelayService")
+        self.assertEqual(opened[0]["log_level"]["name"], "info")
+        closed = [e for e in events
+                  if e.get("log_format") == "relay store {path}: flushed and closed"]
+        self.assertEqual([e["path"] for e in closed], [daemon.db_path])

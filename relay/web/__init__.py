@@ -99,7 +99,7 @@ def add_http(top, config, store, router, events, reactor):
     metrics = Metrics(router, store, events)
     reader = StoreReader(reactor, store.path)
     stream = EventStream(reactor, events)
-    root = make_root(router, store, top, metrics, reader, stream)
+    root = site_root = make_root(router, store, top, metrics, reader, stream)
     cred_checkers = config.get("credCheckers")
     if cred_checkers:
         @implementer(portal.IRealm)
@@ -108,10 +108,10 @@ def add_http(top, config, store, router, events, reactor):
                 if resource.IResource in interfaces:
                     return resource.IResource, root, lambda: None
                 raise NotImplementedError()
-        root = guard.HTTPAuthSessionWrapper(
+        site_root = guard.HTTPAuthSessionWrapper(
             portal.Portal(WebRealm(), [_bytes_checker(c) for c in cred_checkers]),
             [guard.BasicCredentialFactory(b"relay")])
-    site = server.Site(root)
+    site = server.Site(site_root)
     site.noisy = False
     site.displayTracebacks = False
     web = WebService(reader, stream)
