@@ -127,7 +127,8 @@ class SSEClient:
     def push(self, data):
         if self.closed:
             return
-        if self.overflowed:
+        if self.overflowed and self.paused:
+            # The backlog is gone already: the page will re-fetch.
             return
         self.pending.append(data)
         self.pending_bytes += len(data)
