@@ -27,7 +27,7 @@ setup(
         "prometheus_client>=0.17",
     ],
     extras_require={
-        "test": ["hypothesis>=6.0", "wheel>=0.40"],
+        "test": ["hypothesis>=6.0", "wheel>=0.40", "selenium>=4.10"],
     },
     entry_points={"console_scripts": ["relay = relay.cli:main"]},
 )

@@ -77,15 +77,15 @@ async function loadMessages() {
 async function loadTrouble() {
   const [dead, quarantine] = await Promise.all([
     getJSON("/api/dead-letters?limit=50"), getJSON("/api/quarantine?limit=50")]);
-  const deadList = document.getElementById("dead");
-  deadList.replaceChildren(...(dead.length ? dead.map(d => el("li", {},
+  const deadItems = dead.map(d => el("li", {},
     el("b", {}, "dead letter "), text(d.sender) + " \u2192 " + text(d.recipient) + ": ",
-    el("span", {class: "body"}, text(d.body)), " (" + text(d.reason) + ")"))
-    : [el("li", {}, "no dead letters")]));
-  const qList = document.getElementById("quarantine");
-  qList.replaceChildren(...(quarantine.length ? quarantine.map(q => el("li", {},
-    el("b", {}, "quarantined " + text(q.statement) + " row: "), text(q.error))))
-    : [el("li", {}, "nothing quarantined")]));
+    el("span", {class: "body"}, text(d.body)), " (" + text(d.reason) + ")"));
+  document.getElementById("dead").replaceChildren(
+    ...(deadItems.length ? deadItems : [el("li", {}, "no dead letters")]));
+  const quarantineItems = quarantine.map(q => el("li", {},
+    el("b", {}, "quarantined " + text(q.statement) + " row: "), text(q.error)));
+  document.getElementById("quarantine").replaceChildren(
+    ...(quarantineItems.length ? quarantineItems : [el("li", {}, "nothing quarantined")]));
 }
 
 let statusTimer = null;
@@ -202,7 +202,7 @@ function drawRate() {
 function queueRender() {
   if (state.renderQueued) return;
   state.renderQueued = true;
-  setTimeout(() => { state.renderQueued = false; renderMessages(); }, 100);
+  setTimeout(() => { state.renderQueued = false; renderMessages(); drawRate(); }, 100);
 }
 
 function onEvent(kind, data) {
