@@ -266,13 +266,14 @@ class RouteTests(unittest.TestCase):
     def test_events_stream(self):
         """
         C{/api/events} streams what happens as Server-Sent Events: online,
-        accepted (with the body), delivered and acked, in that order.
+        accepted (with the body), delivered and acked, in that order, gathered
+        in C{batch} records.
         """
         stream = yield SSEReader.open(self.daemon.port)
         self.addCleanup(stream.close)
         yield stream.wait_for(b"event: hello")
         yield self.exchange(send("bob", "<b>hello</b>", requires_ack=True, thread="t"))
-        yield stream.wait_for(b"event: acked")
+        yield stream.wait_for(b'["acked"')
         events = stream.events()
         kinds = [k for k, _ in events]
         self.assertIn("online", kinds)
@@ -335,7 +336,9 @@ class SSEReader:
                     kind = line[7:].decode()
                 elif line.startswith(b"data: "):
                     data = orjson.loads(line[6:])
-            if kind is not None and data is not None:
+            if kind == "batch":
+                out.extend((k, d) for k, d in data)
+            elif kind is not None and data is not None:
                 out.append((kind, data))
         return out
 

@@ -20,7 +20,7 @@ from relay.tap import Options
 from relay.web import is_loopback
 from relay.web.metrics import Metrics
 from relay.web.resources import BadRequest, Health, JSONDirectory, Events, message_filters
-from relay.web.sse import EventStream, encode_event
+from relay.web.sse import EventStream, encode_events
 
 
 class EventHubTests(unittest.TestCase):
@@ -85,31 +85,57 @@ def accepted(n, body="hi"):
                 payload={"kind": "message", "body": body}, recipients=["bob"], ts=1000)
 
 
+def records(data):
+    """
+    [(kind, fields)] of the SSE records in a chunked response body, a
+    C{batch} record unpacked into its events.
+    """
+    out = []
+    kind = None
+    for line in data.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line.startswith(b"event: "):
+            kind = line[7:].decode()
+        elif line.startswith(b"data: ") and kind is not None:
+            fields = orjson.loads(line[6:])
+            if kind == "batch":
+                out.extend((k, f) for k, f in fields)
+            else:
+                out.append((kind, fields))
+            kind = None
+    return out
+
+
 class SSETests(unittest.TestCase):
 
     def test_gathered_and_written_at_once(self):
         """
-        Events are gathered for the flush delay and written in one write;
-        the hub has a subscriber only while a client is connected.
+        Events are gathered for the flush delay and written in one batch
+        record, in order; the hub has a subscriber only while a client is
+        connected.
         """
         h = SSEHarness()
-        self.assertIn(b"text/event-stream", h.received())
+        first = h.received()
+        self.assertIn(b"text/event-stream", first)
+        self.assertEqual(records(first), [("hello", {})])
         self.assertTrue(h.hub.listening)
         h.hub.emit("accepted", **accepted(1, "<script>x</script>"))
         h.hub.emit("acked", id="m-1", to="bob", sent_at=1.0, at=2.0)
         self.assertEqual(h.received(), b"")
         h.clock.advance(0.05)
         data = h.received()
-        self.assertIn(b"event: accepted\ndata: ", data)
-        self.assertIn(b'"body":"<script>x</script>"', data)
-        self.assertLess(data.index(b"event: accepted"), data.index(b"event: acked"))
+        self.assertEqual(data.count(b"event: batch"), 1)
+        got = records(data)
+        self.assertEqual([k for k, _ in got], ["accepted", "acked"])
+        self.assertEqual(got[0][1]["body"], "<script>x</script>")
+        self.assertEqual(got[0][1]["from"], "alice")
         h.channel.connectionLost(failure.Failure(error.ConnectionDone()))
         self.assertFalse(h.hub.listening)
         self.assertEqual(h.stream.clients, set())
 
     def test_paused_client_bounded_then_resync(self):
         """
-        While the connection is paused (the browser does not read), events
+        While the connection is paused (the browser does not read), batches
         wait in a buffer that never exceeds its bound: past it the backlog
         is dropped; on resume the client gets one resync event, then the
         events after it.
@@ -118,19 +144,21 @@ class SSETests(unittest.TestCase):
         h.received()
         h.transport.producer.pauseProducing()
         (client,) = h.stream.clients
-        for n in range(1000):
+        for n in range(200):
             h.hub.emit("accepted", **accepted(n, "x" * 200))
+            h.clock.advance(0.05)
             self.assertLessEqual(client.pending_bytes, 10000)
-        h.clock.advance(1)
         self.assertEqual(h.received(), b"")
         self.assertEqual(h.stream.resyncs, 1)
         h.transport.producer.resumeProducing()
+        h.clock.advance(0)
         h.hub.emit("acked", id="m-5", to="bob", sent_at=None, at=3.0)
         h.clock.advance(0.05)
-        data = h.received()
-        self.assertTrue(data.split(b"\r\n", 1)[1].startswith(b"event: resync"), data[:80])
-        self.assertIn(b"event: acked", data)
-        self.assertEqual(data.count(b"event: accepted"), 0)
+        got = records(h.received())
+        self.assertEqual(got[0], ("resync", {}))
+        self.assertEqual(got, [("resync", {}),
+                               ("acked", {"id": "m-5", "to": "bob", "sent_at": None, "at": 3.0})])
+        self.assertEqual(h.stream.resyncs, 1)
 
     def test_paused_within_bound_keeps_everything(self):
         """
@@ -141,20 +169,39 @@ class SSETests(unittest.TestCase):
         h.transport.producer.pauseProducing()
         for n in range(10):
             h.hub.emit("accepted", **accepted(n))
-        h.clock.advance(1)
+            h.clock.advance(0.05)
         self.assertEqual(h.received(), b"")
         h.transport.producer.resumeProducing()
         h.clock.advance(0)
-        data = h.received()
-        self.assertEqual(data.count(b"event: accepted"), 10)
-        self.assertNotIn(b"resync", data)
+        got = records(h.received())
+        self.assertEqual([f["id"] for k, f in got], ["m-%d" % n for n in range(10)])
+        self.assertEqual(h.stream.resyncs, 0)
+
+    def test_burst_beyond_gathering_bound(self):
+        """
+        More events in one flush period than the stream gathers are dropped
+        and every client is told to resync; the events after that arrive.
+        """
+        from relay.web import sse
+        self.patch(sse, "MAX_GATHERED", 5)
+        h = SSEHarness()
+        h.received()
+        for n in range(20):
+            h.hub.emit("accepted", **accepted(n))
+        h.clock.advance(0.05)
+        h.hub.emit("acked", id="m-19", to="bob", sent_at=None, at=3.0)
+        h.clock.advance(0.05)
+        got = records(h.received())
+        self.assertEqual(got[0], ("resync", {}))
+        self.assertEqual(got[-1][0], "acked")
+        self.assertLessEqual(len(got), 1 + 5 + 1)
 
     def test_long_body_cut(self):
         """
         An accepted event carries at most 2000 characters of the body.
         """
-        data = encode_event("accepted", accepted(1, "y" * 5000))
-        record = orjson.loads(data.split(b"data: ", 1)[1])
+        data = encode_events([("accepted", accepted(1, "y" * 5000))])
+        ((kind, record),) = records(data)
         self.assertEqual(record["body"], "y" * 2000)
 
 

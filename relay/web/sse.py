@@ -3,10 +3,10 @@
 C{GET /api/events}: the router's events (L{relay.events}) as Server-Sent
 Events, so the dashboard is live without polling.
 
-Each event is serialised once, whatever the number of clients, and only
-while at least one client is connected (otherwise the hub has no SSE
-subscriber at all).  Each client gathers events for L{FLUSH_DELAY} and
-writes them in one go.  The client is the streaming producer of its HTTP
+Events are gathered for L{FLUSH_DELAY} and serialised once into one
+C{batch} record (a JSON list of C{[kind, fields]}), whatever the number of
+clients, and only while at least one client is connected (otherwise the
+hub has no SSE subscriber at all).  The client is the streaming producer of its HTTP
 connection: when the socket's send buffer is full (a slow or stuck
 browser) Twisted pauses it, and what arrives meanwhile waits in a bounded
 buffer (L{MAX_PENDING_BYTES}).  Past that bound the backlog is dropped and,
@@ -33,10 +33,14 @@ MAX_BODY = 2000
 
 RESYNC = b"event: resync\ndata: {}\n\n"
 
+# Events gathered in one flush period beyond which they are dropped and
+# every client is told to resync (a burst no page could draw anyway).
+MAX_GATHERED = 50000
 
-def encode_event(kind, fields):
+
+def _record(kind, fields):
     """
-    One SSE record: C{event: KIND} and the fields as one JSON C{data} line.
+    What the page gets for one event: C{[kind, {fields}]}.
     """
     if kind == "accepted":
         payload = fields["payload"]
@@ -47,13 +51,23 @@ def encode_event(kind, fields):
                   "to": fields["to"], "topic": fields["topic"],
                   "thread": payload.get("thread"), "kind": payload.get("kind", "message"),
                   "body": body, "recipients": fields["recipients"], "ts": fields["ts"]}
-    return b"event: " + kind.encode("ascii") + b"\ndata: " + orjson.dumps(
-        fields, default=str) + b"\n\n"
+    return (kind, fields)
+
+
+def encode_events(events):
+    """
+    One SSE record, C{event: batch}, whose C{data} line is the JSON list of
+    C{[kind, fields]} of C{events} (one serialisation for many events).
+    """
+    return b"event: batch\ndata: " + orjson.dumps(
+        [_record(kind, fields) for kind, fields in events], default=str) + b"\n\n"
 
 
 class EventStream:
     """
-    The SSE clients of one daemon.
+    The SSE clients of one daemon.  The hub's events are gathered (a
+    tuple append each) for L{FLUSH_DELAY}, serialised once into one
+    C{batch} record, and handed to every client.
     """
 
     log = Logger()
@@ -65,6 +79,9 @@ class EventStream:
         self.flush_delay = flush_delay
         self.clients = set()
         self.resyncs = 0
+        self.gathered = []
+        self._overflow = False
+        self._flush = None
         self._unsubscribe = None
         self._keepalive = task.LoopingCall(self._ping)
         self._keepalive.clock = reactor
@@ -82,12 +99,33 @@ class EventStream:
         if not self.clients and self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+            self.gathered = []
             if self._keepalive.running:
                 self._keepalive.stop()
+            if self._flush is not None and self._flush.active():
+                self._flush.cancel()
+            self._flush = None
 
     def _event(self, kind, fields):
-        data = encode_event(kind, fields)
-        for client in self.clients:
+        gathered = self.gathered
+        gathered.append((kind, fields))
+        if self._flush is None:
+            self._flush = self.reactor.callLater(self.flush_delay, self._send)
+        elif len(gathered) > MAX_GATHERED:
+            self.gathered = []
+            self._overflow = True
+
+    def _send(self):
+        self._flush = None
+        gathered, self.gathered = self.gathered, []
+        if self._overflow:
+            self._overflow = False
+            for client in list(self.clients):
+                client.drop()
+        if not gathered:
+            return
+        data = encode_events(gathered)
+        for client in list(self.clients):
             client.push(data)
 
     def _ping(self):
@@ -125,23 +163,36 @@ class SSEClient:
         request.write(b"retry: 2000\nevent: hello\ndata: {}\n\n")
 
     def push(self, data):
+        """
+        Hand C{data} to the connection now, or keep it (bounded) while the
+        connection is paused.
+        """
         if self.closed:
             return
-        if self.overflowed and self.paused:
+        if not self.paused:
+            if self.overflowed:
+                data = RESYNC + data
+                self.overflowed = False
+            self.request.write(data)
+            return
+        if self.overflowed:
             # The backlog is gone already: the page will re-fetch.
             return
         self.pending.append(data)
         self.pending_bytes += len(data)
         if self.pending_bytes > self.stream.max_pending:
-            # Never buffer without bound: drop the backlog, tell the page
-            # to resynchronise once it reads again.
-            self.pending = []
-            self.pending_bytes = 0
+            self.drop()
+
+    def drop(self):
+        """
+        Never buffer without bound: drop the backlog and tell the page to
+        resynchronise once it reads again.
+        """
+        self.pending = []
+        self.pending_bytes = 0
+        if not self.overflowed:
             self.overflowed = True
             self.stream.resyncs += 1
-            return
-        if self._flush is None and not self.paused:
-            self._flush = self.stream.reactor.callLater(self.stream.flush_delay, self._write)
 
     def _write(self):
         self._flush = None

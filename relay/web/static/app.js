@@ -225,9 +225,10 @@ function connect() {
   const live = document.getElementById("live");
   const source = new EventSource("/api/events");
   source.addEventListener("hello", () => { live.textContent = "live"; live.className = "badge"; });
-  for (const kind of ["online", "offline", "accepted", "delivered", "acked", "expired"]) {
-    source.addEventListener(kind, e => onEvent(kind, JSON.parse(e.data)));
-  }
+  // Events come gathered: one "batch" record holds [[kind, fields], ...].
+  source.addEventListener("batch", e => {
+    for (const [kind, data] of JSON.parse(e.data)) onEvent(kind, data);
+  });
   // The daemon dropped our backlog (we were not reading fast enough): start afresh.
   source.addEventListener("resync", () => { resync(); });
   source.onerror = () => { live.textContent = "reconnecting"; live.className = "badge off"; };
