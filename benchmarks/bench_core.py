@@ -130,6 +130,15 @@ class Daemon:
             return None
         return None
 
+    def cpu_seconds(self):
+        """User + system CPU time the daemon used so far, or None."""
+        try:
+            with open("/proc/{}/stat".format(self.process.pid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def sample_rss(self, interval=0.1):
         """Sample VmRSS in a thread until ``stop_sampling``."""
         self._sampling = True
@@ -253,12 +262,15 @@ def measure(args, daemon_arg, http=False):
     if daemon is None:
         return None
     reader = EventReader(port) if http else None
+    cpu_before = daemon.cpu_seconds()
     try:
         result = loadgen.run(
             daemon.socket_path, senders=args.senders, receivers=args.receivers,
             messages=args.messages, size=args.size, window=args.window,
             open_loop=args.open_loop, receiver_rate=args.receiver_rate,
             durable=args.durable, progress=None, idle_timeout=args.idle_timeout)
+        # Startup (imports: more of them with --http) is not the load's.
+        result["daemon_cpu_s"] = daemon.cpu_seconds() - cpu_before
         if reader is not None:
             reader.close()
             result["event_bytes_read"] = reader.bytes
@@ -271,6 +283,13 @@ def measure(args, daemon_arg, http=False):
             reader.close()
         daemon.stop()
         shutil.rmtree(daemon.directory, True)
+
+
+def cpu_per_message(result):
+    """The daemon's CPU time during the load per message, in us."""
+    if result.get("daemon_cpu_s") is None or not result["sent"]:
+        return float("nan")
+    return result["daemon_cpu_s"] / result["sent"] * 1e6
 
 
 def compare_http(args):
@@ -289,11 +308,13 @@ def compare_http(args):
             if result is None:
                 return 3
             runs[http].append(result)
-            sys.stderr.write("run {} {}: {:,.0f} msg/s{}\n".format(
+            sys.stderr.write("run {} {}: {:,.0f} msg/s, daemon CPU {:.1f} us/msg{}\n".format(
                 i + 1, "--http + SSE client" if http else "no --http", result["msgs_per_s"],
+                cpu_per_message(result),
                 ", {:,} bytes of events read".format(result["event_bytes_read"]) if http else ""))
     best = {k: max(r["msgs_per_s"] for r in v) for k, v in runs.items()}
     ratio = best[True] / best[False]
+    cpu = {k: min(cpu_per_message(r) for r in v) for k, v in runs.items()}
     ok = all(r["lost"] == 0 and r["complete"] and r["stored_rows"] == r["sent"] - r["rejected"]
              for v in runs.values() for r in v)
     if args.json:
@@ -307,6 +328,9 @@ def compare_http(args):
             ("ratio on/off", "{:.3f} ({:.1f} % {}; goal: at most 10 % slower) {}".format(
                 ratio, abs(1 - ratio) * 100, "slower" if ratio < 1 else "faster",
                 "met" if ratio >= 0.9 else "NOT met")),
+            ("daemon CPU per message", "{:.1f} us without, {:.1f} us with (+{:.1f} %, "
+             "least of each; less noisy than throughput on a shared machine)".format(
+                 cpu[False], cpu[True], (cpu[True] / cpu[False] - 1) * 100)),
             ("nothing lost", "yes" if ok else "NO"),
         ])) + "\n")
     return 0 if ok else 1

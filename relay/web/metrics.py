@@ -189,26 +189,31 @@ class Metrics:
         # messages (seqs only grow: the one ACCEPT_MEMORY back is dropped).
         self._accepted = {}
         store.batcher.commit_listeners.append(self._committed)
-        events.subscribe(self._event)
+        events.subscribe(self._accepted_event, ("accepted",))
+        events.subscribe(self._delivered_event, ("delivered",))
+        events.subscribe(self._acked_event, ("acked",))
 
     def _committed(self, seconds, rows):
         self.commit_seconds.observe(seconds)
 
-    def _event(self, kind, fields):
-        if kind == "accepted":
-            seq = fields["seq"]
-            accepted = self._accepted
-            accepted[seq] = fields["ts"] / 1000.0
-            accepted.pop(seq - ACCEPT_MEMORY, None)
-        elif kind == "delivered":
-            if fields["attempts"] == 1:
-                at = self._accepted.get(fields["seq"])
-                if at is not None:
-                    self.send_to_deliver.observe(max(0.0, fields["at"] - at))
-        elif kind == "acked":
-            sent_at = fields["sent_at"]
-            if sent_at:
-                self.deliver_to_ack.observe(max(0.0, fields["at"] - sent_at))
+    def _accepted_event(self, kind, fields):
+        seq = fields["seq"]
+        accepted = self._accepted
+        accepted[seq] = fields["ts"] / 1000.0
+        accepted.pop(seq - ACCEPT_MEMORY, None)
+
+    def _delivered_event(self, kind, fields):
+        if fields["attempts"] == 1:
+            at = self._accepted.get(fields["seq"])
+            if at is not None:
+                delay = fields["at"] - at
+                self.send_to_deliver.observe(delay if delay > 0.0 else 0.0)
+
+    def _acked_event(self, kind, fields):
+        sent_at = fields["sent_at"]
+        if sent_at:
+            delay = fields["at"] - sent_at
+            self.deliver_to_ack.observe(delay if delay > 0.0 else 0.0)
 
     def render(self):
         return generate_latest(self.registry)
