@@ -34,7 +34,7 @@ MESSAGE_COUNTERS = (
 # How many accepted messages' times are remembered to measure SEND to
 # DELIVER; a delivery of an older message (one that waited in the store
 # for an agent that was away) is not observed.
-ACCEPT_MEMORY = 65536
+ACCEPT_MEMORY = 10000
 
 
 class RelayCollector:
