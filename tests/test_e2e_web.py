@@ -288,6 +288,17 @@ class RouteTests(unittest.TestCase):
         self.assertEqual((acked["id"], acked["to"]), (accepted[0]["id"], "bob"))
 
 
+def event(item):
+    """
+    (kind, fields) of one item of a batch record (an accepted event is a
+    list of ACCEPTED_FIELDS values).
+    """
+    from relay.web.sse import ACCEPTED_FIELDS
+    if item[0] == "accepted":
+        return "accepted", dict(zip(ACCEPTED_FIELDS, item[1:]))
+    return item[0], item[1]
+
+
 class SSEReader:
     """
     A raw HTTP client of C{/api/events} on a blocking socket read from the
@@ -337,7 +348,7 @@ class SSEReader:
                 elif line.startswith(b"data: "):
                     data = orjson.loads(line[6:])
             if kind == "batch":
-                out.extend((k, d) for k, d in data)
+                out.extend(event(item) for item in data)
             elif kind is not None and data is not None:
                 out.append((kind, data))
         return out

@@ -99,11 +99,22 @@ def records(data):
         elif line.startswith(b"data: ") and kind is not None:
             fields = orjson.loads(line[6:])
             if kind == "batch":
-                out.extend((k, f) for k, f in fields)
+                out.extend(event(item) for item in fields)
             else:
                 out.append((kind, fields))
             kind = None
     return out
+
+
+def event(item):
+    """
+    (kind, fields) of one item of a batch record (an accepted event is a
+    list of ACCEPTED_FIELDS values).
+    """
+    from relay.web.sse import ACCEPTED_FIELDS
+    if item[0] == "accepted":
+        return "accepted", dict(zip(ACCEPTED_FIELDS, item[1:]))
+    return item[0], item[1]
 
 
 class SSETests(unittest.TestCase):
@@ -200,7 +211,9 @@ class SSETests(unittest.TestCase):
         """
         An accepted event carries at most 2000 characters of the body.
         """
-        data = encode_events([("accepted", accepted(1, "y" * 5000))])
+        stream = EventStream(task.Clock(), EventHub())
+        stream._accepted("accepted", accepted(1, "y" * 5000))
+        data = encode_events(stream.gathered)
         ((kind, record),) = records(data)
         self.assertEqual(record["body"], "y" * 2000)
 

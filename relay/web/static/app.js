@@ -227,7 +227,15 @@ function connect() {
   source.addEventListener("hello", () => { live.textContent = "live"; live.className = "badge"; });
   // Events come gathered: one "batch" record holds [[kind, fields], ...].
   source.addEventListener("batch", e => {
-    for (const [kind, data] of JSON.parse(e.data)) onEvent(kind, data);
+    for (const item of JSON.parse(e.data)) {
+      if (item[0] === "accepted") {
+        // ["accepted", id, seq, from, to, topic, thread, kind, body, recipients, ts]
+        const [, id, seq, from, to, topic, thread, kind, body, recipients, ts] = item;
+        onEvent("accepted", {id, seq, from, to, topic, thread, kind, body, recipients, ts});
+      } else {
+        onEvent(item[0], item[1]);
+      }
+    }
   });
   // The daemon dropped our backlog (we were not reading fast enough): start afresh.
   source.addEventListener("resync", () => { resync(); });
