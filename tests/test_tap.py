@@ -131,20 +131,6 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(top.router.ack_timeout, 0.7)
         self.assertIsNone(top.router.limiter)
 
-    def test_store_failure_is_one_line(self):
-        """
-        A store that cannot be opened stops startup with SystemExit and a
-        one-line reason naming the file.
-        """
-        o = tap.Options()
-        o.parseOptions(["--listen", "unix:%s" % (os.path.abspath(self.mktemp()),),
-                        "--db", "/nonexistent-dir/relay.sqlite"])
-        top = tap.makeService(o)
-        e = self.assertRaises(SystemExit, top.startService)
-        self.assertIn("relay: cannot open store /nonexistent-dir/relay.sqlite", str(e))
-        self.assertNotIn("\n", str(e))
-        self.assertFalse(top.running)
-
     def test_plugin_is_found(self):
         """
         The twistd plugin named relay points at relay.tap.
