@@ -533,7 +533,7 @@ class JSONLogTests(unittest.TestCase):
         self.assertEqual(len(opened), 1, lines)
         self.assertEqual(opened[0]["path"], daemon.db_path)
         self.assertEqual(opened[0]["n"], 0)
-        self.assertEqual(opened[0]["log_namespace"], "relay.tap.RelayService")
+        self.assertEqual(opened[0]["log_namespace"], "relay.service.RelayService")
         self.assertEqual(opened[0]["log_level"]["name"], "info")
         closed = [e for e in events
                   if e.get("log_format") == "relay store {path}: flushed and closed"]
