@@ -32,33 +32,33 @@ class KeyFormatTests(unittest.TestCase):
         """
         Keys are unique, parse back to their id, and hash to 32 bytes.
         """
-        a, b = keys.generateKey(), keys.generateKey()
+        a, b = keys.generate_key(), keys.generate_key()
         self.assertNotEqual(a, b)
-        keyId, key = a
-        self.assertEqual(keys.parseKey(key), keyId)
-        self.assertEqual(len(keys.hashKey(key)), 32)
+        key_id, key = a
+        self.assertEqual(keys.parse_key(key), key_id)
+        self.assertEqual(len(keys.hash_key(key)), 32)
 
-    def test_parseRejects(self):
+    def test_parse_rejects(self):
         """
         Anything not shaped like a key has no id.
         """
-        keyId, key = keys.generateKey()
+        key_id, key = keys.generate_key()
         for bad in ("", "rlk_", key + "x", key[:-1], key.replace("rlk_", "xyz_"),
-                    "rlk_%s_%s" % (keyId, "!" * 43)):
-            self.assertIsNone(keys.parseKey(bad), bad)
+                    "rlk_%s_%s" % (key_id, "!" * 43)):
+            self.assertIsNone(keys.parse_key(bad), bad)
 
     def test_check(self):
         """
         Only the matching, unrevoked hash yields the workspace.
         """
-        _, key = keys.generateKey()
-        _, other = keys.generateKey()
-        h = keys.hashKey(key)
-        self.assertEqual(keys.checkKey(key, (h, WS, False)), uuid.UUID(WS))
-        self.assertIsNone(keys.checkKey(key, (h, WS, True)))
-        self.assertIsNone(keys.checkKey(other, (h, WS, False)))
-        self.assertIsNone(keys.checkKey(key, None))
-        self.assertEqual(keys.checkKey(key, (memoryview(h), uuid.UUID(WS), False)),
+        _, key = keys.generate_key()
+        _, other = keys.generate_key()
+        h = keys.hash_key(key)
+        self.assertEqual(keys.check_key(key, (h, WS, False)), uuid.UUID(WS))
+        self.assertIsNone(keys.check_key(key, (h, WS, True)))
+        self.assertIsNone(keys.check_key(other, (h, WS, False)))
+        self.assertIsNone(keys.check_key(key, None))
+        self.assertEqual(keys.check_key(key, (memoryview(h), uuid.UUID(WS), False)),
                          uuid.UUID(WS))
 
 
@@ -79,42 +79,42 @@ class KeysCommandTests(unittest.TestCase):
         rc, out, err = run("keys", "create", "--workspace", WS, "--postgres", self.dsn)
         self.assertEqual(rc, 0, err)
         key = out.splitlines()[-1]
-        keyId = keys.parseKey(key)
-        self.assertIsNotNone(keyId)
+        key_id = keys.parse_key(key)
+        self.assertIsNotNone(key_id)
         rows = fetchAll(self.dsn, "SELECT key_id, key_hash, workspace_id::text,"
                         " revoked_at FROM api_keys")
         self.assertEqual(len(rows), 1)
-        self.assertEqual(rows[0][0], keyId)
-        self.assertEqual(bytes(rows[0][1]), keys.hashKey(key))
+        self.assertEqual(rows[0][0], key_id)
+        self.assertEqual(bytes(rows[0][1]), keys.hash_key(key))
         self.assertEqual(rows[0][2:], (WS, None))
         secret = key.rsplit("_", 1)[1]
         self.assertNotIn(secret, repr(rows))
 
-    def test_listAndRevoke(self):
+    def test_list_and_revoke(self):
         """
         list shows keys with their revocation; revoke revokes once, says so
         a second time, and fails on an unknown id.
         """
         key = run("keys", "create", "--workspace", WS, "--postgres", self.dsn)[1].splitlines()[-1]
-        keyId = keys.parseKey(key)
+        key_id = keys.parse_key(key)
         rc, out, _ = run("keys", "list", "--postgres", self.dsn)
         self.assertEqual(rc, 0)
-        line = [l for l in out.splitlines() if l.startswith(keyId)][0]
+        line = [l for l in out.splitlines() if l.startswith(key_id)][0]
         self.assertTrue(line.endswith("-"))
         self.assertNotIn(key, out)
-        rc, out, _ = run("keys", "revoke", keyId, "--postgres", self.dsn)
-        self.assertEqual((rc, out.strip()), (0, "Revoked key %s." % (keyId,)))
+        rc, out, _ = run("keys", "revoke", key_id, "--postgres", self.dsn)
+        self.assertEqual((rc, out.strip()), (0, "Revoked key %s." % (key_id,)))
         rc, out, _ = run("keys", "revoke", key, "--postgres", self.dsn)
         self.assertEqual(rc, 0)
         self.assertIn("already", out)
         rc, out, _ = run("keys", "list", "--workspace", WS, "--postgres", self.dsn)
-        line = [l for l in out.splitlines() if l.startswith(keyId)][0]
+        line = [l for l in out.splitlines() if l.startswith(key_id)][0]
         self.assertFalse(line.endswith("-"))
         rc, _, err = run("keys", "revoke", "0" * 16, "--postgres", self.dsn)
         self.assertEqual(rc, 1)
         self.assertIn("no key", err)
 
-    def test_badUsage(self):
+    def test_bad_usage(self):
         """
         A workspace that is not a UUID, or no action, exits 2.
         """
@@ -131,7 +131,7 @@ class KeysCommandTests(unittest.TestCase):
         self.assertEqual(rc, 3)
         self.assertIn("cannot connect", err)
 
-    def test_databaseError(self):
+    def test_database_error(self):
         """
         A database error (here: a role that may not create the schema) is
         one line on stderr and exit 1, not a traceback.
@@ -146,14 +146,14 @@ class KeysCommandTests(unittest.TestCase):
             c.execute('CREATE ROLE "%s" LOGIN' % (role,))
             c.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.close()
-        self.addCleanup(self._dropRole, dsn, role)
+        self.addCleanup(self._drop_role, dsn, role)
         from psycopg2.extensions import make_dsn
         rc, out, err = run("keys", "list", "--postgres", make_dsn(dsn, user=role))
         self.assertEqual(rc, 1)
         self.assertIn("PostgreSQL error", err)
         self.assertEqual(len(err.strip().splitlines()), 1)
 
-    def _dropRole(self, dsn, role):
+    def _drop_role(self, dsn, role):
         conn = psycopg2.connect(dsn)
         conn.autocommit = True
         with conn.cursor() as c:
@@ -161,7 +161,7 @@ class KeysCommandTests(unittest.TestCase):
             c.execute('DROP ROLE "%s"' % (role,))
         conn.close()
 
-    def test_createMigrates(self):
+    def test_create_migrates(self):
         """
         create works on a database that has no schema yet.
         """

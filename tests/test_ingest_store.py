@@ -16,7 +16,7 @@ from relay.ingest.inserters import (
     MultiRowInserter,
     ThresholdInserter,
     UnnestInserter,
-    encodeCopyRows,
+    encode_copy_rows,
 )
 from tests.ingest_support import (
     BASE_TS,
@@ -53,17 +53,17 @@ class _StrategyMixin:
         self.dsn = testDatabaseDSN(self)
         truncate(self.dsn)
         self.starting = []
-        self.inserter = self.makeInserter()
+        self.inserter = self.make_inserter()
         return defer.gatherResults(self.starting)
 
-    def txPool(self):
+    def tx_pool(self):
         pool = db.TxPostgresPool(self.dsn, 2, reactor)
         self.addCleanup(pool.close)
         self.starting.append(pool.start())
         return pool
 
-    def threadPool(self):
-        pool = db.threadPool(self.dsn, 2, reactor)
+    def thread_pool(self):
+        pool = db.thread_pool(self.dsn, 2, reactor)
         self.addCleanup(pool.close)
         return pool
 
@@ -132,7 +132,7 @@ class _StrategyMixin:
         return self.assertInsertsBatchSize(1001)
 
     @defer.inlineCallbacks
-    def test_halfDuplicates(self):
+    def test_half_duplicates(self):
         """
         With half of a batch already stored, only the new half is inserted,
         and the counts say so exactly.
@@ -145,7 +145,7 @@ class _StrategyMixin:
         self.assertEqual(self.count(), 400)
 
     @defer.inlineCallbacks
-    def test_duplicatesInsideBatch(self):
+    def test_duplicates_inside_batch(self):
         """
         Repeats of an id with the same content inside one batch are inserted
         once and counted as duplicates.
@@ -157,7 +157,7 @@ class _StrategyMixin:
         self.assertEqual(self.count(), 150)
 
     @defer.inlineCallbacks
-    def test_collisionsInsideBatch(self):
+    def test_collisions_inside_batch(self):
         """
         Repeats of an id with other content inside one batch are collisions
         (issue 13 point 17; they used to be counted as duplicates and
@@ -176,7 +176,7 @@ class _StrategyMixin:
         self.assertTrue(all(i.startswith("m-7~") for i, _ in others))
 
     @defer.inlineCallbacks
-    def test_collisionAcrossBatches(self):
+    def test_collision_across_batches(self):
         """
         A stored id sent again with other content (a restored store reusing
         ids) is stored and reported, never dropped; sent again it is a
@@ -201,7 +201,7 @@ class _StrategyMixin:
         self.assertEqual(body, [("hello 3",)])
 
     @defer.inlineCallbacks
-    def test_jsonKeyOrderIsNotACollision(self):
+    def test_json_key_order_is_not_a_collision(self):
         """
         The same data object with its keys in another order (jsonb does not
         keep the order) is the same content: a duplicate.
@@ -214,7 +214,7 @@ class _StrategyMixin:
         self.assertEqual((result, result.collisions), ((0, 1), 0))
 
     @defer.inlineCallbacks
-    def test_dedupIsPerWorkspace(self):
+    def test_dedup_is_per_workspace(self):
         """
         The same original id in two workspaces is two rows.
         """
@@ -225,7 +225,7 @@ class _StrategyMixin:
         self.assertEqual(self.count(), 6)
 
     @defer.inlineCallbacks
-    def test_allFieldsRoundTrip(self):
+    def test_all_fields_round_trip(self):
         """
         Every field, including odd text, unicode, nested JSON, nulls,
         booleans and timestamps, is stored exactly as given.
@@ -261,7 +261,7 @@ class _StrategyMixin:
             self.assertEqual(list(got[2:]), expected)
 
     @defer.inlineCallbacks
-    def test_randomTextRoundTrip(self):
+    def test_random_text_round_trip(self):
         """
         Strings of code points drawn from all of Unicode (but NUL and lone
         surrogates, which no JSON body can carry to here), with extra
@@ -300,7 +300,7 @@ class _StrategyMixin:
             self.assertEqual(got[12], json.loads(row[10]))
 
     @defer.inlineCallbacks
-    def test_fiftyThousand(self):
+    def test_fifty_thousand(self):
         """
         A batch of 50,000 rows, a fifth of them repeats of ids already in the
         batch, is inserted exactly with the right counts.
@@ -316,11 +316,11 @@ class MultiRowInserterTests(_StrategyMixin, unittest.TestCase):
     L{MultiRowInserter}, with a chunk size that does not divide the batches.
     """
 
-    def makeInserter(self):
-        return MultiRowInserter(self.txPool(), chunkSize=97)
+    def make_inserter(self):
+        return MultiRowInserter(self.tx_pool(), chunk_size=97)
 
     @defer.inlineCallbacks
-    def test_oneTransaction(self):
+    def test_one_transaction(self):
         """
         When a later chunk fails, the earlier chunks of the same batch are
         rolled back too: nothing of the batch stays behind.
@@ -338,8 +338,8 @@ class UnnestInserterTests(_StrategyMixin, unittest.TestCase):
     L{UnnestInserter}.
     """
 
-    def makeInserter(self):
-        return UnnestInserter(self.txPool())
+    def make_inserter(self):
+        return UnnestInserter(self.tx_pool())
 
 
 class CopyInserterTests(_StrategyMixin, unittest.TestCase):
@@ -347,13 +347,13 @@ class CopyInserterTests(_StrategyMixin, unittest.TestCase):
     L{CopyInserter}, with a small encoding chunk so streaming is exercised.
     """
 
-    def makeInserter(self):
-        inserter = CopyInserter(self.threadPool(), chunkRows=128)
-        inserter.readSize = 4096
+    def make_inserter(self):
+        inserter = CopyInserter(self.thread_pool(), chunk_rows=128)
+        inserter.read_size = 4096
         return inserter
 
     @defer.inlineCallbacks
-    def test_oneTransaction(self):
+    def test_one_transaction(self):
         """
         When the batch fails part-way (a value COPY refuses), nothing of it
         stays behind and the staging table is gone (the next batch on the
@@ -378,7 +378,7 @@ class ThresholdInserterTests(unittest.TestCase):
         """
         Up to the threshold the small strategy is used, above it the large.
         """
-        t = ThresholdInserter("small", "large", copyThreshold=1000)
+        t = ThresholdInserter("small", "large", copy_threshold=1000)
         self.assertEqual(t.choose([None] * 1000), "small")
         self.assertEqual(t.choose([None] * 1001), "large")
         self.assertEqual(t.choose([]), "small")
@@ -386,7 +386,7 @@ class ThresholdInserterTests(unittest.TestCase):
 
 class EncodeCopyRowsTests(unittest.TestCase):
     """
-    L{encodeCopyRows} writes COPY text format.
+    L{encode_copy_rows} writes COPY text format.
     """
 
     def test_escapes(self):
@@ -397,7 +397,7 @@ class EncodeCopyRowsTests(unittest.TestCase):
         row = ("a\tb", "c\nd", "e\\f", "g\rh", "message", None, None, None,
                True, False, None, '{"x": "\\\\"}', 5, None)
         self.assertEqual(
-            encodeCopyRows([row]),
+            encode_copy_rows([row]),
             b"a\\tb\tc\\nd\te\\\\f\tg\\rh\tmessage\t\\N\t\\N\t\\N\tt\tf\t\\N\t"
             b'{"x": "\\\\\\\\"}\t5\t\\N\n',
         )
@@ -411,22 +411,22 @@ class ConcurrentBatchesTests(unittest.TestCase):
     def setUp(self):
         self.dsn = testDatabaseDSN(self)
         truncate(self.dsn)
-        self.txPool = db.TxPostgresPool(self.dsn, 4, reactor)
-        self.addCleanup(self.txPool.close)
-        self.threadPool = db.threadPool(self.dsn, 4, reactor)
-        self.addCleanup(self.threadPool.close)
-        return self.txPool.start()
+        self.tx_pool = db.TxPostgresPool(self.dsn, 4, reactor)
+        self.addCleanup(self.tx_pool.close)
+        self.thread_pool = db.thread_pool(self.dsn, 4, reactor)
+        self.addCleanup(self.thread_pool.close)
+        return self.tx_pool.start()
 
     @defer.inlineCallbacks
-    def test_overlappingBatchesDoNotDeadlock(self):
+    def test_overlapping_batches_do_not_deadlock(self):
         """
         Overlapping batches sent in opposite orders at the same time all
         succeed (rows are inserted in one canonical order, so two
         transactions never wait on each other's locks in a cycle), and
         every id is counted exactly once as synced.
         """
-        strategies = [UnnestInserter(self.txPool), MultiRowInserter(self.txPool, 50),
-                      CopyInserter(self.threadPool)]
+        strategies = [UnnestInserter(self.tx_pool), MultiRowInserter(self.tx_pool, 50),
+                      CopyInserter(self.thread_pool)]
         for round_ in range(3):
             truncate(self.dsn)
             forward = [makeRow(i) for i in range(600)]
@@ -442,30 +442,30 @@ class ConcurrentBatchesTests(unittest.TestCase):
 
 class DeadlineTests(unittest.TestCase):
     """
-    L{db.withDeadline} and L{db.withKeepalives}.
+    L{db.with_deadline} and L{db.with_keepalives}.
     """
 
-    def test_inTime(self):
+    def test_in_time(self):
         """
         A result before the deadline passes through and the timer is gone.
         """
         from twisted.internet.task import Clock
         clock = Clock()
         d = defer.Deferred()
-        r = db.withDeadline(d, 5, clock)
+        r = db.with_deadline(d, 5, clock)
         clock.advance(4)
         d.callback("ok")
         self.assertEqual(self.successResultOf(r), "ok")
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_failureInTime(self):
+    def test_failure_in_time(self):
         """
         A failure before the deadline passes through.
         """
         from twisted.internet.task import Clock
         clock = Clock()
         d = defer.Deferred()
-        r = db.withDeadline(d, 5, clock)
+        r = db.with_deadline(d, 5, clock)
         d.errback(ValueError("x"))
         self.failureResultOf(r, ValueError)
 
@@ -480,14 +480,14 @@ class DeadlineTests(unittest.TestCase):
         clock = Clock()
         cancelled = []
         d = defer.Deferred(cancelled.append)
-        r = db.withDeadline(d, 5, clock)
+        r = db.with_deadline(d, 5, clock)
         self.assertNoResult(r)
         clock.advance(5)
         self.failureResultOf(r, defer.TimeoutError)
         self.assertEqual(cancelled, [d])
         self.assertIsNone(self.successResultOf(d))
         late = defer.Deferred()
-        r = db.withDeadline(late, 5, clock)
+        r = db.with_deadline(late, 5, clock)
         clock.advance(5)
         self.failureResultOf(r, defer.TimeoutError)
         late.errback(ValueError("late"))
@@ -496,7 +496,7 @@ class DeadlineTests(unittest.TestCase):
 
 class DeadlineCancelTests(unittest.TestCase):
     """
-    Cancelling what L{db.withDeadline} returned.
+    Cancelling what L{db.with_deadline} returned.
     """
 
     def test_cancel_reaches_the_operation(self):
@@ -509,7 +509,7 @@ class DeadlineCancelTests(unittest.TestCase):
         admission = db.Admission(1, 1)
         admission.run(defer.Deferred)
         waiting = admission.run(defer.Deferred)
-        r = db.withDeadline(waiting, 5, clock)
+        r = db.with_deadline(waiting, 5, clock)
         r.cancel()
         self.failureResultOf(r, defer.CancelledError)
         self.assertEqual(admission.waiting, 0)
@@ -541,7 +541,7 @@ class AdmissionTests(unittest.TestCase):
         waiting = [a.run(self.op, i) for i in range(2, 4)]
         self.assertEqual((a.running, a.waiting), (2, 2))
         f = self.failureResultOf(a.run(self.op, 4), db.Busy)
-        self.assertTrue(db.isUnavailable(f))
+        self.assertTrue(db.is_unavailable(f))
         self.assertEqual([t for t, _ in self.calls], [0, 1])
         self.calls[0][1].callback("zero")
         self.assertEqual(self.successResultOf(running[0]), "zero")
@@ -628,7 +628,7 @@ class AdmissionTests(unittest.TestCase):
         Keepalive settings are added to a DSN, without overriding its own.
         """
         from psycopg2.extensions import parse_dsn
-        got = parse_dsn(db.withKeepalives("host=h dbname=d keepalives_idle=7"))
+        got = parse_dsn(db.with_keepalives("host=h dbname=d keepalives_idle=7"))
         self.assertEqual(got["keepalives_idle"], "7")
         self.assertEqual(got["keepalives_count"], "3")
         self.assertEqual((got["host"], got["dbname"]), ("h", "d"))

@@ -34,7 +34,7 @@ class BoundedBodyTests(unittest.TestCase):
         self.assertEqual(b.body(), b"0123456789")
         self.assertEqual(b.tell(), 10)
 
-    def test_declaredTooLarge(self):
+    def test_declared_too_large(self):
         """
         A declared Content-Length over the limit is 413 and nothing is kept.
         """
@@ -42,7 +42,7 @@ class BoundedBodyTests(unittest.TestCase):
         self.assertEqual(self.status(b), 413)
         self.assertEqual(b._chunks, [])
 
-    def test_chunkedTooLarge(self):
+    def test_chunked_too_large(self):
         """
         A body of unknown length is cut off as soon as it passes the limit.
         """
@@ -63,7 +63,7 @@ class BoundedBodyTests(unittest.TestCase):
         b = feed(BoundedBody(10 ** 6, 10 ** 6, b"gzip", None), gzip.compress(data), 7)
         self.assertEqual(b.body(), data)
 
-    def test_inflatedLimitExact(self):
+    def test_inflated_limit_exact(self):
         """
         Inflating to exactly the limit is fine; one byte more is 413.
         """
@@ -73,7 +73,7 @@ class BoundedBodyTests(unittest.TestCase):
         b = feed(BoundedBody(10 ** 6, 4999, b"gzip", None), gzip.compress(data))
         self.assertEqual(self.status(b), 413)
 
-    def test_bombKeepsLittle(self):
+    def test_bomb_keeps_little(self):
         """
         A gzip bomb never makes the body hold more than the inflated limit.
         """
@@ -88,7 +88,7 @@ class BoundedBodyTests(unittest.TestCase):
         self.assertLessEqual(peak, 2 ** 20)
         self.assertLess(len(bomb), 2 ** 20)
 
-    def test_bombInflatesBounded(self):
+    def test_bomb_inflates_bounded(self):
         """
         Even given in one piece, a gzip bomb is never inflated past the
         limit: the peak of memory allocated while writing it stays near the
@@ -105,7 +105,7 @@ class BoundedBodyTests(unittest.TestCase):
         self.assertEqual(self.status(b), 413)
         self.assertLess(peak, 4 * 2 ** 20)
 
-    def test_multiMember(self):
+    def test_multi_member(self):
         """
         Concatenated gzip members inflate to the concatenation.
         """
@@ -113,27 +113,27 @@ class BoundedBodyTests(unittest.TestCase):
                  gzip.compress(b"abc") + gzip.compress(b"def"))
         self.assertEqual(b.body(), b"abcdef")
 
-    def test_truncatedGzip(self):
+    def test_truncated_gzip(self):
         """
         A gzip body cut short is 400.
         """
         b = feed(BoundedBody(10 ** 6, 10 ** 6, b"gzip", None), gzip.compress(b"x" * 100)[:-5])
         self.assertEqual(self.status(b), 400)
 
-    def test_emptyGzip(self):
+    def test_empty_gzip(self):
         """
         An empty body announced as gzip is 400 (truncated).
         """
         self.assertEqual(self.status(BoundedBody(100, 100, b"gzip", 0)), 400)
 
-    def test_corruptGzip(self):
+    def test_corrupt_gzip(self):
         """
         Data that is not gzip is 400.
         """
         b = feed(BoundedBody(10 ** 6, 10 ** 6, b"gzip", None), b"definitely not gzip")
         self.assertEqual(self.status(b), 400)
 
-    def test_unsupportedEncoding(self):
+    def test_unsupported_encoding(self):
         """
         An encoding other than gzip or identity is 415.
         """
@@ -201,12 +201,12 @@ class BudgetTests(unittest.TestCase):
 
     def test_hold_full_asks_for_a_pause(self):
         """
-        Past HOLD_BYTES held, onHoldFull is called once (the request pauses
+        Past HOLD_BYTES held, on_hold_full is called once (the request pauses
         its transport); nothing is called below it.
         """
         calls = []
         b = BoundedBody(10 ** 7, 10 ** 7, None, None)
-        b.onHoldFull = lambda: calls.append(b.tell())
+        b.on_hold_full = lambda: calls.append(b.tell())
         b.hold()
         feed(b, b"x" * (HOLD_BYTES - 1), 4096)
         self.assertEqual(calls, [])

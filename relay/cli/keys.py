@@ -44,7 +44,7 @@ def _connect(args):
     return conn
 
 
-def _databaseErrors(command):
+def _database_errors(command):
     """
     Report a database error (permissions, a broken schema...) in one line
     and exit 1, instead of a traceback.
@@ -69,9 +69,9 @@ def _workspace(value):
         return None
 
 
-@_databaseErrors
+@_database_errors
 def create(args):
-    from relay.ingest.keys import createKey
+    from relay.ingest.keys import create_key
     workspace = _workspace(args.workspace)
     if workspace is None:
         return EXIT_USAGE
@@ -79,18 +79,18 @@ def create(args):
     if conn is None:
         return EXIT_UNREACHABLE
     try:
-        keyId, key = createKey(conn, workspace)
+        key_id, key = create_key(conn, workspace)
     finally:
         conn.close()
-    print("Created key %s for workspace %s." % (keyId, workspace))
+    print("Created key %s for workspace %s." % (key_id, workspace))
     print("It is shown only this once; store it now. The key:")
     print(key)
     return EXIT_OK
 
 
-@_databaseErrors
+@_database_errors
 def list_(args):
-    from relay.ingest.keys import listKeys
+    from relay.ingest.keys import list_keys
     workspace = None
     if args.workspace is not None:
         workspace = _workspace(args.workspace)
@@ -100,25 +100,25 @@ def list_(args):
     if conn is None:
         return EXIT_UNREACHABLE
     try:
-        rows = listKeys(conn, workspace)
+        rows = list_keys(conn, workspace)
     finally:
         conn.close()
     print("%-16s  %-36s  %-25s  %s" % ("KEY ID", "WORKSPACE", "CREATED", "REVOKED"))
-    for keyId, ws, created, revoked in rows:
+    for key_id, ws, created, revoked in rows:
         print("%-16s  %-36s  %-25s  %s" % (
-            keyId, ws, created.isoformat(timespec="seconds"),
+            key_id, ws, created.isoformat(timespec="seconds"),
             revoked.isoformat(timespec="seconds") if revoked else "-"))
     return EXIT_OK
 
 
-@_databaseErrors
+@_database_errors
 def revoke(args):
-    from relay.ingest.keys import revokeKey
+    from relay.ingest.keys import revoke_key
     conn = _connect(args)
     if conn is None:
         return EXIT_UNREACHABLE
     try:
-        outcome = revokeKey(conn, args.key_id)
+        outcome = revoke_key(conn, args.key_id)
     finally:
         conn.close()
     if outcome == "unknown":

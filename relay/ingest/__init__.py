@@ -1,4 +1,4 @@
 """
 The ingest service: receives sync batches from relay daemons over HTTP and
-bulk-inserts them into PostgreSQL (``twistd relay-ingest``).
+bulk-inserts them into PostgreSQL (C{twistd relay-ingest}).
 """

@@ -51,7 +51,7 @@ class BoundedBody:
     up to the limits, and records the first problem as a L{BadRequest}.
 
     While the API key is being checked (L{hold}) the bytes that arrive are
-    kept as they are, up to L{HOLD_BYTES}; then C{onHoldFull} is called (the
+    kept as they are, up to L{HOLD_BYTES}; then C{on_hold_full} is called (the
     request pauses its transport).  L{accept} then processes them, L{refuse}
     drops them and every later byte.  Every byte kept is taken from C{budget} (a
     L{MemoryBudget} shared by all requests) and given back by L{close}; a
@@ -61,10 +61,10 @@ class BoundedBody:
     @ivar received: bytes received on the wire for this body.
     """
 
-    def __init__(self, maxBodyBytes, maxInflatedBytes, encoding, declaredLength,
+    def __init__(self, max_body_bytes, max_inflated_bytes, encoding, declared_length,
                  discard=False, metrics=None, budget=None):
-        self.maxBodyBytes = maxBodyBytes
-        self.maxInflatedBytes = maxInflatedBytes
+        self.max_body_bytes = max_body_bytes
+        self.max_inflated_bytes = max_inflated_bytes
         self.received = 0
         self.inflated = 0
         self.error = None
@@ -74,9 +74,9 @@ class BoundedBody:
         self._budget = budget
         self._held = 0
         self._pending = None
-        self._pendingBytes = 0
+        self._pending_bytes = 0
         #: Called once when the held bytes reach L{HOLD_BYTES}.
-        self.onHoldFull = None
+        self.on_hold_full = None
         self._inflater = None
         if encoding in (None, b"identity"):
             pass
@@ -85,8 +85,8 @@ class BoundedBody:
         else:
             self._fail(415, "unsupported Content-Encoding %r (use gzip or none)"
                        % (encoding.decode("latin-1"),))
-        if declaredLength is not None and declaredLength > maxBodyBytes:
-            self._tooLarge()
+        if declared_length is not None and declared_length > max_body_bytes:
+            self._too_large()
 
     def _fail(self, status, message):
         if self.error is None:
@@ -108,12 +108,12 @@ class BoundedBody:
         self._fail(503, "the ingest holds too many request bodies in memory; retry later")
         return False
 
-    def _tooLarge(self):
-        self._fail(413, "request body is larger than %d bytes" % (self.maxBodyBytes,))
+    def _too_large(self):
+        self._fail(413, "request body is larger than %d bytes" % (self.max_body_bytes,))
 
-    def _inflatedTooLarge(self):
+    def _inflated_too_large(self):
         self._fail(413, "inflated request body is larger than %d bytes"
-                   % (self.maxInflatedBytes,))
+                   % (self.max_inflated_bytes,))
 
     def hold(self):
         """
@@ -148,18 +148,18 @@ class BoundedBody:
     def write(self, data):
         self.received += len(data)
         if self._metrics is not None:
-            self._metrics.bytesIn.inc(len(data))
+            self._metrics.bytes_in.inc(len(data))
         if self.error is not None or self._discard:
             return
-        if self.received > self.maxBodyBytes:
-            self._tooLarge()
+        if self.received > self.max_body_bytes:
+            self._too_large()
             return
         if self._pending is not None:
             if self._take(len(data)):
                 self._pending.append(data)
-                self._pendingBytes += len(data)
-                if self._pendingBytes >= HOLD_BYTES and self.onHoldFull is not None:
-                    full, self.onHoldFull = self.onHoldFull, None
+                self._pending_bytes += len(data)
+                if self._pending_bytes >= HOLD_BYTES and self.on_hold_full is not None:
+                    full, self.on_hold_full = self.on_hold_full, None
                     full()
             return
         self._process(data)
@@ -178,11 +178,11 @@ class BoundedBody:
 
     def _inflate(self, data):
         while data:
-            room = self.maxInflatedBytes - self.inflated
+            room = self.max_inflated_bytes - self.inflated
             out = self._inflater.decompress(data, room + 1)
             self.inflated += len(out)
-            if self.inflated > self.maxInflatedBytes:
-                self._inflatedTooLarge()
+            if self.inflated > self.max_inflated_bytes:
+                self._inflated_too_large()
                 return
             if out:
                 if not self._take(len(out)):

@@ -5,10 +5,10 @@ Connections to PostgreSQL.
 L{TxPostgresPool} is a pool of asynchronous txpostgres connections, each with
 its own L{DeadConnectionDetector}: when PostgreSQL goes away a connection
 fails fast with L{ConnectionDead} while it reconnects in the background with
-a capped backoff.  L{threadPool} makes the blocking psycopg2 pool (through
+a capped backoff.  L{thread_pool} makes the blocking psycopg2 pool (through
 L{twisted.enterprise.adbapi}) that the COPY strategy and migrations use.
 
-L{isUnavailable} tells the HTTP layer which failures mean "PostgreSQL is not
+L{is_unavailable} tells the HTTP layer which failures mean "PostgreSQL is not
 available right now" (answered 503 with Retry-After) rather than a bug.
 """
 
@@ -37,7 +37,7 @@ KEEPALIVES = {
 }
 
 
-def withKeepalives(dsn):
+def with_keepalives(dsn):
     """
     Return C{dsn} with L{KEEPALIVES} for the parameters it does not set.
     """
@@ -55,7 +55,7 @@ class Busy(Exception):
 
 class Admission:
     """
-    At most C{size} operations at once and at most C{maxWaiting} waiting
+    At most C{size} operations at once and at most C{max_waiting} waiting
     for a turn; beyond that L{run} fails at once with L{Busy}.
 
     The Deferred L{run} returns can always be cancelled safely: a waiting
@@ -69,21 +69,21 @@ class Admission:
     @ivar refused: how many were refused with L{Busy} so far.
     """
 
-    def __init__(self, size, maxWaiting, onChange=None):
+    def __init__(self, size, max_waiting, on_change=None):
         self.size = size
-        self.maxWaiting = maxWaiting
+        self.max_waiting = max_waiting
         self.running = 0
         self.refused = 0
         self._queue = []
-        self._onChange = onChange
+        self._on_change = on_change
 
     @property
     def waiting(self):
         return len(self._queue)
 
     def _changed(self):
-        if self._onChange is not None:
-            self._onChange(self)
+        if self._on_change is not None:
+            self._on_change(self)
 
     def run(self, f, *args, **kwargs):
         """
@@ -94,7 +94,7 @@ class Admission:
         """
         if self.running < self.size:
             return self._start(f, args, kwargs)
-        if len(self._queue) >= self.maxWaiting:
+        if len(self._queue) >= self.max_waiting:
             self.refused += 1
             self._changed()
             return defer.fail(Busy("%d database operations are already waiting" % (
@@ -140,7 +140,7 @@ class Admission:
         self._changed()
 
 
-def withDeadline(d, seconds, reactor):
+def with_deadline(d, seconds, reactor):
     """
     Fire with C{d}'s result, or fail with L{defer.TimeoutError} after
     C{seconds} if C{d} has not fired by then; then C{d} is cancelled (give
@@ -177,7 +177,7 @@ def withDeadline(d, seconds, reactor):
     return result
 
 
-def isUnavailable(failure):
+def is_unavailable(failure):
     """
     Whether C{failure} means the database cannot be reached or went away.
     """
@@ -195,7 +195,7 @@ def isUnavailable(failure):
     ) is not None
 
 
-def isConnectionFailure(failure):
+def is_connection_failure(failure):
     """
     Whether C{failure} means the connection itself is gone (so it must be
     reconnected), as opposed to an error in one statement (a deadlock, a
@@ -225,7 +225,7 @@ class _Detector(reconnection.DeadConnectionDetector):
 
     def __init__(self, reactor):
         reconnection.DeadConnectionDetector.__init__(
-            self, deathChecker=isConnectionFailure, reconnectionIterator=_backoff,
+            self, deathChecker=is_connection_failure, reconnectionIterator=_backoff,
             reactor=reactor)
 
     def checkForDeadConnection(self, f):
@@ -284,11 +284,11 @@ class TxPostgresPool:
 
     Interactions prefer a live connection; when every connection is dead
     they fail at once with L{reconnection.ConnectionDead}.  At most
-    C{maxWaiting} wait for a connection (L{Admission}); more fail at once
+    C{max_waiting} wait for a connection (L{Admission}); more fail at once
     with L{Busy}.
     """
 
-    def __init__(self, dsn, size, reactor, maxWaiting=None, onChange=None):
+    def __init__(self, dsn, size, reactor, max_waiting=None, on_change=None):
         self.dsn = dsn
         self.reactor = reactor
         self._idle = []
@@ -298,7 +298,7 @@ class TxPostgresPool:
             conn = _Connection(reactor=reactor, detector=detector)
             self._all.append(conn)
             self._idle.append(conn)
-        self.admission = Admission(size, size * 4 if maxWaiting is None else maxWaiting, onChange)
+        self.admission = Admission(size, size * 4 if max_waiting is None else max_waiting, on_change)
         self._closed = False
 
     def start(self):
@@ -310,16 +310,16 @@ class TxPostgresPool:
         ds = []
         for conn in self._all:
             d = conn.connect(self.dsn)
-            d.addErrback(self._initialFailure, conn)
+            d.addErrback(self._initial_failure, conn)
             ds.append(d)
         return defer.gatherResults(ds)
 
-    def _initialFailure(self, failure, conn):
+    def _initial_failure(self, failure, conn):
         _log.warn("PostgreSQL connection failed, will retry: {error}",
                   error=failure.getErrorMessage())
         conn.detector.checkForDeadConnection(failure)
 
-    def isAlive(self):
+    def is_alive(self):
         return any(self._usable(c) for c in self._all)
 
     def runInteraction(self, interaction, *args, **kwargs):
@@ -340,12 +340,12 @@ class TxPostgresPool:
         conn = live[0]
         self._idle.remove(conn)
 
-        def putBack(result):
+        def put_back(result):
             self._idle.append(conn)
             return result
 
         d = defer.maybeDeferred(getattr(conn, method), *args, **kwargs)
-        return d.addBoth(putBack)
+        return d.addBoth(put_back)
 
     @staticmethod
     def _usable(conn):
@@ -361,7 +361,7 @@ class TxPostgresPool:
                 pass
 
 
-def _onThreadConnect(connection):
+def _on_thread_connect(connection):
     # The COPY strategy stages rows in a temporary table; let it stay in
     # memory (this only takes effect before the session's first temp table).
     with connection.cursor() as cursor:
@@ -369,7 +369,7 @@ def _onThreadConnect(connection):
     connection.commit()
 
 
-def threadPool(dsn, size, reactor):
+def thread_pool(dsn, size, reactor):
     """
     A blocking psycopg2 pool on threads, for COPY and migrations.
     """
@@ -380,6 +380,6 @@ def threadPool(dsn, size, reactor):
         cp_max=size,
         cp_reconnect=True,
         cp_noisy=False,
-        cp_openfun=_onThreadConnect,
+        cp_openfun=_on_thread_connect,
         cp_reactor=reactor,
     )

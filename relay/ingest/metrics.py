@@ -26,7 +26,7 @@ class IngestMetrics:
             "relay_ingest_requests", "Sync requests by HTTP status.",
             ["status"], registry=self.registry,
         )
-        self.rowsInserted = Counter(
+        self.rows_inserted = Counter(
             "relay_ingest_rows_inserted", "Message rows newly inserted.",
             registry=self.registry,
         )
@@ -34,7 +34,7 @@ class IngestMetrics:
             "relay_ingest_duplicates", "Message rows skipped as already present.",
             registry=self.registry,
         )
-        self.bytesIn = Counter(
+        self.bytes_in = Counter(
             "relay_ingest_bytes_in", "Request body bytes received, as sent (compressed or not).",
             registry=self.registry,
         )
@@ -42,15 +42,15 @@ class IngestMetrics:
             "relay_ingest_collisions", "Message rows whose id was already stored with other "
             "content (stored under a disambiguated id).", registry=self.registry,
         )
-        self.dbWaiting = Gauge(
+        self.db_waiting = Gauge(
             "relay_ingest_db_waiting", "Database operations waiting for a connection.",
             registry=self.registry,
         )
-        self.dbBusy = Counter(
+        self.db_busy = Counter(
             "relay_ingest_db_busy", "Database operations refused (503) because too many "
             "were already waiting.", registry=self.registry,
         )
-        self.insertSeconds = Histogram(
+        self.insert_seconds = Histogram(
             "relay_ingest_insert_seconds", "Time to insert one batch, by strategy.",
             ["strategy"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
