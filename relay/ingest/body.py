@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_web -*-
+# -*- test-case-name: tests.test_ingest_body -*-
 """
 Request bodies held in bounded memory.
 

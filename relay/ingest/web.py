@@ -93,7 +93,11 @@ class IngestRequest(server.Request):
             self.content.accept()
 
     def _finished(self, reason):
-        self.content.close()
+        # A request that was answered has had its body closed and removed
+        # by Twisted already (C{content} is None then); close() is
+        # idempotent for one that was not.
+        if self.content is not None:
+            self.content.close()
         if isinstance(reason, Failure) and self.auth is not None:
             # The client went away: its key lookup leaves the queue.
             self.auth.cancel()
