@@ -102,11 +102,11 @@ class OwnerTests(unittest.TestCase):
     """
 
     def owner(self, parent):
-        from relay import tap
+        from relay import startup, tap
         options = tap.Options()
         if parent is not None:
             options.parent = parent
-        return tap._twistd_owner(options)
+        return startup.twistd_owner(options)
 
     def test_no_switch(self):
         """
