@@ -111,7 +111,8 @@ class _ServiceMixin:
 
     @defer.inlineCallbacks
     def metrics(self):
-        response = yield treq.get(self.service.url + "/metrics", timeout=10, pool=self.service.httpPool)
+        response = yield treq.get(self.service.url + "/metrics", timeout=10,
+                                  pool=self.service.httpPool)
         text = yield response.text()
         values = {}
         for line in text.splitlines():

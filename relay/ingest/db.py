@@ -298,7 +298,9 @@ class TxPostgresPool:
             conn = _Connection(reactor=reactor, detector=detector)
             self._all.append(conn)
             self._idle.append(conn)
-        self.admission = Admission(size, size * 4 if max_waiting is None else max_waiting, on_change)
+        if max_waiting is None:
+            max_waiting = size * 4
+        self.admission = Admission(size, max_waiting, on_change)
         self._closed = False
 
     def start(self):

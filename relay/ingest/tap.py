@@ -11,7 +11,7 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from relay import compat
+from relay import compat, options
 from relay.ingest import db
 
 _log = Logger()
@@ -23,19 +23,6 @@ MiB = 1024 * 1024
 # bench_ingest.py measures both; see README.rst for the figures.
 SMALL_STRATEGIES = ("multirow", "unnest")
 DEFAULT_SMALL_STRATEGY = "unnest"
-
-
-def _positive_int(name):
-    def coerce(value):
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError("%s must be an integer, not %r" % (name, value))
-        if n < 1:
-            raise ValueError("%s must be at least 1, not %d" % (name, n))
-        return n
-    coerce.coerceDoc = "A positive integer."
-    return coerce
 
 
 class Options(compat.ExitOnUsageError, usage.Options):
@@ -53,26 +40,30 @@ class Options(compat.ExitOnUsageError, usage.Options):
     optParameters = [
         ["postgres", None, None,
          "PostgreSQL DSN (default: $RELAY_POSTGRES_DSN, else %r)." % (db.DEFAULT_DSN,)],
-        ["pool-size", None, 4, "PostgreSQL connections per pool.", _positive_int("--pool-size")],
+        ["pool-size", None, 4, "PostgreSQL connections per pool.",
+         options.positive_int("pool-size")],
         ["chunk-size", None, 100, "Rows per multi-row INSERT statement.",
-         _positive_int("--chunk-size")],
+         options.positive_int("chunk-size")],
         ["copy-threshold", None, 1000,
-         "Batches of more rows than this go through COPY.", _positive_int("--copy-threshold")],
+         "Batches of more rows than this go through COPY.",
+         options.positive_int("copy-threshold")],
         ["max-body-bytes", None, 16 * MiB, "Largest request body, as sent.",
-         _positive_int("--max-body-bytes")],
+         options.positive_int("max-body-bytes")],
         ["max-inflated-bytes", None, 64 * MiB, "Largest request body after gzip inflation.",
-         _positive_int("--max-inflated-bytes")],
+         options.positive_int("max-inflated-bytes")],
         ["max-buffered-bytes", None, 128 * MiB,
          "Request body bytes (as received, or inflated) held in memory by all requests "
          "together; beyond it a request gets 503 with Retry-After.",
-         _positive_int("--max-buffered-bytes")],
+         options.positive_int("max-buffered-bytes")],
         ["max-waiting", None, 16,
          "Database operations that may wait for a connection (per pool); more get 503 "
-         "with Retry-After at once.", _positive_int("--max-waiting")],
+         "with Retry-After at once.", options.positive_int("max-waiting")],
         ["db-timeout", None, 30.0,
-         "Seconds to wait for PostgreSQL before answering 503.", float],
+         "Seconds to wait for PostgreSQL before answering 503.",
+         options.positive_float("db-timeout")],
         ["small-strategy", None, DEFAULT_SMALL_STRATEGY,
-         "Insert strategy up to --copy-threshold rows: %s." % (" or ".join(SMALL_STRATEGIES),)],
+         "Insert strategy up to --copy-threshold rows: %s." % (" or ".join(SMALL_STRATEGIES),),
+         options.choice("small-strategy", SMALL_STRATEGIES)],
     ]
 
     def __init__(self):
@@ -97,11 +88,8 @@ class Options(compat.ExitOnUsageError, usage.Options):
             parse_dsn(self["postgres"])
         except Exception as e:
             raise usage.UsageError("--postgres is not a valid DSN: %s" % (e,))
-        if not self["db-timeout"] > 0:
-            raise usage.UsageError("--db-timeout must be a positive number of seconds")
-        if self["small-strategy"] not in SMALL_STRATEGIES:
-            raise usage.UsageError("--small-strategy must be one of %s"
-                                   % (", ".join(SMALL_STRATEGIES),))
+        # The coercers ran only on what the command line gave.
+        options.convert(self, self.optParameters)
         for description in self["listen"]:
             # Parse it now (without a reactor: nothing listens yet), so a
             # typo or a missing certificate file is a usage error.

@@ -5,6 +5,10 @@ Validation of a sync batch (the wire contract with the daemon's sync side).
 L{parse_batch} turns a decoded JSON body into a L{Batch} whose rows are tuples
 in L{ROW_COLUMNS} order, ready for either insert strategy, or raises
 L{BadRequest} naming the first bad message's index, id and field.
+
+The rules the daemon shares (the payload kinds, the C{payload_meta.ttl_ms}
+rule) come from L{relay.wire}, so that nothing the daemon accepts is
+refused here; the rest (the id, timestamp and NUL rules) are PostgreSQL's.
 """
 
 import uuid
@@ -12,7 +16,7 @@ import uuid
 import attr
 import orjson
 
-KINDS = frozenset(["message", "action", "state", "thinking"])
+from relay.wire import KINDS, ttl_problem
 
 # Column order of a validated row.  message_ts and expires_at are kept as
 # integer milliseconds since the epoch; the SQL converts them exactly.
@@ -39,25 +43,6 @@ MIN_MS = -62135596800000
 MAX_MS = 253402300799999
 
 MAX_ID_CHARS = 255
-
-# The longest payload_meta.ttl_ms, shared with the daemon (relay.frames
-# refuses a SEND above it with NACK INVALID): 100 years, so that ts +
-# ttl_ms stays a valid expires_at (before MAX_MS) for any ts until the year
-# 9899, and far below 2**53 (the largest integer JavaScript peers agree on).
-MAX_TTL_MS = 100 * 36525 * 86400 * 10
-
-
-def ttl_problem(value):
-    """
-    What is wrong with C{value} as a C{payload_meta.ttl_ms} (absent is
-    fine), as a phrase, or None: it must be an integer from 1 to
-    L{MAX_TTL_MS}.  The daemon and the ingest both apply this rule.
-    """
-    if value is None:
-        return None
-    if value.__class__ is not int or not 0 < value <= MAX_TTL_MS:
-        return "must be a positive integer of milliseconds up to %d (100 years)" % (MAX_TTL_MS,)
-    return None
 
 
 class BadRequest(Exception):
