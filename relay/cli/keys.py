@@ -19,6 +19,10 @@ from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 
 
 def _dsn(args):
+    """
+    The DSN to use: C{--postgres}, else C{$RELAY_POSTGRES_DSN}, else the
+    local server.
+    """
     from relay.ingest.db import DEFAULT_DSN
     return args.postgres or os.environ.get("RELAY_POSTGRES_DSN") or DEFAULT_DSN
 
@@ -62,6 +66,9 @@ def _database_errors(command):
 
 
 def _workspace(value):
+    """
+    C{value} as a L{uuid.UUID}, or L{None} after printing why not.
+    """
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -71,6 +78,11 @@ def _workspace(value):
 
 @_database_errors
 def create(args):
+    """
+    C{relay keys create}: store a new key and print it once, last.
+
+    @return: the exit status.
+    """
     from relay.ingest.keys import create_key
     workspace = _workspace(args.workspace)
     if workspace is None:
@@ -90,6 +102,12 @@ def create(args):
 
 @_database_errors
 def list_(args):
+    """
+    C{relay keys list}: print the keys (never the keys themselves), oldest
+    first.
+
+    @return: the exit status.
+    """
     from relay.ingest.keys import list_keys
     workspace = None
     if args.workspace is not None:
@@ -113,6 +131,11 @@ def list_(args):
 
 @_database_errors
 def revoke(args):
+    """
+    C{relay keys revoke}: revoke a key by its id (or the full key).
+
+    @return: the exit status (1 for an unknown key).
+    """
     from relay.ingest.keys import revoke_key
     conn = _connect(args)
     if conn is None:
@@ -144,6 +167,9 @@ unreachable.
 
 
 def register(subparsers):
+    """
+    Add C{keys} and its actions to the C{relay} command's C{subparsers}.
+    """
     parser = subparsers.add_parser(
         "keys", help="manage ingest service API keys",
         description="Create, list and revoke API keys of the ingest service.",

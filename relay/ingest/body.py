@@ -19,10 +19,14 @@ class MemoryBudget:
     The bytes of request bodies (as received, or inflated) that all requests
     together may hold in memory.
 
+    @ivar limit: the most bytes held at once.
     @ivar used: bytes held now.
     """
 
     def __init__(self, limit):
+        """
+        @param limit: the most bytes all bodies together may hold.
+        """
         self.limit = limit
         self.used = 0
 
@@ -36,6 +40,9 @@ class MemoryBudget:
         return True
 
     def give(self, n):
+        """
+        Release C{n} bytes taken before with L{take}.
+        """
         self.used -= n
 
 
@@ -59,10 +66,26 @@ class BoundedBody:
 
     @ivar error: L{None}, or the L{BadRequest} to answer with.
     @ivar received: bytes received on the wire for this body.
+    @ivar on_hold_full: L{None}, or a callable called (once, with no
+        arguments) when the held bytes reach L{HOLD_BYTES}.
     """
 
     def __init__(self, max_body_bytes, max_inflated_bytes, encoding, declared_length,
                  discard=False, metrics=None, budget=None):
+        """
+        @param max_body_bytes: the most bytes accepted on the wire (413 past it).
+        @param max_inflated_bytes: the most bytes a gzip body may inflate to
+            (413 past it).
+        @param encoding: the request's C{Content-Encoding} (lower-cased
+            L{bytes}), or L{None}: identity or gzip, anything else is 415.
+        @param declared_length: the C{Content-Length}, or L{None} when chunked.
+        @param discard: count the bytes but keep none (a request without
+            credentials).
+        @param metrics: an L{relay.ingest.metrics.IngestMetrics} whose
+            C{bytes_in} counts the wire bytes, or L{None}.
+        @param budget: the L{MemoryBudget} shared by all requests, or L{None}
+            for no shared bound.
+        """
         self.max_body_bytes = max_body_bytes
         self.max_inflated_bytes = max_inflated_bytes
         self.received = 0
@@ -75,7 +98,6 @@ class BoundedBody:
         self._held = 0
         self._pending = None
         self._pending_bytes = 0
-        #: Called once when the held bytes reach L{HOLD_BYTES}.
         self.on_hold_full = None
         self._inflater = None
         if encoding in (None, b"identity"):
@@ -145,7 +167,17 @@ class BoundedBody:
         self._discard = True
         self._drop()
 
+    @property
+    def discarding(self):
+        """
+        Whether every byte from now on is counted and dropped.
+        """
+        return self._discard
+
     def write(self, data):
+        """
+        Take the next C{data} (L{bytes}) of the body as it arrives.
+        """
         self.received += len(data)
         if self._metrics is not None:
             self._metrics.bytes_in.inc(len(data))
@@ -206,15 +238,25 @@ class BoundedBody:
             raise BadRequest(400, "the gzip body is truncated")
         return b"".join(self._chunks)
 
-    # The parts of the file interface twisted.web.http.Request uses.
+    # The parts of the file interface twisted.web.http.Request uses: the
+    # body is read with L{body}, never through them.
 
     def tell(self):
+        """
+        @return: the bytes received so far (the file position of a body
+            written to a file).
+        """
         return self.received
 
     def seek(self, offset, whence=0):
-        pass
+        """
+        Ignored: the body is not a file to rewind.
+        """
 
     def read(self, size=-1):
+        """
+        @return: nothing (C{b""}): the body is had with L{body}.
+        """
         return b""
 
     def close(self):

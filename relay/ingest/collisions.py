@@ -100,6 +100,8 @@ def resolve(workspace_id, daemon_id, rows, inserted_ids):
     whole batch (C{synced} counts every row stored now, collisions
     included, so C{synced + duplicates == len(rows)}).
 
+    @param workspace_id: the batch's workspace (a UUID string).
+    @param daemon_id: the batch's daemon (a UUID string).
     @param rows: the batch's rows, sorted by id, as they were inserted.
     @param inserted_ids: the ids the first INSERT returned.
     """
@@ -141,6 +143,10 @@ def resolve(workspace_id, daemon_id, rows, inserted_ids):
 def run_sync(cursor, gen):
     """
     Drive L{resolve} on a blocking DB-API cursor.
+
+    @param cursor: a psycopg2 cursor (on an adbapi thread).
+    @param gen: the generator L{resolve} returned.
+    @return: what C{gen} returns.
     """
     try:
         sql, params = next(gen)
@@ -154,6 +160,10 @@ def run_sync(cursor, gen):
 async def run_async(cursor, gen):
     """
     Drive L{resolve} on a txpostgres cursor.
+
+    @param cursor: a txpostgres cursor inside its interaction.
+    @param gen: the generator L{resolve} returned.
+    @return: (a coroutine of) what C{gen} returns.
     """
     try:
         sql, params = next(gen)

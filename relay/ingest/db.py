@@ -70,6 +70,13 @@ class Admission:
     """
 
     def __init__(self, size, max_waiting, on_change=None):
+        """
+        @param size: how many operations may run at once.
+        @param max_waiting: how many may wait for a turn.
+        @param on_change: L{None}, or a callable called with this
+            L{Admission} whenever L{waiting}, C{running} or C{refused}
+            changes (the metrics gauge).
+        """
         self.size = size
         self.max_waiting = max_waiting
         self.running = 0
@@ -79,6 +86,9 @@ class Admission:
 
     @property
     def waiting(self):
+        """
+        How many operations wait for a turn.
+        """
         return len(self._queue)
 
     def _changed(self):
@@ -147,9 +157,13 @@ def with_deadline(d, seconds, reactor):
     only Deferreds from L{Admission.run}, whose cancellation never blocks:
     a waiting operation leaves its queue with its rows, a running one
     finishes on its own).  Cancelling the returned Deferred cancels C{d}
-    too.  A late result of C{d} is dropped (a batch that
-    commits after its request got 503 is counted as duplicates when the
-    sender retries it).
+    too.  A late result of C{d} is dropped (a batch that commits after its
+    request got 503 is counted as duplicates when the sender retries it).
+
+    @param d: the L{defer.Deferred} of the operation.
+    @param seconds: how long to wait for it.
+    @param reactor: the L{IReactorTime} that measures C{seconds}.
+    @return: a cancellable L{defer.Deferred} with C{d}'s result.
     """
     def cancel(_):
         # The caller gave up (its client went away): so does C{d}.
@@ -286,9 +300,21 @@ class TxPostgresPool:
     they fail at once with L{reconnection.ConnectionDead}.  At most
     C{max_waiting} wait for a connection (L{Admission}); more fail at once
     with L{Busy}.
+
+    It answers C{runInteraction} and C{runQuery} as an
+    L{adbapi.ConnectionPool} does, so the inserters take either.
     """
 
     def __init__(self, dsn, size, reactor, max_waiting=None, on_change=None):
+        """
+        @param dsn: the libpq connection string.
+        @param size: how many connections to keep.
+        @param reactor: the reactor the connections (and their reconnection
+            backoff) run on.
+        @param max_waiting: how many operations may wait for a connection
+            (default: four per connection).
+        @param on_change: given to the L{Admission} (see there).
+        """
         self.dsn = dsn
         self.reactor = reactor
         self._idle = []
@@ -321,9 +347,6 @@ class TxPostgresPool:
                   error=failure.getErrorMessage())
         conn.detector.checkForDeadConnection(failure)
 
-    def is_alive(self):
-        return any(self._usable(c) for c in self._all)
-
     def runInteraction(self, interaction, *args, **kwargs):
         """
         Run C{interaction(cursor, ...)} inside one transaction.
@@ -331,6 +354,9 @@ class TxPostgresPool:
         return self.admission.run(self._run, "runInteraction", interaction, *args, **kwargs)
 
     def runQuery(self, *args, **kwargs):
+        """
+        Run one statement and return its rows, as L{adbapi.ConnectionPool.runQuery}.
+        """
         return self.admission.run(self._run, "runQuery", *args, **kwargs)
 
     def _run(self, method, *args, **kwargs):
@@ -354,6 +380,10 @@ class TxPostgresPool:
         return not conn.detector.connectionIsDead and conn._connection is not None
 
     def close(self):
+        """
+        Close every connection and stop reconnecting; later operations fail
+        with L{reconnection.ConnectionDead}.
+        """
         self._closed = True
         for conn in self._all:
             conn.detector.stop()
@@ -374,6 +404,11 @@ def _on_thread_connect(connection):
 def thread_pool(dsn, size, reactor):
     """
     A blocking psycopg2 pool on threads, for COPY and migrations.
+
+    @param dsn: the libpq connection string.
+    @param size: the most connections (and threads) at once.
+    @param reactor: the reactor the pool reports to.
+    @return: an L{adbapi.ConnectionPool}.
     """
     return adbapi.ConnectionPool(
         "psycopg2",

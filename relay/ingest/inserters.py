@@ -100,6 +100,9 @@ class IBulkInserter(Interface):
         for one workspace and daemon, skipping rows whose
         C{(workspace_id, original_id)} already exists.
 
+        @param workspace_id: the workspace (a UUID string).
+        @param daemon_id: the daemon that sent the batch (a UUID string).
+        @param rows: a L{list} of row tuples.
         @return: a Deferred firing with L{Counts}.
         """
 
@@ -121,10 +124,16 @@ class Counts(tuple):
 
     @property
     def synced(self):
+        """
+        Rows stored now, collisions included.
+        """
         return self[0]
 
     @property
     def duplicates(self):
+        """
+        Rows that were already stored with the same content.
+        """
         return self[1]
 
 
@@ -144,6 +153,10 @@ class MultiRowInserter:
     name = "multirow"
 
     def __init__(self, pool, chunk_size=100):
+        """
+        @param pool: a L{relay.ingest.db.TxPostgresPool}.
+        @param chunk_size: rows per C{INSERT} statement.
+        """
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.pool = pool
@@ -194,6 +207,9 @@ class UnnestInserter:
     name = "unnest"
 
     def __init__(self, pool):
+        """
+        @param pool: a L{relay.ingest.db.TxPostgresPool}.
+        """
         self.pool = pool
 
     def insert(self, workspace_id, daemon_id, rows):
@@ -224,7 +240,10 @@ def _escape(value):
 
 def encode_copy_rows(rows):
     """
-    Encode rows as COPY text-format lines (one L{bytes} for all of C{rows}).
+    Encode rows as COPY text-format lines.
+
+    @param rows: row tuples in L{relay.ingest.validate.ROW_COLUMNS} order.
+    @return: one L{bytes} for all of C{rows}, each line ended by a newline.
     """
     esc = _escape
     lines = []
@@ -254,12 +273,20 @@ class CopyStream:
     """
 
     def __init__(self, rows, chunk_rows=2000):
+        """
+        @param rows: the row tuples to stream.
+        @param chunk_rows: how many rows to encode at a time.
+        """
         self._rows = rows
         self._chunk_rows = chunk_rows
         self._next = 0
         self._buffer = b""
 
     def read(self, size=-1):
+        """
+        @return: up to C{size} bytes of COPY text (all that is left for a
+            negative C{size}); C{b""} at the end.
+        """
         while (size < 0 or len(self._buffer) < size) and self._next < len(self._rows):
             chunk = self._rows[self._next:self._next + self._chunk_rows]
             self._next += len(chunk)
@@ -271,6 +298,9 @@ class CopyStream:
         return data
 
     def readline(self, size=-1):
+        """
+        Like L{read} (psycopg2 may ask for lines; any cut is fine for COPY).
+        """
         return self.read(size)
 
 
@@ -287,6 +317,13 @@ class CopyInserter:
     read_size = 1 << 20
 
     def __init__(self, thread_pool, chunk_rows=2000, admission=None):
+        """
+        @param thread_pool: an L{adbapi.ConnectionPool} of psycopg2
+            connections (L{relay.ingest.db.thread_pool}).
+        @param chunk_rows: rows encoded at a time (L{CopyStream}).
+        @param admission: L{None}, or the L{relay.ingest.db.Admission} that
+            bounds the operations waiting for a thread.
+        """
         self.thread_pool = thread_pool
         self.chunk_rows = chunk_rows
         self.admission = admission
@@ -318,12 +355,20 @@ class ThresholdInserter:
     """
 
     def __init__(self, small, large, copy_threshold=1000):
+        """
+        @param small: the L{IBulkInserter} for batches up to C{copy_threshold} rows.
+        @param large: the L{IBulkInserter} for larger ones.
+        @param copy_threshold: the most rows C{small} takes.
+        """
         self.small = small
         self.large = large
         self.copy_threshold = copy_threshold
         self.name = "threshold"
 
     def choose(self, rows):
+        """
+        @return: the L{IBulkInserter} that inserts C{rows}.
+        """
         return self.small if len(rows) <= self.copy_threshold else self.large
 
     def insert(self, workspace_id, daemon_id, rows):

@@ -37,6 +37,8 @@ def hash_key(key):
 def parse_key(key):
     """
     Return the key id of a well-formed key, or L{None}.
+
+    @param key: the key as given (a L{str}).
     """
     m = _KEY_RE.match(key)
     return m.group(1) if m else None

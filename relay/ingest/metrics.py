@@ -56,6 +56,9 @@ class IngestMetrics:
         )
 
     def render(self):
+        """
+        @return: the registry in the Prometheus text format (L{bytes}).
+        """
         return generate_latest(self.registry)
 
 
@@ -67,6 +70,9 @@ class MetricsResource(Resource):
     isLeaf = True
 
     def __init__(self, metrics):
+        """
+        @param metrics: the L{IngestMetrics} to serve.
+        """
         Resource.__init__(self)
         self.metrics = metrics
 

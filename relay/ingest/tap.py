@@ -105,12 +105,23 @@ class IngestService(service.Service):
     schema at startup, retrying until PostgreSQL answers.
 
     @ivar ready: whether the schema is current and requests can be served.
+    @ivar tx_pool: the L{db.TxPostgresPool} (key lookups, small batches).
+    @ivar thread_pool: the blocking pool (migrations, COPY).
+    @ivar inserter: the L{relay.ingest.inserters.ThresholdInserter}.
+    @ivar db_timeout: seconds to wait for PostgreSQL before answering 503.
+    @ivar migration_retry_delay: seconds between attempts to prepare the
+        schema while PostgreSQL does not answer.
     """
 
     name = "relay-ingest-db"
     migration_retry_delay = 1.0
 
     def __init__(self, config, reactor, metrics):
+        """
+        @param config: the parsed L{Options}.
+        @param reactor: the reactor the pools and retries run on.
+        @param metrics: the L{relay.ingest.metrics.IngestMetrics} to update.
+        """
         self.config = config
         self.reactor = reactor
         self.metrics = metrics
@@ -187,6 +198,10 @@ def makeService(config, reactor=None):
     """
     Build the service tree: the database service and one listener per
     C{--listen}, under one L{service.MultiService}.
+
+    @param config: the parsed L{Options}.
+    @param reactor: the reactor to run on (default: the global one,
+        imported only here).
     """
     if reactor is None:
         from twisted.internet import reactor

@@ -47,7 +47,13 @@ MAX_ID_CHARS = 255
 
 class BadRequest(Exception):
     """
-    The request is refused with a 4xx status and a JSON error body.
+    The request is refused with a 4xx (or 5xx) status and a JSON error body.
+
+    @ivar status: the HTTP status.
+    @ivar message: what is wrong, in one line.
+    @ivar index: the bad message's position in the batch, or L{None}.
+    @ivar message_id: the bad message's id (when it has a string one).
+    @ivar field: the field at fault, or L{None}.
     """
 
     def __init__(self, status, message, index=None, message_id=None, field=None):
@@ -59,6 +65,10 @@ class BadRequest(Exception):
         self.field = field
 
     def to_json(self):
+        """
+        @return: the error body (a L{dict}): C{error}, and C{index}, C{id}
+            and C{field} for a bad message, or C{field} alone.
+        """
         body = {"error": self.message}
         if self.index is not None:
             body["index"] = self.index
@@ -167,7 +177,13 @@ def _bool(i, m, field):
 
 def parse_message(i, m):
     """
-    Validate message number C{i} and return its row tuple.
+    Validate one message of a batch.
+
+    @param i: its position in the batch (named in the error).
+    @param m: the decoded message.
+    @return: its row tuple, in L{ROW_COLUMNS} order.
+    @raise BadRequest: 400, naming C{i}, the message's id and the first
+        bad field.
     """
     if m.__class__ is not dict:
         raise BadRequest(400, "message %d is not a JSON object" % (i,),

@@ -60,7 +60,7 @@ class IngestRequest(server.Request):
             budget=site.budget,
         )
         self.notifyFinish().addBoth(self._finished)
-        if site.service is None or self.content._discard:
+        if site.service is None or self.content.discarding:
             return
         # (The method and path are not known yet: any request with a bearer
         # key has it checked; only the sync resource waits for the result.)
@@ -114,6 +114,9 @@ class KeyCheck:
     """
 
     def __init__(self, d):
+        """
+        @param d: the Deferred of L{authenticate}'s coroutine.
+        """
         self.done = False
         self.workspace = None
         self.error = None
@@ -178,6 +181,17 @@ class IngestSite(server.Site):
 
     def __init__(self, resource, max_body_bytes, max_inflated_bytes, metrics=None, service=None,
                  max_buffered_bytes=None, **kw):
+        """
+        @param resource: the root resource (L{build_root}).
+        @param max_body_bytes: the most bytes of one body as sent.
+        @param max_inflated_bytes: the most bytes of one body once inflated.
+        @param metrics: an L{relay.ingest.metrics.IngestMetrics}, or L{None}.
+        @param service: the L{relay.ingest.tap.IngestService} that checks
+            keys, or L{None} to check none at header time.
+        @param max_buffered_bytes: the most body bytes all requests together
+            hold (L{MemoryBudget}), or L{None} for no shared bound.
+        @param kw: the other arguments of L{server.Site}.
+        """
         kw.update(compat.site_without_form_parsing())
         server.Site.__init__(self, resource, **kw)
         self.max_body_bytes = max_body_bytes
@@ -188,6 +202,10 @@ class IngestSite(server.Site):
 
 
 def _respond(request, status, body, retry_after=False):
+    """
+    Answer C{request} with C{status} and C{body} as JSON (and a
+    C{Retry-After} header if asked), unless its client is gone.
+    """
     if request._disconnected:
         return
     request.setResponseCode(status)
@@ -208,6 +226,9 @@ async def authenticate(service, header):
     """
     Check an C{Authorization} header value against the keys in PostgreSQL.
 
+    @param service: the L{relay.ingest.tap.IngestService} (its C{ready},
+        C{tx_pool}, C{db_timeout} and C{reactor}).
+    @param header: the header's value (L{bytes}), or L{None}.
     @return: the key's workspace (L{uuid.UUID}).
     @raise BadRequest: 401 for a missing, malformed, unknown or revoked key.
     @raise Unavailable: PostgreSQL cannot say now.
@@ -320,6 +341,7 @@ class SyncResource(Resource):
             _log.warn("{n} messages from daemon {daemon} reused ids already stored with other "
                       "content; stored under disambiguated ids", n=collided, daemon=daemon_id)
         self._answer(request, 200, answer)
+
 
 class HealthResource(Resource):
     """
