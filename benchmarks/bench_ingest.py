@@ -88,11 +88,17 @@ def make_messages(n, seed=1):
 
 
 def _esc(s):
+    """
+    Escape C{s} for COPY's text format.
+    """
     return (s.replace("\\", "\\\\").replace("\n", "\\n")
             .replace("\r", "\\r").replace("\t", "\\t"))
 
 
 def _iso(ms):
+    """
+    Milliseconds since the epoch as an ISO 8601 UTC timestamp.
+    """
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat()
 
 
@@ -125,9 +131,15 @@ class PerRowInserter:
     sql = inserters.MultiRowInserter(None)._statement(1)
 
     def __init__(self, pool):
+        """
+        @param pool: a L{relay.ingest.db.TxPostgresPool}.
+        """
         self.pool = pool
 
     def insert(self, workspace_id, daemon_id, rows):
+        """
+        As L{relay.ingest.inserters.IBulkInserter.insert}.
+        """
         return self.pool.runInteraction(self._interaction, workspace_id, daemon_id, rows)
 
     async def _run(self, cursor, workspace_id, daemon_id, rows):
@@ -142,12 +154,29 @@ class PerRowInserter:
 
 
 class Bench:
+    """
+    One run of the benchmark in a scratch database: every path measured,
+    then the report.
+
+    @ivar results: C{(name, rows, seconds, check)} of every measurement, in
+        order (the ceiling first).
+    """
+
     def __init__(self, reactor, args):
+        """
+        @param reactor: the reactor the pools and HTTP clients run on.
+        @param args: the parsed command line.
+        """
         self.reactor = reactor
         self.args = args
         self.results = []
 
     def sql(self, statement):
+        """
+        Run one statement on its own autocommit connection.
+
+        @return: its rows, or L{None} for a statement without any.
+        """
         conn = psycopg2.connect(self.dsn)
         conn.autocommit = True
         with conn.cursor() as c:
@@ -157,6 +186,9 @@ class Bench:
         return result
 
     def reset(self):
+        """
+        Empty C{agent_messages} and start from a checkpoint.
+        """
         self.sql("TRUNCATE agent_messages RESTART IDENTITY")
         self.sql("VACUUM ANALYZE agent_messages")
         # Every measurement starts right after a checkpoint, so none pays
@@ -164,11 +196,19 @@ class Bench:
         self.sql("CHECKPOINT")
 
     def record(self, name, n, seconds, check=""):
+        """
+        Keep and print one measurement.
+        """
         self.results.append((name, n, seconds, check))
         print("  %-44s %8d rows %8.2f s %10.0f rows/s %s"
               % (name, n, seconds, n / seconds, check), flush=True)
 
     def ceiling(self, rows):
+        """
+        Time C{psql \\copy} of C{rows} (the ceiling).
+
+        @return: the best time, in seconds.
+        """
         path = os.path.join(self.tmp, "ceiling.copy")
         write_ceiling_file(rows, path)
         cols = ("workspace_id, daemon_id, original_id, from_agent, to_agent, body, kind, "
@@ -191,6 +231,11 @@ class Bench:
 
     @defer.inlineCallbacks
     def strategy(self, name, inserter, rows, batch_size, duplicates, repeat=None):
+        """
+        Time C{inserter} on C{rows} in batches of C{batch_size}, with every
+        other row already stored when C{duplicates}; the best of
+        C{repeat} runs (default C{--repeat}) is recorded.
+        """
         best = None
         for _ in range(self.args.repeat if repeat is None else repeat):
             self.reset()
@@ -215,6 +260,10 @@ class Bench:
 
     @defer.inlineCallbacks
     def http(self, messages, requests, per_request, concurrency):
+        """
+        Time C{requests} gzip POSTs of C{per_request} messages each to a
+        real C{twistd -n relay-ingest}, from C{concurrency} clients.
+        """
         import treq
         from twisted.web.client import HTTPConnectionPool
 
@@ -266,6 +315,10 @@ class Bench:
 
     @defer.inlineCallbacks
     def run(self):
+        """
+        Create the scratch database, measure every path, report, and drop
+        the database.
+        """
         args = self.args
         admin = args.postgres
         name = "relay_ingest_bench_%d" % (os.getpid(),)
@@ -322,6 +375,9 @@ class Bench:
             conn.close()
 
     def report(self, ceiling):
+        """
+        Print every rate, its ratio to the ceiling, and the issue's goals.
+        """
         ceiling_rate = self.results[0][1] / ceiling
         rates = {}
         print("\n%-50s %12s %10s" % ("path", "rows/s", "x ceiling"))
@@ -344,6 +400,9 @@ class Bench:
 
 
 def main():
+    """
+    Parse the command line and run the benchmark on the global reactor.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--postgres", default=os.environ.get("RELAY_TEST_POSTGRES_DSN")
                         or "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
