@@ -321,7 +321,7 @@ class CopyInserter:
         @param thread_pool: an L{adbapi.ConnectionPool} of psycopg2
             connections (L{relay.ingest.db.thread_pool}).
         @param chunk_rows: rows encoded at a time (L{CopyStream}).
-        @param admission: L{None}, or the L{relay.ingest.db.Admission} that
+        @param admission: L{None}, or the L{relay.ingest.admission.Admission} that
             bounds the operations waiting for a thread.
         """
         self.thread_pool = thread_pool

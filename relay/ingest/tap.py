@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from relay import compat, options
-from relay.ingest import db
+from relay.ingest import admission, db
 
 _log = Logger()
 
@@ -142,7 +142,7 @@ class IngestService(service.Service):
         self.tx_pool = db.TxPostgresPool(dsn, c["pool-size"], self.reactor,
                                         max_waiting=c["max-waiting"], on_change=self._queue_changed)
         self.thread_pool = db.thread_pool(dsn, c["pool-size"], self.reactor)
-        self.copy_admission = db.Admission(c["pool-size"], c["max-waiting"], self._queue_changed)
+        self.copy_admission = admission.Admission(c["pool-size"], c["max-waiting"], self._queue_changed)
         if c["small-strategy"] == "multirow":
             small = inserters.MultiRowInserter(self.tx_pool, c["chunk-size"])
         else:

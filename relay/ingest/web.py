@@ -19,7 +19,8 @@ from twisted.web.resource import Resource
 from relay import compat
 from relay.ingest import keys
 from relay.ingest.body import BoundedBody, MemoryBudget
-from relay.ingest.db import is_unavailable, with_deadline
+from relay.ingest.admission import with_deadline
+from relay.ingest.db import is_unavailable
 from relay.ingest.validate import BadRequest, parse_batch
 
 _log = Logger()
