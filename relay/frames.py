@@ -25,11 +25,11 @@ _PREFIX = struct.Struct(">I")
 DELIVER_OVERHEAD = 448
 
 
-def frame(envelope):
+def frame(env):
     """
-    One length-prefixed frame holding C{envelope}.
+    One length-prefixed frame holding the envelope C{env}.
     """
-    data = orjson.dumps(envelope)
+    data = orjson.dumps(env)
     return _PREFIX.pack(len(data)) + data
 
 

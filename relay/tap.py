@@ -103,6 +103,7 @@ class Options(compat.ExitOnUsageError, usage.Options, strcred.AuthOptionMixin):
     def __init__(self):
         usage.Options.__init__(self)
         self["listen"] = []
+        self["http"] = []
 
     def opt_listen(self, endpoint):
         """
@@ -110,6 +111,14 @@ class Options(compat.ExitOnUsageError, usage.Options, strcred.AuthOptionMixin):
         unix:/tmp/agent-relay.sock:mode=600].
         """
         self["listen"].append(endpoint)
+
+    def opt_http(self, endpoint):
+        """
+        Serve /metrics, /healthz, the JSON API and the dashboard on a
+        strports endpoint (repeatable; off by default), e.g.
+        tcp:8765:interface=127.0.0.1.  One reachable from the network needs --auth.
+        """
+        self["http"].append(endpoint)
 
     def postOptions(self):
         if not self["listen"]:
@@ -121,6 +130,8 @@ class Options(compat.ExitOnUsageError, usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("need --queue-low < --queue-high <= --queue-max (got %d, %d, %d)"
                                    % (self["queue-low"], self["queue-high"], self["queue-max"]))
         auth.check_options(self)
+        from relay.web import check_http
+        check_http(self)
         sync_options.check(self, os.environ)
 
 
@@ -148,6 +159,7 @@ def _auth_policy(config, reactor, router):
 def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
+    from relay.events import EventHub
     from relay.protocol import RelayFactory
     from relay.ratelimit import RateLimiter
     from relay.router import Router
@@ -167,7 +179,7 @@ def makeService(config, reactor=None):
         message_ttl=config["message-ttl"], limiter=limiter,
         rate_policy=config["rate-limit-policy"], window=config["max-inflight"],
         dedupe_window=config["dedupe-window"], dedupe_per_sender=config["dedupe-per-sender"],
-        dedupe_age=config["dedupe-hours"] * 3600.0)
+        dedupe_age=config["dedupe-hours"] * 3600.0, events=EventHub())
     factory = RelayFactory(
         router, reactor, max_frame_bytes=config["max-frame-bytes"],
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
@@ -191,4 +203,7 @@ def makeService(config, reactor=None):
         if sync_service is not None:
             sync_service.setServiceParent(top)
             router.sync_stats = sync_service.stats
+    if config.get("http"):
+        from relay.web import add_http
+        add_http(top, config, store, router, router.events, reactor)
     return top

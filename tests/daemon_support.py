@@ -93,7 +93,8 @@ class DaemonProcess:
         self.proto = _ProcessProtocol(self)
         self.exit_code = self.exit_signal = None
         self.starts += 1
-        reactor.spawnProcess(self.proto, TWISTD, self.args(), env=env, path=self.directory)
+        args = self.args()
+        reactor.spawnProcess(self.proto, args[0], args, env=env, path=self.directory)
         return self._wait_ready()
 
     @defer.inlineCallbacks
