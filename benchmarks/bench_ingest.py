@@ -129,7 +129,7 @@ class PerRowInserter:
     """
 
     name = "per-row"
-    sql = inserters.MultiRowInserter(None)._statement(1)
+    sql = inserters.MultiRowInserter(None).statement(1)
 
     def __init__(self, pool):
         """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_keys -*-
+# -*- test-case-name: tests.test_cli_keys -*-
 """
 C{relay keys}: manage the API keys of the ingest service.
 

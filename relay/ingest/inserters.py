@@ -163,7 +163,10 @@ class MultiRowInserter:
         self.chunk_size = chunk_size
         self._sql = {}
 
-    def _statement(self, n):
+    def statement(self, n):
+        """
+        @return: the C{INSERT} statement for C{n} rows (made once per C{n}).
+        """
         sql = self._sql.get(n)
         if sql is None:
             sql = self._sql[n] = (
@@ -188,7 +191,7 @@ class MultiRowInserter:
             for row in chunk:
                 params += prefix
                 params += row
-            await cursor.execute(self._statement(len(chunk)), params)
+            await cursor.execute(self.statement(len(chunk)), params)
             inserted += _ids(cursor)
         result = await _collisions.run_async(
             cursor, _collisions.resolve(workspace_id, daemon_id, rows, inserted))

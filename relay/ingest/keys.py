@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_keys -*-
+# -*- test-case-name: tests.test_ingest_keys,tests.test_cli_keys -*-
 """
 API keys for the ingest service.
 
