@@ -147,5 +147,5 @@ def makeRow(i, **overrides):
     """
     The validated row tuple for L{makeMessage}C{(i, **overrides)}.
     """
-    from relay.ingest.validate import parseMessage
-    return parseMessage(i, makeMessage(i, **overrides))
+    from relay.ingest.validate import parse_message
+    return parse_message(i, makeMessage(i, **overrides))

@@ -47,7 +47,7 @@ class FormParsingTests(unittest.TestCase):
         sends by default) reaches the resource with its body whole and no
         form arguments taken out of it, through a real HTTP server.
         """
-        site = IngestSite(_Echo(), maxBodyBytes=10000, maxInflatedBytes=10000)
+        site = IngestSite(_Echo(), max_body_bytes=10000, max_inflated_bytes=10000)
         port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
         url = "http://127.0.0.1:%d/x?q=1" % (port.getHost().port,)

@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from relay.frames import MAX_DEPTH, MAX_TTL_MS, check_send, echo
-from relay.ingest.validate import BadRequest, parseMessage
+from relay.ingest.validate import BadRequest, parse_message
 from tests.ingest_support import makeMessage
 from tests.test_protocol import Relay, send
 
@@ -113,7 +113,7 @@ class TtlRuleTests(unittest.TestCase):
 
     def test_same_rule(self):
         """
-        For each value, check_send refuses it exactly when parseMessage does
+        For each value, check_send refuses it exactly when parse_message does
         (with a ts and an expires_at the daemon would compute).
         """
         ts = 1700000000000
@@ -122,7 +122,7 @@ class TtlRuleTests(unittest.TestCase):
             expires = ts + ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None
             m = makeMessage(1, payload_meta={"ttl_ms": ttl}, expires_at=expires, ts=ts)
             try:
-                parseMessage(0, m)
+                parse_message(0, m)
             except BadRequest as e:
                 ingest = e.message
             else:
@@ -136,7 +136,7 @@ class TtlRuleTests(unittest.TestCase):
         """
         ts = 221845392000000  # 9000-01-01
         m = makeMessage(1, payload_meta={"ttl_ms": MAX_TTL_MS}, ts=ts, expires_at=ts + MAX_TTL_MS)
-        self.assertEqual(parseMessage(0, m)[13], ts + MAX_TTL_MS)
+        self.assertEqual(parse_message(0, m)[13], ts + MAX_TTL_MS)
 
 
 class BadValueProtocolTests(unittest.TestCase):

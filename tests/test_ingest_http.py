@@ -33,25 +33,25 @@ LIMIT_ARGS = ["--max-body-bytes", str(2 * MiB), "--max-inflated-bytes", str(8 * 
 _bomb = {}
 
 
-def gzipBomb(inflatedBytes=512 * MiB):
+def gzip_bomb(inflated_bytes=512 * MiB):
     """
-    A gzip body that inflates to C{inflatedBytes} zero bytes (about 1000
+    A gzip body that inflates to C{inflated_bytes} zero bytes (about 1000
     times its own size).
     """
-    if inflatedBytes not in _bomb:
+    if inflated_bytes not in _bomb:
         c = zlib.compressobj(9, zlib.DEFLATED, 31)
         block = b"\0" * MiB
-        parts = [c.compress(block) for _ in range(inflatedBytes // MiB)]
+        parts = [c.compress(block) for _ in range(inflated_bytes // MiB)]
         parts.append(c.flush())
-        _bomb[inflatedBytes] = b"".join(parts)
-    return _bomb[inflatedBytes]
+        _bomb[inflated_bytes] = b"".join(parts)
+    return _bomb[inflated_bytes]
 
 
 def batch(messages, workspace=WS, daemon=DAEMON):
     return {"daemon_id": daemon, "workspace_id": workspace, "messages": messages}
 
 
-def withCapturedStdout(f, *args):
+def with_captured_stdout(f, *args):
     import contextlib
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -65,18 +65,18 @@ class _ServiceMixin:
     def setUp(self):
         self.dsn = testDatabaseDSN(self)
         truncate(self.dsn)
-        self.key = self.createKey(WS)
-        self.service = IngestProcess(reactor, self.serviceDSN(), self.extraArgs)
+        self.key = self.create_key(WS)
+        self.service = IngestProcess(reactor, self.service_dsn(), self.extraArgs)
         self.addCleanup(self.service.stop)
         return self.service.start()
 
-    def serviceDSN(self):
+    def service_dsn(self):
         return self.dsn
 
-    def createKey(self, workspace):
+    def create_key(self, workspace):
         conn = psycopg2.connect(self.dsn)
         try:
-            return keys.createKey(conn, workspace)[1]
+            return keys.create_key(conn, workspace)[1]
         finally:
             conn.close()
 
@@ -111,7 +111,8 @@ class _ServiceMixin:
 
     @defer.inlineCallbacks
     def metrics(self):
-        response = yield treq.get(self.service.url + "/metrics", timeout=10, pool=self.service.httpPool)
+        response = yield treq.get(self.service.url + "/metrics", timeout=10,
+                                  pool=self.service.httpPool)
         text = yield response.text()
         values = {}
         for line in text.splitlines():
@@ -127,7 +128,7 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
     """
 
     @defer.inlineCallbacks
-    def test_collisionsStoredAndReported(self):
+    def test_collisions_stored_and_reported(self):
         """
         Issue 13 point 17: ids already stored, sent again with other content
         (from another daemon, as after a restore or a copy) are stored under
@@ -158,7 +159,7 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual(stored, [("after restore 1",)])
 
     @defer.inlineCallbacks
-    def test_plainGzipAndCopy(self):
+    def test_plain_gzip_and_copy(self):
         """
         A plain JSON body and a gzip one are both stored, with exact counts
         of new rows and duplicates; a batch over the COPY threshold goes
@@ -181,7 +182,7 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         self.assertGreater(m["relay_ingest_bytes_in_total"], 1000)
 
     @defer.inlineCallbacks
-    def test_storedFields(self):
+    def test_stored_fields(self):
         """
         The stored row carries the key's workspace, the daemon, and every
         field of the message.
@@ -211,19 +212,19 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         gets 403.
         """
         payload = batch([makeMessage(1)])
-        keyId = keys.parseKey(self.key)
-        wrongSecret = self.key[:-4] + ("AAAA" if not self.key.endswith("AAAA") else "BBBB")
+        key_id = keys.parse_key(self.key)
+        wrong_secret = self.key[:-4] + ("AAAA" if not self.key.endswith("AAAA") else "BBBB")
         unknown = "rlk_%s_%s" % ("0" * 16, self.key.rsplit("_", 1)[1][-43:])
-        for key in [False, "", "not-a-key", unknown, wrongSecret]:
+        for key in [False, "", "not-a-key", unknown, wrong_secret]:
             code, body, _ = yield self.post(payload, key=key)
             self.assertEqual(code, 401, (key, body))
             self.assertIn("error", body)
         conn = psycopg2.connect(self.dsn)
-        self.assertEqual(keys.revokeKey(conn, keyId), "revoked")
+        self.assertEqual(keys.revoke_key(conn, key_id), "revoked")
         conn.close()
         code, body, _ = yield self.post(payload)
         self.assertEqual(code, 401)
-        other = self.createKey(OTHER_WS)
+        other = self.create_key(OTHER_WS)
         code, body, _ = yield self.post(payload, key=other)
         self.assertEqual(code, 403)
         self.assertEqual(self.count(), 0)
@@ -231,12 +232,12 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual((code, body), (200, {"synced": 1, "duplicates": 0}))
 
     @defer.inlineCallbacks
-    def test_keyFromCommandLine(self):
+    def test_key_from_command_line(self):
         """
         The last line printed by C{relay keys create} is a key the service
         accepts.
         """
-        rc, out = withCapturedStdout(
+        rc, out = with_captured_stdout(
             cliMain, ["keys", "create", "--workspace", WS, "--postgres", self.dsn])
         self.assertEqual(rc, 0)
         key = out.splitlines()[-1]
@@ -244,13 +245,13 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual((code, body), (200, {"synced": 1, "duplicates": 0}))
 
     @defer.inlineCallbacks
-    def test_gzipBomb(self):
+    def test_gzip_bomb(self):
         """
         A small gzip body that would inflate to 512 MiB gets 413 once it
         passes --max-inflated-bytes (8 MiB here), and the process's peak
         memory stays far below what inflating it would take.
         """
-        bomb = gzipBomb()
+        bomb = gzip_bomb()
         self.assertLess(len(bomb), 2 * MiB)
         code, body, _ = yield self.post(
             bomb, headers={b"Content-Encoding": [b"gzip"]})
@@ -259,7 +260,7 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         self.assertLess(self.service.peakMemoryBytes(), 200 * MiB)
 
     @defer.inlineCallbacks
-    def test_bodyOverLimit(self):
+    def test_body_over_limit(self):
         """
         A body over --max-body-bytes gets 413, plain or gzip-compressed.
         """
@@ -276,7 +277,7 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual(self.count(), 0)
 
     @defer.inlineCallbacks
-    def test_malformedBodies(self):
+    def test_malformed_bodies(self):
         """
         Bodies that are not JSON, not an object, have no messages list,
         are truncated or corrupt gzip, or use an unknown encoding get a 4xx
@@ -298,15 +299,15 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
             self.assertNotIn("index", body)
 
     @defer.inlineCallbacks
-    def test_badMessage(self):
+    def test_bad_message(self):
         """
         A message missing its id, or with a NUL in its body, gets 400
         naming that message's index, id and field; nothing of the batch is
         stored.
         """
-        missingId = makeMessage(1)
-        del missingId["id"]
-        code, body, _ = yield self.post(batch([makeMessage(0), missingId, makeMessage(2)]))
+        missing_id = makeMessage(1)
+        del missing_id["id"]
+        code, body, _ = yield self.post(batch([makeMessage(0), missing_id, makeMessage(2)]))
         self.assertEqual(code, 400)
         self.assertEqual((body["index"], body["id"], body["field"]), (1, None, "id"))
         nul = makeMessage(7, body="a\u0000b")
@@ -317,7 +318,7 @@ class SyncTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual(self.count(), 0)
 
     @defer.inlineCallbacks
-    def test_healthAndMetrics(self):
+    def test_health_and_metrics(self):
         """
         /healthz answers 200 and /metrics serves Prometheus text including
         the request counter by status.
@@ -345,7 +346,7 @@ class _ProxiedServiceMixin(_ServiceMixin):
         self.addCleanup(self.proxy.stop)
         return _ServiceMixin.setUp(self)
 
-    def serviceDSN(self):
+    def service_dsn(self):
         return make_dsn(self.dsn, host="127.0.0.1", port=str(self.proxy.port))
 
 
@@ -361,7 +362,7 @@ class PostgresOutageTests(_ProxiedServiceMixin, unittest.TestCase):
     """
 
     @defer.inlineCallbacks
-    def test_stopAndStart(self):
+    def test_stop_and_start(self):
         """
         While PostgreSQL is away, sync requests and /healthz get 503 with
         Retry-After and nothing is half-written; once it is back the service
@@ -412,7 +413,7 @@ class PostgresHungTests(_ProxiedServiceMixin, unittest.TestCase):
     extraArgs = LIMIT_ARGS + ["--db-timeout", "1", "--pool-size", "2"]
 
     @defer.inlineCallbacks
-    def test_hungDatabase(self):
+    def test_hung_database(self):
         """
         While PostgreSQL does not answer, requests get 503 with Retry-After
         after --db-timeout instead of hanging; once it answers again, the
@@ -459,7 +460,7 @@ class _Unfinished(protocol.Protocol):
 
 
 @defer.inlineCallbacks
-def openUnfinished(service, key, body, declared):
+def open_unfinished(service, key, body, declared):
     """
     Open one connection to C{service} that POSTs C{body} (gzip) under
     C{key}, declaring C{declared} bytes, and never sends the rest.
@@ -485,7 +486,7 @@ class MemoryBoundTests(_ServiceMixin, unittest.TestCase):
                  "--max-buffered-bytes", str(8 * MiB)]
 
     @defer.inlineCallbacks
-    def unfinishedGrowth(self, key):
+    def unfinished_growth(self, key):
         """
         Four unfinished requests under C{key}, each with a gzip body that
         inflates to 60 MiB; return how much the process's RSS grew once it
@@ -496,10 +497,10 @@ class MemoryBoundTests(_ServiceMixin, unittest.TestCase):
         before = self.service.memoryBytes()
         m = yield self.metrics()
         seen = m.get("relay_ingest_bytes_in_total", 0)
-        bomb = gzipBomb(60 * MiB)
+        bomb = gzip_bomb(60 * MiB)
         conns = []
         for _ in range(4):
-            conn = yield openUnfinished(self.service, key, bomb, len(bomb) + MiB)
+            conn = yield open_unfinished(self.service, key, bomb, len(bomb) + MiB)
             conns.append(conn)
         self.addCleanup(lambda: [c.transport.abortConnection() for c in conns])
         deadline = reactor.seconds() + 30
@@ -512,32 +513,32 @@ class MemoryBoundTests(_ServiceMixin, unittest.TestCase):
         return self.service.memoryBytes() - before
 
     @defer.inlineCallbacks
-    def test_fakeKeyCostsNoMemory(self):
+    def test_fake_key_costs_no_memory(self):
         """
         Four unfinished requests with a well-formed but unknown key (each
         body inflating to 60 MiB) do not grow the process by more than a
         few MiB (before: +253 MiB); a valid request is served meanwhile.
         """
-        fake = keys.generateKey()[1]
-        growth = yield self.unfinishedGrowth(fake)
+        fake = keys.generate_key()[1]
+        growth = yield self.unfinished_growth(fake)
         self.assertLess(growth, 24 * MiB)
         code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1, 4)]))
         self.assertEqual((code, body), (200, {"synced": 3, "duplicates": 0}))
 
     @defer.inlineCallbacks
-    def test_validKeyBoundedTogether(self):
+    def test_valid_key_bounded_together(self):
         """
         The same four requests under a valid key are bounded together by
         --max-buffered-bytes (8 MiB here): the growth stays small, and once
         they are refused a valid request is served.
         """
-        growth = yield self.unfinishedGrowth(self.key)
+        growth = yield self.unfinished_growth(self.key)
         self.assertLess(growth, 32 * MiB)
         code, body, _ = yield self.post(batch([makeMessage(i) for i in range(1, 4)]))
         self.assertEqual((code, body), (200, {"synced": 3, "duplicates": 0}))
 
     @defer.inlineCallbacks
-    def test_overBudgetIs503(self):
+    def test_over_budget_is_503(self):
         """
         A complete body larger than --max-buffered-bytes gets 503 with
         Retry-After (the sender keeps it and retries), not a 413.
@@ -559,7 +560,7 @@ class PostgresQueueTests(_ProxiedServiceMixin, unittest.TestCase):
     extraArgs = LIMIT_ARGS + ["--db-timeout", "1", "--pool-size", "2", "--max-waiting", "2"]
 
     @defer.inlineCallbacks
-    def test_waitersBoundedAndCancelled(self):
+    def test_waiters_bounded_and_cancelled(self):
         """
         Eight requests during a hang: never more than two wait, the rest
         get 503 with Retry-After at once (counted as busy), every request is
@@ -609,7 +610,7 @@ class ClientGoneTests(_ProxiedServiceMixin, unittest.TestCase):
     extraArgs = LIMIT_ARGS + ["--db-timeout", "60", "--pool-size", "1", "--max-waiting", "4"]
 
     @defer.inlineCallbacks
-    def waitGauge(self, value):
+    def wait_gauge(self, value):
         deadline = reactor.seconds() + 20
         while True:
             m = yield self.metrics()
@@ -620,7 +621,7 @@ class ClientGoneTests(_ProxiedServiceMixin, unittest.TestCase):
             yield task.deferLater(reactor, 0.05, lambda: None)
 
     @defer.inlineCallbacks
-    def test_goneClientLeavesTheQueue(self):
+    def test_gone_client_leaves_the_queue(self):
         """
         One request holds the only (hung) connection, three more wait; when
         their clients disconnect the queue empties well before the 60 s
@@ -631,16 +632,16 @@ class ClientGoneTests(_ProxiedServiceMixin, unittest.TestCase):
         self.proxy.freeze()
         first = self.post(batch([makeMessage(1)]))
         first.addErrback(lambda f: None)
-        yield self.waitGauge(0)
+        yield self.wait_gauge(0)
         body = gzip.compress(orjson.dumps(batch([makeMessage(2)])))
         conns = []
         for _ in range(3):
-            conn = yield openUnfinished(self.service, self.key, body, len(body))
+            conn = yield open_unfinished(self.service, self.key, body, len(body))
             conns.append(conn)
-        yield self.waitGauge(3)
+        yield self.wait_gauge(3)
         for conn in conns:
             conn.transport.abortConnection()
-        yield self.waitGauge(0)
+        yield self.wait_gauge(0)
         self.proxy.thaw()
         yield first
         deadline = reactor.seconds() + 30
@@ -665,16 +666,16 @@ class PostgresDownAtStartTests(_ServiceMixin, unittest.TestCase):
         self.proxy = CuttableProxy(reactor, parts.get("host", "127.0.0.1"),
                                    int(parts.get("port", 5432)))
         self.addCleanup(self.proxy.stop)
-        self.key = self.createKey(WS)
-        self.service = IngestProcess(reactor, self.serviceDSN(), self.extraArgs)
+        self.key = self.create_key(WS)
+        self.service = IngestProcess(reactor, self.service_dsn(), self.extraArgs)
         self.addCleanup(self.service.stop)
         self.service.spawn()
 
-    def serviceDSN(self):
+    def service_dsn(self):
         return make_dsn(self.dsn, host="127.0.0.1", port=str(self.proxy.port))
 
     @defer.inlineCallbacks
-    def test_startsWithoutPostgres(self):
+    def test_starts_without_postgres(self):
         """
         The service comes up and answers 503 with Retry-After (health and
         sync) while PostgreSQL is away, then prepares its schema and serves
@@ -691,10 +692,10 @@ class PostgresDownAtStartTests(_ServiceMixin, unittest.TestCase):
         self.assertEqual((code, body), (200, {"synced": 1, "duplicates": 0}))
 
 
-def selfSignedCertificate(directory):
+def self_signed_certificate(directory):
     """
     Write a key and a self-signed certificate for "localhost" into
-    C{directory}; return C{(keyPath, certPath, certPEM)}.
+    C{directory}; return C{(key_path, cert_path, cert_pem)}.
     """
     import datetime
 
@@ -715,16 +716,16 @@ def selfSignedCertificate(directory):
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
             .sign(key, hashes.SHA256()))
     os.makedirs(directory)
-    keyPath = os.path.join(directory, "key.pem")
-    certPath = os.path.join(directory, "cert.pem")
-    with open(keyPath, "wb") as f:
+    key_path = os.path.join(directory, "key.pem")
+    cert_path = os.path.join(directory, "cert.pem")
+    with open(key_path, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.TraditionalOpenSSL,
                                   serialization.NoEncryption()))
-    certPEM = cert.public_bytes(serialization.Encoding.PEM)
-    with open(certPath, "wb") as f:
-        f.write(certPEM)
-    return keyPath, certPath, certPEM
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    with open(cert_path, "wb") as f:
+        f.write(cert_pem)
+    return key_path, cert_path, cert_pem
 
 
 class TLSTests(_ServiceMixin, unittest.TestCase):
@@ -737,19 +738,19 @@ class TLSTests(_ServiceMixin, unittest.TestCase):
         from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
         self.dsn = testDatabaseDSN(self)
         truncate(self.dsn)
-        self.key = self.createKey(WS)
-        keyPath, certPath, certPEM = selfSignedCertificate(os.path.abspath(self.mktemp()))
-        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(certPEM))
+        self.key = self.create_key(WS)
+        key_path, cert_path, cert_pem = self_signed_certificate(os.path.abspath(self.mktemp()))
+        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(cert_pem))
         from twisted.web.client import HTTPConnectionPool
         self.agent = Agent(reactor, contextFactory=policy,
                            pool=HTTPConnectionPool(reactor, persistent=False))
         self.service = IngestProcess(reactor, self.dsn, LIMIT_ARGS,
-                                     tls=(keyPath, certPath), agent=self.agent)
+                                     tls=(key_path, cert_path), agent=self.agent)
         self.addCleanup(self.service.stop)
         return self.service.start()
 
     @defer.inlineCallbacks
-    def test_syncOverTLS(self):
+    def test_sync_over_tls(self):
         """
         A gzip batch posted over HTTPS to an ssl: listener is stored.
         """

@@ -1,26 +1,16 @@
 """
-Tests for API keys (L{relay.ingest.keys}) and the C{relay keys} command.
+Tests for API keys (L{relay.ingest.keys}): generating, parsing and checking
+them.  The database helpers are tested through the C{relay keys} command
+in L{tests.test_cli_keys}.
 """
 
-import contextlib
-import io
 import uuid
 
-import psycopg2
 from twisted.trial import unittest
 
-from relay.cli import main
 from relay.ingest import keys
-from tests.ingest_support import fetchAll, testDatabaseDSN, truncate
 
 WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
-
-
-def run(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 class KeyFormatTests(unittest.TestCase):
@@ -32,145 +22,31 @@ class KeyFormatTests(unittest.TestCase):
         """
         Keys are unique, parse back to their id, and hash to 32 bytes.
         """
-        a, b = keys.generateKey(), keys.generateKey()
+        a, b = keys.generate_key(), keys.generate_key()
         self.assertNotEqual(a, b)
-        keyId, key = a
-        self.assertEqual(keys.parseKey(key), keyId)
-        self.assertEqual(len(keys.hashKey(key)), 32)
+        key_id, key = a
+        self.assertEqual(keys.parse_key(key), key_id)
+        self.assertEqual(len(keys.hash_key(key)), 32)
 
-    def test_parseRejects(self):
+    def test_parse_rejects(self):
         """
         Anything not shaped like a key has no id.
         """
-        keyId, key = keys.generateKey()
+        key_id, key = keys.generate_key()
         for bad in ("", "rlk_", key + "x", key[:-1], key.replace("rlk_", "xyz_"),
-                    "rlk_%s_%s" % (keyId, "!" * 43)):
-            self.assertIsNone(keys.parseKey(bad), bad)
+                    "rlk_%s_%s" % (key_id, "!" * 43)):
+            self.assertIsNone(keys.parse_key(bad), bad)
 
     def test_check(self):
         """
         Only the matching, unrevoked hash yields the workspace.
         """
-        _, key = keys.generateKey()
-        _, other = keys.generateKey()
-        h = keys.hashKey(key)
-        self.assertEqual(keys.checkKey(key, (h, WS, False)), uuid.UUID(WS))
-        self.assertIsNone(keys.checkKey(key, (h, WS, True)))
-        self.assertIsNone(keys.checkKey(other, (h, WS, False)))
-        self.assertIsNone(keys.checkKey(key, None))
-        self.assertEqual(keys.checkKey(key, (memoryview(h), uuid.UUID(WS), False)),
+        _, key = keys.generate_key()
+        _, other = keys.generate_key()
+        h = keys.hash_key(key)
+        self.assertEqual(keys.check_key(key, (h, WS, False)), uuid.UUID(WS))
+        self.assertIsNone(keys.check_key(key, (h, WS, True)))
+        self.assertIsNone(keys.check_key(other, (h, WS, False)))
+        self.assertIsNone(keys.check_key(key, None))
+        self.assertEqual(keys.check_key(key, (memoryview(h), uuid.UUID(WS), False)),
                          uuid.UUID(WS))
-
-
-class KeysCommandTests(unittest.TestCase):
-    """
-    C{relay keys create|list|revoke} against the real PostgreSQL.
-    """
-
-    def setUp(self):
-        self.dsn = testDatabaseDSN(self)
-        truncate(self.dsn)
-
-    def test_create(self):
-        """
-        create prints the key alone on the last line; only its hash is
-        stored, with the workspace.
-        """
-        rc, out, err = run("keys", "create", "--workspace", WS, "--postgres", self.dsn)
-        self.assertEqual(rc, 0, err)
-        key = out.splitlines()[-1]
-        keyId = keys.parseKey(key)
-        self.assertIsNotNone(keyId)
-        rows = fetchAll(self.dsn, "SELECT key_id, key_hash, workspace_id::text,"
-                        " revoked_at FROM api_keys")
-        self.assertEqual(len(rows), 1)
-        self.assertEqual(rows[0][0], keyId)
-        self.assertEqual(bytes(rows[0][1]), keys.hashKey(key))
-        self.assertEqual(rows[0][2:], (WS, None))
-        secret = key.rsplit("_", 1)[1]
-        self.assertNotIn(secret, repr(rows))
-
-    def test_listAndRevoke(self):
-        """
-        list shows keys with their revocation; revoke revokes once, says so
-        a second time, and fails on an unknown id.
-        """
-        key = run("keys", "create", "--workspace", WS, "--postgres", self.dsn)[1].splitlines()[-1]
-        keyId = keys.parseKey(key)
-        rc, out, _ = run("keys", "list", "--postgres", self.dsn)
-        self.assertEqual(rc, 0)
-        line = [l for l in out.splitlines() if l.startswith(keyId)][0]
-        self.assertTrue(line.endswith("-"))
-        self.assertNotIn(key, out)
-        rc, out, _ = run("keys", "revoke", keyId, "--postgres", self.dsn)
-        self.assertEqual((rc, out.strip()), (0, "Revoked key %s." % (keyId,)))
-        rc, out, _ = run("keys", "revoke", key, "--postgres", self.dsn)
-        self.assertEqual(rc, 0)
-        self.assertIn("already", out)
-        rc, out, _ = run("keys", "list", "--workspace", WS, "--postgres", self.dsn)
-        line = [l for l in out.splitlines() if l.startswith(keyId)][0]
-        self.assertFalse(line.endswith("-"))
-        rc, _, err = run("keys", "revoke", "0" * 16, "--postgres", self.dsn)
-        self.assertEqual(rc, 1)
-        self.assertIn("no key", err)
-
-    def test_badUsage(self):
-        """
-        A workspace that is not a UUID, or no action, exits 2.
-        """
-        self.assertEqual(run("keys", "create", "--workspace", "nope",
-                             "--postgres", self.dsn)[0], 2)
-        self.assertEqual(run("keys")[0], 2)
-
-    def test_unreachable(self):
-        """
-        An unreachable PostgreSQL exits 3 with a message.
-        """
-        rc, _, err = run("keys", "list", "--postgres",
-                         "host=127.0.0.1 port=1 user=postgres dbname=x connect_timeout=2")
-        self.assertEqual(rc, 3)
-        self.assertIn("cannot connect", err)
-
-    def test_databaseError(self):
-        """
-        A database error (here: a role that may not create the schema) is
-        one line on stderr and exit 1, not a traceback.
-        """
-        from tests.ingest_support import freshDatabase
-        dsn = freshDatabase(self)
-        # Roles are shared by the whole server: a unique name.
-        role = "relay_keys_nobody_%s" % (uuid.uuid4().hex[:8],)
-        conn = psycopg2.connect(dsn)
-        conn.autocommit = True
-        with conn.cursor() as c:
-            c.execute('CREATE ROLE "%s" LOGIN' % (role,))
-            c.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-        conn.close()
-        self.addCleanup(self._dropRole, dsn, role)
-        from psycopg2.extensions import make_dsn
-        rc, out, err = run("keys", "list", "--postgres", make_dsn(dsn, user=role))
-        self.assertEqual(rc, 1)
-        self.assertIn("PostgreSQL error", err)
-        self.assertEqual(len(err.strip().splitlines()), 1)
-
-    def _dropRole(self, dsn, role):
-        conn = psycopg2.connect(dsn)
-        conn.autocommit = True
-        with conn.cursor() as c:
-            c.execute('DROP OWNED BY "%s"' % (role,))
-            c.execute('DROP ROLE "%s"' % (role,))
-        conn.close()
-
-    def test_createMigrates(self):
-        """
-        create works on a database that has no schema yet.
-        """
-        from tests.ingest_support import freshDatabase
-        dsn = freshDatabase(self)
-        rc, out, err = run("keys", "create", "--workspace", WS, "--postgres", dsn)
-        self.assertEqual(rc, 0, err)
-        conn = psycopg2.connect(dsn)
-        with conn.cursor() as c:
-            c.execute("SELECT count(*) FROM api_keys")
-            self.assertEqual(c.fetchone()[0], 1)
-        conn.close()

@@ -24,7 +24,7 @@ class MigrationFilesTests(unittest.TestCase):
         self.assertEqual(found[0][:2], (1, "initial"))
         self.assertEqual([v for v, _, _ in found], list(range(1, len(found) + 1)))
 
-    def test_badName(self):
+    def test_bad_name(self):
         """
         A .sql file not named NNNN_name.sql is an error, not silently
         skipped.
@@ -35,7 +35,7 @@ class MigrationFilesTests(unittest.TestCase):
             f.write("SELECT 1")
         self.assertRaises(ValueError, schema.migrations, d)
 
-    def test_duplicateVersion(self):
+    def test_duplicate_version(self):
         """
         Two files with the same version are an error.
         """
@@ -64,16 +64,16 @@ class MigrateTests(unittest.TestCase):
         self.conn.rollback()
         return rows
 
-    def test_createsSchema(self):
+    def test_creates_schema(self):
         """
         On an empty database the tables, the dedup key and the index are
         created, and a second run applies nothing.
         """
-        self.assertEqual(schema.currentVersion(self.conn), 0)
+        self.assertEqual(schema.current_version(self.conn), 0)
         applied = schema.migrate(self.conn)
         self.assertEqual(applied, [v for v, _, _ in schema.migrations()])
         self.assertEqual(schema.migrate(self.conn), [])
-        self.assertEqual(schema.currentVersion(self.conn), applied[-1])
+        self.assertEqual(schema.current_version(self.conn), applied[-1])
         columns = dict(self.query(
             "SELECT column_name, data_type FROM information_schema.columns"
             " WHERE table_name = 'agent_messages'"))
@@ -92,9 +92,9 @@ class MigrateTests(unittest.TestCase):
                       " USING btree (workspace_id, original_id)",
                       indexes["agent_messages_dedup"])
         self.assertIn("(workspace_id, message_ts)", indexes["agent_messages_workspace_ts"])
-        keyColumns = {r[0] for r in self.query(
+        key_columns = {r[0] for r in self.query(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'")}
-        self.assertEqual(keyColumns,
+        self.assertEqual(key_columns,
                          {"key_id", "key_hash", "workspace_id", "created_at", "revoked_at"})
 
     def test_upgrade(self):
@@ -115,9 +115,9 @@ class MigrateTests(unittest.TestCase):
             f.write("ALTER TABLE ingest_extra ADD COLUMN y int;")
         self.assertEqual(schema.migrate(self.conn, d), [nxt, nxt + 1])
         self.assertEqual(self.query("SELECT count(*) FROM ingest_extra"), [(0,)])
-        self.assertEqual(schema.currentVersion(self.conn), nxt + 1)
+        self.assertEqual(schema.current_version(self.conn), nxt + 1)
 
-    def test_failedMigrationRollsBack(self):
+    def test_failed_migration_rolls_back(self):
         """
         A migration that fails leaves neither its changes nor its version
         row behind.
@@ -128,4 +128,4 @@ class MigrateTests(unittest.TestCase):
             f.write("CREATE TABLE half_done (x int); SELECT no_such_function();")
         self.assertRaises(psycopg2.Error, schema.migrate, self.conn, d)
         self.assertEqual(self.query("SELECT to_regclass('half_done')"), [(None,)])
-        self.assertEqual(schema.currentVersion(self.conn), 0)
+        self.assertEqual(schema.current_version(self.conn), 0)

@@ -14,9 +14,7 @@ from relay.ingest.inserters import (
     CopyInserter,
     IBulkInserter,
     MultiRowInserter,
-    ThresholdInserter,
     UnnestInserter,
-    encodeCopyRows,
 )
 from tests.ingest_support import (
     BASE_TS,
@@ -53,17 +51,17 @@ class _StrategyMixin:
         self.dsn = testDatabaseDSN(self)
         truncate(self.dsn)
         self.starting = []
-        self.inserter = self.makeInserter()
+        self.inserter = self.make_inserter()
         return defer.gatherResults(self.starting)
 
-    def txPool(self):
+    def tx_pool(self):
         pool = db.TxPostgresPool(self.dsn, 2, reactor)
         self.addCleanup(pool.close)
         self.starting.append(pool.start())
         return pool
 
-    def threadPool(self):
-        pool = db.threadPool(self.dsn, 2, reactor)
+    def thread_pool(self):
+        pool = db.thread_pool(self.dsn, 2, reactor)
         self.addCleanup(pool.close)
         return pool
 
@@ -132,7 +130,7 @@ class _StrategyMixin:
         return self.assertInsertsBatchSize(1001)
 
     @defer.inlineCallbacks
-    def test_halfDuplicates(self):
+    def test_half_duplicates(self):
         """
         With half of a batch already stored, only the new half is inserted,
         and the counts say so exactly.
@@ -145,7 +143,7 @@ class _StrategyMixin:
         self.assertEqual(self.count(), 400)
 
     @defer.inlineCallbacks
-    def test_duplicatesInsideBatch(self):
+    def test_duplicates_inside_batch(self):
         """
         Repeats of an id with the same content inside one batch are inserted
         once and counted as duplicates.
@@ -157,7 +155,7 @@ class _StrategyMixin:
         self.assertEqual(self.count(), 150)
 
     @defer.inlineCallbacks
-    def test_collisionsInsideBatch(self):
+    def test_collisions_inside_batch(self):
         """
         Repeats of an id with other content inside one batch are collisions
         (issue 13 point 17; they used to be counted as duplicates and
@@ -176,7 +174,7 @@ class _StrategyMixin:
         self.assertTrue(all(i.startswith("m-7~") for i, _ in others))
 
     @defer.inlineCallbacks
-    def test_collisionAcrossBatches(self):
+    def test_collision_across_batches(self):
         """
         A stored id sent again with other content (a restored store reusing
         ids) is stored and reported, never dropped; sent again it is a
@@ -201,7 +199,7 @@ class _StrategyMixin:
         self.assertEqual(body, [("hello 3",)])
 
     @defer.inlineCallbacks
-    def test_jsonKeyOrderIsNotACollision(self):
+    def test_json_key_order_is_not_a_collision(self):
         """
         The same data object with its keys in another order (jsonb does not
         keep the order) is the same content: a duplicate.
@@ -214,7 +212,7 @@ class _StrategyMixin:
         self.assertEqual((result, result.collisions), ((0, 1), 0))
 
     @defer.inlineCallbacks
-    def test_dedupIsPerWorkspace(self):
+    def test_dedup_is_per_workspace(self):
         """
         The same original id in two workspaces is two rows.
         """
@@ -225,7 +223,7 @@ class _StrategyMixin:
         self.assertEqual(self.count(), 6)
 
     @defer.inlineCallbacks
-    def test_allFieldsRoundTrip(self):
+    def test_all_fields_round_trip(self):
         """
         Every field, including odd text, unicode, nested JSON, nulls,
         booleans and timestamps, is stored exactly as given.
@@ -261,7 +259,7 @@ class _StrategyMixin:
             self.assertEqual(list(got[2:]), expected)
 
     @defer.inlineCallbacks
-    def test_randomTextRoundTrip(self):
+    def test_random_text_round_trip(self):
         """
         Strings of code points drawn from all of Unicode (but NUL and lone
         surrogates, which no JSON body can carry to here), with extra
@@ -300,7 +298,7 @@ class _StrategyMixin:
             self.assertEqual(got[12], json.loads(row[10]))
 
     @defer.inlineCallbacks
-    def test_fiftyThousand(self):
+    def test_fifty_thousand(self):
         """
         A batch of 50,000 rows, a fifth of them repeats of ids already in the
         batch, is inserted exactly with the right counts.
@@ -316,11 +314,11 @@ class MultiRowInserterTests(_StrategyMixin, unittest.TestCase):
     L{MultiRowInserter}, with a chunk size that does not divide the batches.
     """
 
-    def makeInserter(self):
-        return MultiRowInserter(self.txPool(), chunkSize=97)
+    def make_inserter(self):
+        return MultiRowInserter(self.tx_pool(), chunk_size=97)
 
     @defer.inlineCallbacks
-    def test_oneTransaction(self):
+    def test_one_transaction(self):
         """
         When a later chunk fails, the earlier chunks of the same batch are
         rolled back too: nothing of the batch stays behind.
@@ -338,8 +336,8 @@ class UnnestInserterTests(_StrategyMixin, unittest.TestCase):
     L{UnnestInserter}.
     """
 
-    def makeInserter(self):
-        return UnnestInserter(self.txPool())
+    def make_inserter(self):
+        return UnnestInserter(self.tx_pool())
 
 
 class CopyInserterTests(_StrategyMixin, unittest.TestCase):
@@ -347,13 +345,13 @@ class CopyInserterTests(_StrategyMixin, unittest.TestCase):
     L{CopyInserter}, with a small encoding chunk so streaming is exercised.
     """
 
-    def makeInserter(self):
-        inserter = CopyInserter(self.threadPool(), chunkRows=128)
-        inserter.readSize = 4096
+    def make_inserter(self):
+        inserter = CopyInserter(self.thread_pool(), chunk_rows=128)
+        inserter.read_size = 4096
         return inserter
 
     @defer.inlineCallbacks
-    def test_oneTransaction(self):
+    def test_one_transaction(self):
         """
         When the batch fails part-way (a value COPY refuses), nothing of it
         stays behind and the staging table is gone (the next batch on the
@@ -369,40 +367,6 @@ class CopyInserterTests(_StrategyMixin, unittest.TestCase):
         self.assertEqual(result, (5, 0))
 
 
-class ThresholdInserterTests(unittest.TestCase):
-    """
-    L{ThresholdInserter} chooses by batch size.
-    """
-
-    def test_choose(self):
-        """
-        Up to the threshold the small strategy is used, above it the large.
-        """
-        t = ThresholdInserter("small", "large", copyThreshold=1000)
-        self.assertEqual(t.choose([None] * 1000), "small")
-        self.assertEqual(t.choose([None] * 1001), "large")
-        self.assertEqual(t.choose([]), "small")
-
-
-class EncodeCopyRowsTests(unittest.TestCase):
-    """
-    L{encodeCopyRows} writes COPY text format.
-    """
-
-    def test_escapes(self):
-        """
-        Backslash, tab, newline and carriage return are escaped; None is
-        \\N; booleans are t/f.
-        """
-        row = ("a\tb", "c\nd", "e\\f", "g\rh", "message", None, None, None,
-               True, False, None, '{"x": "\\\\"}', 5, None)
-        self.assertEqual(
-            encodeCopyRows([row]),
-            b"a\\tb\tc\\nd\te\\\\f\tg\\rh\tmessage\t\\N\t\\N\t\\N\tt\tf\t\\N\t"
-            b'{"x": "\\\\\\\\"}\t5\t\\N\n',
-        )
-
-
 class ConcurrentBatchesTests(unittest.TestCase):
     """
     Batches inserted at the same time on different connections.
@@ -411,22 +375,22 @@ class ConcurrentBatchesTests(unittest.TestCase):
     def setUp(self):
         self.dsn = testDatabaseDSN(self)
         truncate(self.dsn)
-        self.txPool = db.TxPostgresPool(self.dsn, 4, reactor)
-        self.addCleanup(self.txPool.close)
-        self.threadPool = db.threadPool(self.dsn, 4, reactor)
-        self.addCleanup(self.threadPool.close)
-        return self.txPool.start()
+        self.tx_pool = db.TxPostgresPool(self.dsn, 4, reactor)
+        self.addCleanup(self.tx_pool.close)
+        self.thread_pool = db.thread_pool(self.dsn, 4, reactor)
+        self.addCleanup(self.thread_pool.close)
+        return self.tx_pool.start()
 
     @defer.inlineCallbacks
-    def test_overlappingBatchesDoNotDeadlock(self):
+    def test_overlapping_batches_do_not_deadlock(self):
         """
         Overlapping batches sent in opposite orders at the same time all
         succeed (rows are inserted in one canonical order, so two
         transactions never wait on each other's locks in a cycle), and
         every id is counted exactly once as synced.
         """
-        strategies = [UnnestInserter(self.txPool), MultiRowInserter(self.txPool, 50),
-                      CopyInserter(self.threadPool)]
+        strategies = [UnnestInserter(self.tx_pool), MultiRowInserter(self.tx_pool, 50),
+                      CopyInserter(self.thread_pool)]
         for round_ in range(3):
             truncate(self.dsn)
             forward = [makeRow(i) for i in range(600)]
@@ -438,197 +402,3 @@ class ConcurrentBatchesTests(unittest.TestCase):
             results = yield defer.gatherResults(ds, consumeErrors=True)
             self.assertEqual(sum(r[0] for r in results), 600)
             self.assertEqual(sum(r[1] for r in results), 1800)
-
-
-class DeadlineTests(unittest.TestCase):
-    """
-    L{db.withDeadline} and L{db.withKeepalives}.
-    """
-
-    def test_inTime(self):
-        """
-        A result before the deadline passes through and the timer is gone.
-        """
-        from twisted.internet.task import Clock
-        clock = Clock()
-        d = defer.Deferred()
-        r = db.withDeadline(d, 5, clock)
-        clock.advance(4)
-        d.callback("ok")
-        self.assertEqual(self.successResultOf(r), "ok")
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-    def test_failureInTime(self):
-        """
-        A failure before the deadline passes through.
-        """
-        from twisted.internet.task import Clock
-        clock = Clock()
-        d = defer.Deferred()
-        r = db.withDeadline(d, 5, clock)
-        d.errback(ValueError("x"))
-        self.failureResultOf(r, ValueError)
-
-    def test_late(self):
-        """
-        Past the deadline the result fails with TimeoutError and the original
-        Deferred is cancelled (issue 13 point 15: a waiter must not stay
-        queued; L{db.Admission} makes that cancellation safe); a late
-        outcome of a Deferred that ignores the cancellation is dropped.
-        """
-        from twisted.internet.task import Clock
-        clock = Clock()
-        cancelled = []
-        d = defer.Deferred(cancelled.append)
-        r = db.withDeadline(d, 5, clock)
-        self.assertNoResult(r)
-        clock.advance(5)
-        self.failureResultOf(r, defer.TimeoutError)
-        self.assertEqual(cancelled, [d])
-        self.assertIsNone(self.successResultOf(d))
-        late = defer.Deferred()
-        r = db.withDeadline(late, 5, clock)
-        clock.advance(5)
-        self.failureResultOf(r, defer.TimeoutError)
-        late.errback(ValueError("late"))
-        self.assertIsNone(self.successResultOf(late))
-
-
-class DeadlineCancelTests(unittest.TestCase):
-    """
-    Cancelling what L{db.withDeadline} returned.
-    """
-
-    def test_cancel_reaches_the_operation(self):
-        """
-        A caller that gives up (its client went away) cancels the operation
-        too, and its timer; the caller sees CancelledError.
-        """
-        from twisted.internet.task import Clock
-        clock = Clock()
-        admission = db.Admission(1, 1)
-        admission.run(defer.Deferred)
-        waiting = admission.run(defer.Deferred)
-        r = db.withDeadline(waiting, 5, clock)
-        r.cancel()
-        self.failureResultOf(r, defer.CancelledError)
-        self.assertEqual(admission.waiting, 0)
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-
-class AdmissionTests(unittest.TestCase):
-    """
-    L{db.Admission}: a bounded, cancellable queue of database operations.
-    """
-
-    def setUp(self):
-        self.calls = []
-        self.admission = db.Admission(2, 2)
-
-    def op(self, tag):
-        d = defer.Deferred()
-        self.calls.append((tag, d))
-        return d
-
-    def test_bounded(self):
-        """
-        Two run, two wait, the fifth fails at once with Busy (counted as
-        "unavailable": answered 503), and a freed turn starts the oldest
-        waiter.
-        """
-        a = self.admission
-        running = [a.run(self.op, i) for i in range(2)]
-        waiting = [a.run(self.op, i) for i in range(2, 4)]
-        self.assertEqual((a.running, a.waiting), (2, 2))
-        f = self.failureResultOf(a.run(self.op, 4), db.Busy)
-        self.assertTrue(db.isUnavailable(f))
-        self.assertEqual([t for t, _ in self.calls], [0, 1])
-        self.calls[0][1].callback("zero")
-        self.assertEqual(self.successResultOf(running[0]), "zero")
-        self.assertEqual([t for t, _ in self.calls], [0, 1, 2])
-        self.assertNoResult(waiting[0])
-
-    def test_cancel_waiting_drops_its_rows(self):
-        """
-        Cancelling a waiting operation takes it out of the queue at once,
-        its arguments (the rows) are no longer referenced, and it never runs.
-        """
-        import gc
-        import weakref
-
-        class Rows(list):
-            pass
-
-        a = self.admission
-        a.run(self.op, "r1")
-        a.run(self.op, "r2")
-        rows = Rows([("m-1",)])
-        ref = weakref.ref(rows)
-        d = a.run(self.op, rows)
-        del rows
-        self.assertEqual(a.waiting, 1)
-        d.cancel()
-        self.failureResultOf(d, defer.CancelledError)
-        self.assertEqual(a.waiting, 0)
-        gc.collect()
-        self.assertIsNone(ref())
-        self.calls[0][1].callback(None)
-        self.assertEqual([t for t, _ in self.calls], ["r1", "r2"])
-
-    def test_cancel_running_does_not_cancel_the_query(self):
-        """
-        Cancelling a running operation fails its Deferred with CancelledError
-        but does not cancel the operation itself (txpostgres would block in
-        PQcancel); its turn is freed only when it really ends, and its late
-        result is dropped.
-        """
-        a = self.admission
-        d = a.run(self.op, "q")
-        inner = self.calls[0][1]
-        d.cancel()
-        self.failureResultOf(d, defer.CancelledError)
-        self.assertFalse(inner.called)
-        self.assertEqual(a.running, 1)
-        inner.errback(ValueError("late"))
-        self.assertEqual(a.running, 0)
-
-    def test_cancel_after_start_from_queue(self):
-        """
-        A waiter that has started (its turn came) is treated as running when
-        cancelled: the operation goes on, the caller gets CancelledError.
-        """
-        a = self.admission
-        a.run(self.op, 0)
-        a.run(self.op, 1)
-        d = a.run(self.op, 2)
-        self.calls[0][1].callback(None)
-        d.cancel()
-        self.failureResultOf(d, defer.CancelledError)
-        self.assertEqual(a.running, 2)
-        self.calls[2][1].callback("done")
-        self.assertEqual(a.running, 1)
-
-    def test_on_change(self):
-        """
-        The change callback sees every queue length (the metrics gauge).
-        """
-        seen = []
-        a = db.Admission(1, 3, lambda adm: seen.append(adm.waiting))
-        first = a.run(self.op, 0)
-        d = a.run(self.op, 1)
-        d.cancel()
-        self.failureResultOf(d, defer.CancelledError)
-        self.calls[0][1].callback(None)
-        self.successResultOf(first)
-        self.assertEqual(seen[-1], 0)
-        self.assertIn(1, seen)
-
-    def test_keepalives(self):
-        """
-        Keepalive settings are added to a DSN, without overriding its own.
-        """
-        from psycopg2.extensions import parse_dsn
-        got = parse_dsn(db.withKeepalives("host=h dbname=d keepalives_idle=7"))
-        self.assertEqual(got["keepalives_idle"], "7")
-        self.assertEqual(got["keepalives_count"], "3")
-        self.assertEqual((got["host"], got["dbname"]), ("h", "d"))

@@ -46,14 +46,14 @@ class OptionsTests(unittest.TestCase):
         os.environ["RELAY_POSTGRES_DSN"] = "host=db.example dbname=relay"
         self.assertEqual(self.parse()["postgres"], "host=db.example dbname=relay")
 
-    def test_listenRepeatable(self):
+    def test_listen_repeatable(self):
         """
         --listen may be given several times.
         """
         o = self.parse("--listen", "tcp:1", "--listen", "unix:/tmp/ingest.sock")
         self.assertEqual(o["listen"], ["tcp:1", "unix:/tmp/ingest.sock"])
 
-    def test_badValues(self):
+    def test_bad_values(self):
         """
         Bad numbers, strategies, DSNs and listen descriptions are usage
         errors.
@@ -85,7 +85,7 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(len(children), 3)
         self.assertIsInstance(children[0], tap.IngestService)
 
-    def test_bindFailureIsLoud(self):
+    def test_bind_failure_is_loud(self):
         """
         When a port cannot be bound, starting the service raises.
         """
@@ -104,7 +104,7 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIn("relay-ingest", makers)
         self.assertIsInstance(makers["relay-ingest"].options(), tap.Options)
 
-    def test_noPrometheusAtDiscovery(self):
+    def test_no_prometheus_at_discovery(self):
         """
         Neither the plugin module nor the tap module imports
         prometheus_client; only makeService does.

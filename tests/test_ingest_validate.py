@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from relay.ingest.validate import MAX_MS, BadRequest, parseBatch, parseMessage
+from relay.ingest.validate import MAX_MS, BadRequest, parse_batch, parse_message
 from tests.ingest_support import makeMessage
 
 WS = uuid.UUID("6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01")
@@ -21,16 +21,16 @@ def body(messages, workspace=str(WS), daemon=DAEMON):
 
 class ParseMessageTests(unittest.TestCase):
     """
-    L{parseMessage} accepts valid messages and names the field of an
+    L{parse_message} accepts valid messages and names the field of an
     invalid one.
     """
 
     def assertBad(self, message, field, index=3):
-        e = self.assertRaises(BadRequest, parseMessage, index, message)
+        e = self.assertRaises(BadRequest, parse_message, index, message)
         self.assertEqual(e.status, 400)
         self.assertEqual(e.field, field)
         self.assertEqual(e.index, index)
-        js = e.toJSON()
+        js = e.to_json()
         self.assertEqual((js["index"], js["field"]), (index, field))
         self.assertIn("message %d" % (index,), js["error"])
         return e
@@ -41,11 +41,11 @@ class ParseMessageTests(unittest.TestCase):
         """
         m = makeMessage(1, channel="#c", expires_at=5, data={"a": [1]},
                         payload_meta={"b": None}, is_urgent=True)
-        self.assertEqual(parseMessage(0, m), (
+        self.assertEqual(parse_message(0, m), (
             "m-1", "agent-a", "agent-b", "hello 1", "message", None, None, "#c",
             False, True, '{"a":[1]}', '{"b":null}', m["ts"], 5))
 
-    def test_optionalFields(self):
+    def test_optional_fields(self):
         """
         channel, expires_at, topic, thread, data, payload_meta and the
         booleans may be left out; unknown fields are ignored.
@@ -53,25 +53,25 @@ class ParseMessageTests(unittest.TestCase):
         m = makeMessage(1, extra="ignored")
         for name in ("topic", "thread", "data", "payload_meta", "is_broadcast", "is_urgent"):
             del m[name]
-        row = parseMessage(0, m)
+        row = parse_message(0, m)
         self.assertEqual(row[5:12], (None, None, None, False, False, None, None))
         self.assertIsNone(row[13])
 
-    def test_missingId(self):
+    def test_missing_id(self):
         """
         A message without an id is refused naming "id", with a null id.
         """
         m = makeMessage(1)
         del m["id"]
         e = self.assertBad(m, "id")
-        self.assertIsNone(e.messageId)
+        self.assertIsNone(e.message_id)
 
-    def test_idLength(self):
+    def test_id_length(self):
         """
         An id of 255 characters (even non-ASCII ones) is fine, 256 or 0 is
         not.
         """
-        parseMessage(0, makeMessage(1, id="\u00e9" * 255))
+        parse_message(0, makeMessage(1, id="\u00e9" * 255))
         self.assertBad(makeMessage(1, id="x" * 256), "id")
         self.assertBad(makeMessage(1, id=""), "id")
         self.assertBad(makeMessage(1, id=17), "id")
@@ -83,17 +83,17 @@ class ParseMessageTests(unittest.TestCase):
         """
         for field in ("body", "from", "to", "topic", "thread", "channel"):
             e = self.assertBad(makeMessage(1, **{field: "a\x00b"}), field)
-            self.assertEqual(e.messageId, "m-1")
+            self.assertEqual(e.message_id, "m-1")
         self.assertBad(makeMessage(1, id="a\x00"), "id")
         self.assertBad(makeMessage(1, data={"k": ["x", {"y": "\x00"}]}), "data")
         self.assertBad(makeMessage(1, payload_meta={"\x00key": 1}), "payload_meta")
 
-    def test_backslashUNotNul(self):
+    def test_backslash_u_not_nul(self):
         """
         A string holding a backslash followed by "u0000" is text, not a NUL,
         and is accepted.
         """
-        row = parseMessage(0, makeMessage(1, data={"k": "\\u0000"}))
+        row = parse_message(0, makeMessage(1, data={"k": "\\u0000"}))
         self.assertEqual(row[10], '{"k":"\\\\u0000"}')
 
     def test_types(self):
@@ -111,14 +111,14 @@ class ParseMessageTests(unittest.TestCase):
         for field, value in cases:
             self.assertBad(makeMessage(1, **{field: value}), field)
 
-    def test_notAnObject(self):
+    def test_not_an_object(self):
         """
         A message that is not a JSON object is refused with its index.
         """
         e = self.assertBad("hello", "message", index=0)
-        self.assertIsNone(e.messageId)
+        self.assertIsNone(e.message_id)
 
-    def test_unencodableData(self):
+    def test_unencodable_data(self):
         """
         A data value orjson cannot encode (an integer over 64 bits, a lone
         surrogate) is refused naming the field, not a crash.
@@ -138,21 +138,21 @@ class ParseMessageTests(unittest.TestCase):
                                                        blacklist_categories=("Cs",))),
                                  children, max_size=3),
                max_leaves=8))
-    def test_anyNulFreeTextAccepted(self, text, data):
+    def test_any_nul_free_text_accepted(self, text, data):
         """
         Any NUL-free text and any NUL-free JSON object are accepted and kept
         as given.  (Lone surrogates are left out: they cannot come out of
         orjson.loads, which refuses them as invalid JSON.)
         """
         import orjson
-        row = parseMessage(0, makeMessage(1, id=text[:255], body=text, topic=text,
+        row = parse_message(0, makeMessage(1, id=text[:255], body=text, topic=text,
                                           data={"v": data}))
         self.assertEqual((row[0], row[3], row[5]), (text[:255], text, text))
         self.assertEqual(orjson.loads(row[10]), {"v": data})
 
     @settings(max_examples=100, deadline=None)
     @given(prefix=st.text(), suffix=st.text())
-    def test_anyNulRefused(self, prefix, suffix):
+    def test_any_nul_refused(self, prefix, suffix):
         """
         Any body holding a NUL is refused naming "body".
         """
@@ -161,7 +161,7 @@ class ParseMessageTests(unittest.TestCase):
 
 class ParseBatchTests(unittest.TestCase):
     """
-    L{parseBatch} checks the envelope and reports the first bad message.
+    L{parse_batch} checks the envelope and reports the first bad message.
     """
 
     def test_valid(self):
@@ -169,22 +169,22 @@ class ParseBatchTests(unittest.TestCase):
         A valid body yields the daemon, the workspace and one row per
         message, in order.
         """
-        batch = parseBatch(body([makeMessage(i) for i in range(3)]), WS)
+        batch = parse_batch(body([makeMessage(i) for i in range(3)]), WS)
         self.assertEqual(batch.daemon_id, DAEMON)
         self.assertEqual(batch.workspace_id, str(WS))
         self.assertEqual([r[0] for r in batch.rows], ["m-0", "m-1", "m-2"])
 
-    def test_workspaceCase(self):
+    def test_workspace_case(self):
         """
         The body's workspace is compared as a UUID, whatever its case.
         """
-        parseBatch(body([], workspace=str(WS).upper()), WS)
+        parse_batch(body([], workspace=str(WS).upper()), WS)
 
-    def test_otherWorkspace(self):
+    def test_other_workspace(self):
         """
         A body claiming another workspace than the key's is 403.
         """
-        e = self.assertRaises(BadRequest, parseBatch,
+        e = self.assertRaises(BadRequest, parse_batch,
                               body([], workspace=str(uuid.uuid4())), WS)
         self.assertEqual(e.status, 403)
 
@@ -198,16 +198,16 @@ class ParseBatchTests(unittest.TestCase):
             body([], daemon="nope"), body([], daemon=None), body([], workspace=5),
         ]
         for value in cases:
-            e = self.assertRaises(BadRequest, parseBatch, value, WS)
+            e = self.assertRaises(BadRequest, parse_batch, value, WS)
             self.assertEqual(e.status, 400, value)
-            self.assertNotIn("index", e.toJSON())
+            self.assertNotIn("index", e.to_json())
 
-    def test_firstBadMessage(self):
+    def test_first_bad_message(self):
         """
         With several bad messages, the first one is named.
         """
         messages = [makeMessage(i) for i in range(6)]
         messages[2]["kind"] = "bogus"
         del messages[4]["id"]
-        e = self.assertRaises(BadRequest, parseBatch, body(messages), WS)
-        self.assertEqual((e.index, e.messageId, e.field), (2, "m-2", "kind"))
+        e = self.assertRaises(BadRequest, parse_batch, body(messages), WS)
+        self.assertEqual((e.index, e.message_id, e.field), (2, "m-2", "kind"))

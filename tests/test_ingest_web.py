@@ -1,234 +1,266 @@
 """
-Tests for the bounded request body, L{relay.ingest.body}.
+Unit tests of the HTTP side of the ingest service, L{relay.ingest.web}:
+L{IngestSite}/L{IngestRequest} driven over a L{StringTransport},
+L{authenticate} and L{KeyCheck} with a stand-in service, and the resource
+tree.  The service against the real PostgreSQL, through the real
+C{twistd relay-ingest}, is tested in L{tests.test_ingest_http}.
 """
 
-import gzip
-import zlib
+import gc
+import uuid
 
+import orjson
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web.resource import Resource
 
-from relay.ingest.body import HOLD_BYTES, BoundedBody, MemoryBudget
+from relay.ingest import keys
+from relay.ingest.metrics import IngestMetrics
 from relay.ingest.validate import BadRequest
+from relay.ingest.web import (
+    IngestSite,
+    KeyCheck,
+    SyncResource,
+    Unavailable,
+    authenticate,
+    build_root,
+)
+
+WS = uuid.UUID("6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01")
 
 
-def feed(body, data, size=1000):
-    for i in range(0, len(data), size):
-        body.write(data[i:i + size])
-    return body
-
-
-class BoundedBodyTests(unittest.TestCase):
+class _Echo(Resource):
     """
-    L{BoundedBody} keeps at most the configured bytes and reports the first
-    problem as a L{BadRequest}.
-    """
-
-    def status(self, body):
-        return self.assertRaises(BadRequest, body.body).status
-
-    def test_plain(self):
-        """
-        A plain body within the limit is kept whole.
-        """
-        b = feed(BoundedBody(100, 1000, None, 10), b"0123456789")
-        self.assertEqual(b.body(), b"0123456789")
-        self.assertEqual(b.tell(), 10)
-
-    def test_declaredTooLarge(self):
-        """
-        A declared Content-Length over the limit is 413 and nothing is kept.
-        """
-        b = feed(BoundedBody(100, 1000, None, 101), b"x" * 101)
-        self.assertEqual(self.status(b), 413)
-        self.assertEqual(b._chunks, [])
-
-    def test_chunkedTooLarge(self):
-        """
-        A body of unknown length is cut off as soon as it passes the limit.
-        """
-        b = BoundedBody(100, 1000, None, None)
-        feed(b, b"x" * 100, 30)
-        self.assertEqual(b.body(), b"x" * 100)
-        b.write(b"y")
-        self.assertEqual(self.status(b), 413)
-        b.write(b"z" * 10000)
-        self.assertEqual(b._chunks, [])
-        self.assertEqual(b.tell(), 10101)
-
-    def test_gzip(self):
-        """
-        A gzip body is inflated as it arrives, in small pieces.
-        """
-        data = b"".join(b"line %d\n" % i for i in range(5000))
-        b = feed(BoundedBody(10 ** 6, 10 ** 6, b"gzip", None), gzip.compress(data), 7)
-        self.assertEqual(b.body(), data)
-
-    def test_inflatedLimitExact(self):
-        """
-        Inflating to exactly the limit is fine; one byte more is 413.
-        """
-        data = b"a" * 5000
-        b = feed(BoundedBody(10 ** 6, 5000, b"gzip", None), gzip.compress(data))
-        self.assertEqual(b.body(), data)
-        b = feed(BoundedBody(10 ** 6, 4999, b"gzip", None), gzip.compress(data))
-        self.assertEqual(self.status(b), 413)
-
-    def test_bombKeepsLittle(self):
-        """
-        A gzip bomb never makes the body hold more than the inflated limit.
-        """
-        c = zlib.compressobj(9, zlib.DEFLATED, 31)
-        bomb = b"".join(c.compress(b"\0" * 2 ** 20) for _ in range(64)) + c.flush()
-        b = BoundedBody(10 ** 7, 2 ** 20, b"gzip", None)
-        peak = 0
-        for i in range(0, len(bomb), 4096):
-            b.write(bomb[i:i + 4096])
-            peak = max(peak, sum(map(len, b._chunks)))
-        self.assertEqual(self.status(b), 413)
-        self.assertLessEqual(peak, 2 ** 20)
-        self.assertLess(len(bomb), 2 ** 20)
-
-    def test_bombInflatesBounded(self):
-        """
-        Even given in one piece, a gzip bomb is never inflated past the
-        limit: the peak of memory allocated while writing it stays near the
-        limit, not near the bomb's 64 MiB.
-        """
-        import tracemalloc
-        c = zlib.compressobj(9, zlib.DEFLATED, 31)
-        bomb = b"".join(c.compress(b"\0" * 2 ** 20) for _ in range(64)) + c.flush()
-        b = BoundedBody(10 ** 7, 2 ** 20, b"gzip", None)
-        tracemalloc.start()
-        self.addCleanup(tracemalloc.stop)
-        b.write(bomb)
-        peak = tracemalloc.get_traced_memory()[1]
-        self.assertEqual(self.status(b), 413)
-        self.assertLess(peak, 4 * 2 ** 20)
-
-    def test_multiMember(self):
-        """
-        Concatenated gzip members inflate to the concatenation.
-        """
-        b = feed(BoundedBody(10 ** 6, 10 ** 6, b"gzip", None),
-                 gzip.compress(b"abc") + gzip.compress(b"def"))
-        self.assertEqual(b.body(), b"abcdef")
-
-    def test_truncatedGzip(self):
-        """
-        A gzip body cut short is 400.
-        """
-        b = feed(BoundedBody(10 ** 6, 10 ** 6, b"gzip", None), gzip.compress(b"x" * 100)[:-5])
-        self.assertEqual(self.status(b), 400)
-
-    def test_emptyGzip(self):
-        """
-        An empty body announced as gzip is 400 (truncated).
-        """
-        self.assertEqual(self.status(BoundedBody(100, 100, b"gzip", 0)), 400)
-
-    def test_corruptGzip(self):
-        """
-        Data that is not gzip is 400.
-        """
-        b = feed(BoundedBody(10 ** 6, 10 ** 6, b"gzip", None), b"definitely not gzip")
-        self.assertEqual(self.status(b), 400)
-
-    def test_unsupportedEncoding(self):
-        """
-        An encoding other than gzip or identity is 415.
-        """
-        self.assertEqual(self.status(BoundedBody(100, 100, b"br", 0)), 415)
-        b = feed(BoundedBody(100, 100, b"identity", None), b"{}")
-        self.assertEqual(b.body(), b"{}")
-
-    def test_discard(self):
-        """
-        In discard mode (no credentials) the body is counted, not kept.
-        """
-        b = feed(BoundedBody(100, 100, None, None, discard=True), b"x" * 50)
-        self.assertEqual(b._chunks, [])
-        self.assertEqual(b.tell(), 50)
-
-
-class BudgetTests(unittest.TestCase):
-    """
-    L{BoundedBody} with a L{MemoryBudget} shared by every request, and the
-    hold/accept/refuse steps of the header-time key check.
+    Answers a POST with the length of the body it read.
     """
 
-    def test_shared_budget(self):
-        """
-        Two bodies share one budget: the one that does not fit fails with
-        503 (kept nothing), and closing a body gives its bytes back.
-        """
-        budget = MemoryBudget(150)
-        a = feed(BoundedBody(1000, 1000, None, None, budget=budget), b"a" * 100)
-        b = feed(BoundedBody(1000, 1000, None, None, budget=budget), b"b" * 100)
-        self.assertEqual(a.body(), b"a" * 100)
-        self.assertEqual(self.status(b), 503)
-        self.assertEqual(budget.used, 100)
-        a.close()
-        self.assertEqual(budget.used, 0)
-        c = feed(BoundedBody(1000, 1000, None, None, budget=budget), b"c" * 150)
-        self.assertEqual(c.body(), b"c" * 150)
+    isLeaf = True
 
-    def test_inflated_bytes_count(self):
-        """
-        For gzip bodies the inflated bytes are what counts against the budget.
-        """
-        budget = MemoryBudget(5000)
-        data = gzip.compress(b"x" * 6000)
-        b = feed(BoundedBody(10 ** 6, 10 ** 6, b"gzip", None, budget=budget), data)
-        self.assertEqual(self.status(b), 503)
-        self.assertEqual(budget.used, 0)
+    def render_POST(self, request):
+        return b"%d" % (len(request.content.body()),)
 
-    def test_hold_then_accept(self):
-        """
-        Bytes that arrive while the key is checked are kept as they are
-        (and counted); accepting processes them (inflating gzip) in order.
-        """
-        budget = MemoryBudget(10 ** 6)
-        raw = b'{"messages": []}' * 10
-        data = gzip.compress(raw)
-        b = BoundedBody(10 ** 6, 10 ** 6, b"gzip", None, budget=budget)
-        b.hold()
-        feed(b, data[:20], 7)
-        self.assertEqual(budget.used, 20)
-        b.accept()
-        feed(b, data[20:], 7)
-        self.assertEqual(b.body(), raw)
-        self.assertEqual(budget.used, len(raw))
 
-    def test_hold_full_asks_for_a_pause(self):
-        """
-        Past HOLD_BYTES held, onHoldFull is called once (the request pauses
-        its transport); nothing is called below it.
-        """
-        calls = []
-        b = BoundedBody(10 ** 7, 10 ** 7, None, None)
-        b.onHoldFull = lambda: calls.append(b.tell())
-        b.hold()
-        feed(b, b"x" * (HOLD_BYTES - 1), 4096)
-        self.assertEqual(calls, [])
-        feed(b, b"x" * 10)
-        self.assertEqual(calls, [HOLD_BYTES - 1 + 10])
-        feed(b, b"x" * HOLD_BYTES, 4096)
-        self.assertEqual(len(calls), 1)
+class _Service:
+    """
+    The attributes of L{relay.ingest.tap.IngestService} that
+    L{authenticate} reads, with a pool that answers from a dict.
+    """
 
-    def test_hold_then_refuse(self):
-        """
-        A refused key drops what was held and everything after it, and gives
-        the budget back; the bytes are still counted.
-        """
-        budget = MemoryBudget(10 ** 6)
-        b = BoundedBody(10 ** 6, 10 ** 6, None, None, budget=budget)
-        b.hold()
-        feed(b, b"x" * 500)
-        b.refuse()
-        feed(b, b"y" * 500)
-        self.assertEqual(budget.used, 0)
-        self.assertEqual(b._chunks, [])
-        self.assertEqual(b.tell(), 1000)
+    db_timeout = 5.0
 
-    def status(self, body):
-        return self.assertRaises(BadRequest, body.body).status
+    def __init__(self, rows=None, ready=True):
+        self.reactor = Clock()
+        self.ready = ready
+        self.rows = rows or {}
+        self.queries = []
+        self.tx_pool = self
+
+    def runQuery(self, sql, params):
+        self.queries.append(params)
+        row = self.rows.get(params[0])
+        return defer.succeed([row] if row is not None else [])
+
+
+def _request(body, headers=b""):
+    return (b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n" % (len(body),)
+            + headers + b"\r\n" + body)
+
+
+class IngestRequestTests(unittest.TestCase):
+    """
+    L{IngestRequest}: the body lives in a bounded buffer that is given back
+    to the site's budget however the request ends.
+    """
+
+    def connect(self):
+        site = IngestSite(_Echo(), max_body_bytes=1000, max_inflated_bytes=1000,
+                          max_buffered_bytes=10000, timeout=None)
+        channel = site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return site, channel, transport
+
+    def test_finished_request_releases_body_cleanly(self):
+        """
+        A request answered normally gives its body's bytes back to the
+        budget, and its finish callback raises nothing (Twisted has already
+        closed and removed the body when it fires: a callback that touched
+        it left an unhandled error behind, reported later against whatever
+        test was running).
+        """
+        site, channel, transport = self.connect()
+        channel.dataReceived(_request(b"x" * 100, b"Authorization: Bearer k\r\n"))
+        self.assertIn(b"\r\n\r\n100", transport.value())
+        self.assertEqual(site.budget.used, 0)
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(AttributeError), [])
+
+    def test_lost_connection_releases_body(self):
+        """
+        A client that goes away half-way through its body gives the bytes
+        held so far back to the budget.
+        """
+        site, channel, transport = self.connect()
+        channel.dataReceived(_request(b"x" * 500, b"Authorization: Bearer k\r\n")[:-200])
+        self.assertEqual(site.budget.used, 300)
+        channel.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(site.budget.used, 0)
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(AttributeError), [])
+
+    def test_no_credentials_keeps_nothing(self):
+        """
+        Without a bearer key the body is counted but never kept.
+        """
+        site, channel, transport = self.connect()
+        channel.dataReceived(_request(b"x" * 500)[:-100])
+        self.assertEqual(site.budget.used, 0)
+
+
+class AuthenticateTests(unittest.TestCase):
+    """
+    L{authenticate} turns an C{Authorization} header into a workspace or
+    a refusal, looking at the database only for well-formed keys.
+    """
+
+    def run_auth(self, service, header):
+        return defer.Deferred.fromCoroutine(authenticate(service, header))
+
+    def test_refusals_before_the_database(self):
+        """
+        A missing header, another scheme, a malformed or undecodable key are
+        401 without a query.
+        """
+        service = _Service()
+        for header in (None, b"", b"Basic abc", b"Bearer nope", b"Bearer \xff\xfe"):
+            f = self.failureResultOf(self.run_auth(service, header), BadRequest)
+            self.assertEqual(f.value.status, 401, header)
+        self.assertEqual(service.queries, [])
+
+    def test_good_unknown_and_revoked(self):
+        """
+        A stored key gives its workspace; an unknown id or a revoked key is
+        401; the key id is what is looked up.
+        """
+        key_id, key = keys.generate_key()
+        revoked_id, revoked = keys.generate_key()
+        service = _Service({
+            key_id: (keys.hash_key(key), str(WS), False),
+            revoked_id: (keys.hash_key(revoked), str(WS), True),
+        })
+        self.assertEqual(
+            self.successResultOf(self.run_auth(service, b"Bearer " + key.encode())), WS)
+        self.assertEqual(service.queries, [(key_id,)])
+        for other in (revoked, keys.generate_key()[1]):
+            f = self.failureResultOf(self.run_auth(service, b"bearer " + other.encode()),
+                                     BadRequest)
+            self.assertEqual(f.value.status, 401)
+
+    def test_not_ready_is_unavailable(self):
+        """
+        Before the schema is ready a well-formed key cannot be checked:
+        L{Unavailable} (answered 503), not 401.
+        """
+        key = keys.generate_key()[1]
+        self.failureResultOf(self.run_auth(_Service(ready=False), b"Bearer " + key.encode()),
+                             Unavailable)
+
+
+class KeyCheckTests(unittest.TestCase):
+    """
+    L{KeyCheck} keeps the outcome of a key check as a value.
+    """
+
+    def test_good(self):
+        """
+        A good key's workspace is the result, for waiters before and after.
+        """
+        d = defer.Deferred()
+        check = KeyCheck(d)
+        early = check.wait()
+        self.assertNoResult(early)
+        d.callback(WS)
+        self.successResultOf(early)
+        self.successResultOf(check.wait())
+        self.assertEqual(
+            self.successResultOf(defer.Deferred.fromCoroutine(check.result())), WS)
+
+    def test_errors(self):
+        """
+        A refusal is kept as it is, a cancelled check is L{Unavailable}, and
+        any other error is logged and kept as a 500; none is left unhandled.
+        """
+        for error, expected in ((BadRequest(401, "no"), BadRequest),
+                                (defer.CancelledError(), Unavailable),
+                                (KeyError("bug"), BadRequest)):
+            check = KeyCheck(defer.fail(error))
+            self.assertTrue(check.done)
+            self.assertIsInstance(check.error, expected)
+            self.failureResultOf(defer.Deferred.fromCoroutine(check.result()), expected)
+        self.assertEqual(check.error.status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_cancel(self):
+        """
+        Cancelling a pending check cancels its lookup; a finished one is
+        left alone.
+        """
+        cancelled = []
+        check = KeyCheck(defer.Deferred(cancelled.append))
+        check.cancel()
+        self.assertEqual(len(cancelled), 1)
+        self.assertIsInstance(check.error, Unavailable)
+        done = KeyCheck(defer.succeed(WS))
+        done.cancel()
+        self.assertEqual(done.workspace, WS)
+
+
+class BuildRootTests(unittest.TestCase):
+    """
+    L{build_root} serves the sync resource, health and metrics.
+    """
+
+    def test_paths(self):
+        """
+        The tree has C{/api/daemons/messages/sync}, C{/healthz} and
+        C{/metrics} (the given resource).
+        """
+        metrics = Resource()
+        root = build_root(object(), metrics)
+        sync = root.children[b"api"].children[b"daemons"].children[b"messages"].children[b"sync"]
+        self.assertIsInstance(sync, SyncResource)
+        self.assertIn(b"healthz", root.children)
+        self.assertIs(root.children[b"metrics"], metrics)
+
+    def test_metrics_count_answers(self):
+        """
+        Every answer of the sync resource is counted by status.
+        """
+        service = _Service()
+        service.metrics = IngestMetrics()
+        resource = SyncResource(service)
+
+        class _Request:
+            _disconnected = False
+            code = None
+
+            def setResponseCode(self, code):
+                self.code = code
+
+            def setHeader(self, name, value):
+                pass
+
+            def write(self, data):
+                self.body = orjson.loads(data)
+
+            def finish(self):
+                pass
+
+        request = _Request()
+        resource._answer(request, 400, {"error": "x"})
+        self.assertEqual(request.code, 400)
+        self.assertIn(b'relay_ingest_requests_total{status="400"} 1.0',
+                      service.metrics.render())

@@ -39,7 +39,7 @@ class SyncToIngestTests(unittest.TestCase):
         self.workspace = str(uuid.uuid4())
         conn = psycopg2.connect(self.dsn)
         try:
-            self.key = keys.createKey(conn, self.workspace)[1]
+            self.key = keys.create_key(conn, self.workspace)[1]
         finally:
             conn.close()
         self.ingest = None

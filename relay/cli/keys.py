@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_keys -*-
+# -*- test-case-name: tests.test_cli_keys -*-
 """
 C{relay keys}: manage the API keys of the ingest service.
 
@@ -19,6 +19,10 @@ from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail
 
 
 def _dsn(args):
+    """
+    The DSN to use: C{--postgres}, else C{$RELAY_POSTGRES_DSN}, else the
+    local server.
+    """
     from relay.ingest.db import DEFAULT_DSN
     return args.postgres or os.environ.get("RELAY_POSTGRES_DSN") or DEFAULT_DSN
 
@@ -44,7 +48,7 @@ def _connect(args):
     return conn
 
 
-def _databaseErrors(command):
+def _database_errors(command):
     """
     Report a database error (permissions, a broken schema...) in one line
     and exit 1, instead of a traceback.
@@ -62,6 +66,9 @@ def _databaseErrors(command):
 
 
 def _workspace(value):
+    """
+    C{value} as a L{uuid.UUID}, or L{None} after printing why not.
+    """
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -69,9 +76,14 @@ def _workspace(value):
         return None
 
 
-@_databaseErrors
+@_database_errors
 def create(args):
-    from relay.ingest.keys import createKey
+    """
+    C{relay keys create}: store a new key and print it once, last.
+
+    @return: the exit status.
+    """
+    from relay.ingest.keys import create_key
     workspace = _workspace(args.workspace)
     if workspace is None:
         return EXIT_USAGE
@@ -79,18 +91,24 @@ def create(args):
     if conn is None:
         return EXIT_UNREACHABLE
     try:
-        keyId, key = createKey(conn, workspace)
+        key_id, key = create_key(conn, workspace)
     finally:
         conn.close()
-    print("Created key %s for workspace %s." % (keyId, workspace))
+    print("Created key %s for workspace %s." % (key_id, workspace))
     print("It is shown only this once; store it now. The key:")
     print(key)
     return EXIT_OK
 
 
-@_databaseErrors
+@_database_errors
 def list_(args):
-    from relay.ingest.keys import listKeys
+    """
+    C{relay keys list}: print the keys (never the keys themselves), oldest
+    first.
+
+    @return: the exit status.
+    """
+    from relay.ingest.keys import list_keys
     workspace = None
     if args.workspace is not None:
         workspace = _workspace(args.workspace)
@@ -100,25 +118,30 @@ def list_(args):
     if conn is None:
         return EXIT_UNREACHABLE
     try:
-        rows = listKeys(conn, workspace)
+        rows = list_keys(conn, workspace)
     finally:
         conn.close()
     print("%-16s  %-36s  %-25s  %s" % ("KEY ID", "WORKSPACE", "CREATED", "REVOKED"))
-    for keyId, ws, created, revoked in rows:
+    for key_id, ws, created, revoked in rows:
         print("%-16s  %-36s  %-25s  %s" % (
-            keyId, ws, created.isoformat(timespec="seconds"),
+            key_id, ws, created.isoformat(timespec="seconds"),
             revoked.isoformat(timespec="seconds") if revoked else "-"))
     return EXIT_OK
 
 
-@_databaseErrors
+@_database_errors
 def revoke(args):
-    from relay.ingest.keys import revokeKey
+    """
+    C{relay keys revoke}: revoke a key by its id (or the full key).
+
+    @return: the exit status (1 for an unknown key).
+    """
+    from relay.ingest.keys import revoke_key
     conn = _connect(args)
     if conn is None:
         return EXIT_UNREACHABLE
     try:
-        outcome = revokeKey(conn, args.key_id)
+        outcome = revoke_key(conn, args.key_id)
     finally:
         conn.close()
     if outcome == "unknown":
@@ -144,6 +167,9 @@ unreachable.
 
 
 def register(subparsers):
+    """
+    Add C{keys} and its actions to the C{relay} command's C{subparsers}.
+    """
     parser = subparsers.add_parser(
         "keys", help="manage ingest service API keys",
         description="Create, list and revoke API keys of the ingest service.",

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_ingest_tap -*-
 """
 The ingest service: receives sync batches from relay daemons over HTTP and
-bulk-inserts them into PostgreSQL (``twistd relay-ingest``).
+bulk-inserts them into PostgreSQL (C{twistd relay-ingest}).
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_web -*-
+# -*- test-case-name: tests.test_ingest_body -*-
 """
 Request bodies held in bounded memory.
 
@@ -19,10 +19,14 @@ class MemoryBudget:
     The bytes of request bodies (as received, or inflated) that all requests
     together may hold in memory.
 
+    @ivar limit: the most bytes held at once.
     @ivar used: bytes held now.
     """
 
     def __init__(self, limit):
+        """
+        @param limit: the most bytes all bodies together may hold.
+        """
         self.limit = limit
         self.used = 0
 
@@ -36,6 +40,9 @@ class MemoryBudget:
         return True
 
     def give(self, n):
+        """
+        Release C{n} bytes taken before with L{take}.
+        """
         self.used -= n
 
 
@@ -51,7 +58,7 @@ class BoundedBody:
     up to the limits, and records the first problem as a L{BadRequest}.
 
     While the API key is being checked (L{hold}) the bytes that arrive are
-    kept as they are, up to L{HOLD_BYTES}; then C{onHoldFull} is called (the
+    kept as they are, up to L{HOLD_BYTES}; then C{on_hold_full} is called (the
     request pauses its transport).  L{accept} then processes them, L{refuse}
     drops them and every later byte.  Every byte kept is taken from C{budget} (a
     L{MemoryBudget} shared by all requests) and given back by L{close}; a
@@ -59,12 +66,28 @@ class BoundedBody:
 
     @ivar error: L{None}, or the L{BadRequest} to answer with.
     @ivar received: bytes received on the wire for this body.
+    @ivar on_hold_full: L{None}, or a callable called (once, with no
+        arguments) when the held bytes reach L{HOLD_BYTES}.
     """
 
-    def __init__(self, maxBodyBytes, maxInflatedBytes, encoding, declaredLength,
+    def __init__(self, max_body_bytes, max_inflated_bytes, encoding, declared_length,
                  discard=False, metrics=None, budget=None):
-        self.maxBodyBytes = maxBodyBytes
-        self.maxInflatedBytes = maxInflatedBytes
+        """
+        @param max_body_bytes: the most bytes accepted on the wire (413 past it).
+        @param max_inflated_bytes: the most bytes a gzip body may inflate to
+            (413 past it).
+        @param encoding: the request's C{Content-Encoding} (lower-cased
+            L{bytes}), or L{None}: identity or gzip, anything else is 415.
+        @param declared_length: the C{Content-Length}, or L{None} when chunked.
+        @param discard: count the bytes but keep none (a request without
+            credentials).
+        @param metrics: an L{relay.ingest.metrics.IngestMetrics} whose
+            C{bytes_in} counts the wire bytes, or L{None}.
+        @param budget: the L{MemoryBudget} shared by all requests, or L{None}
+            for no shared bound.
+        """
+        self.max_body_bytes = max_body_bytes
+        self.max_inflated_bytes = max_inflated_bytes
         self.received = 0
         self.inflated = 0
         self.error = None
@@ -74,9 +97,8 @@ class BoundedBody:
         self._budget = budget
         self._held = 0
         self._pending = None
-        self._pendingBytes = 0
-        #: Called once when the held bytes reach L{HOLD_BYTES}.
-        self.onHoldFull = None
+        self._pending_bytes = 0
+        self.on_hold_full = None
         self._inflater = None
         if encoding in (None, b"identity"):
             pass
@@ -85,8 +107,8 @@ class BoundedBody:
         else:
             self._fail(415, "unsupported Content-Encoding %r (use gzip or none)"
                        % (encoding.decode("latin-1"),))
-        if declaredLength is not None and declaredLength > maxBodyBytes:
-            self._tooLarge()
+        if declared_length is not None and declared_length > max_body_bytes:
+            self._too_large()
 
     def _fail(self, status, message):
         if self.error is None:
@@ -108,12 +130,12 @@ class BoundedBody:
         self._fail(503, "the ingest holds too many request bodies in memory; retry later")
         return False
 
-    def _tooLarge(self):
-        self._fail(413, "request body is larger than %d bytes" % (self.maxBodyBytes,))
+    def _too_large(self):
+        self._fail(413, "request body is larger than %d bytes" % (self.max_body_bytes,))
 
-    def _inflatedTooLarge(self):
+    def _inflated_too_large(self):
         self._fail(413, "inflated request body is larger than %d bytes"
-                   % (self.maxInflatedBytes,))
+                   % (self.max_inflated_bytes,))
 
     def hold(self):
         """
@@ -145,21 +167,31 @@ class BoundedBody:
         self._discard = True
         self._drop()
 
+    @property
+    def discarding(self):
+        """
+        Whether every byte from now on is counted and dropped.
+        """
+        return self._discard
+
     def write(self, data):
+        """
+        Take the next C{data} (L{bytes}) of the body as it arrives.
+        """
         self.received += len(data)
         if self._metrics is not None:
-            self._metrics.bytesIn.inc(len(data))
+            self._metrics.bytes_in.inc(len(data))
         if self.error is not None or self._discard:
             return
-        if self.received > self.maxBodyBytes:
-            self._tooLarge()
+        if self.received > self.max_body_bytes:
+            self._too_large()
             return
         if self._pending is not None:
             if self._take(len(data)):
                 self._pending.append(data)
-                self._pendingBytes += len(data)
-                if self._pendingBytes >= HOLD_BYTES and self.onHoldFull is not None:
-                    full, self.onHoldFull = self.onHoldFull, None
+                self._pending_bytes += len(data)
+                if self._pending_bytes >= HOLD_BYTES and self.on_hold_full is not None:
+                    full, self.on_hold_full = self.on_hold_full, None
                     full()
             return
         self._process(data)
@@ -178,11 +210,11 @@ class BoundedBody:
 
     def _inflate(self, data):
         while data:
-            room = self.maxInflatedBytes - self.inflated
+            room = self.max_inflated_bytes - self.inflated
             out = self._inflater.decompress(data, room + 1)
             self.inflated += len(out)
-            if self.inflated > self.maxInflatedBytes:
-                self._inflatedTooLarge()
+            if self.inflated > self.max_inflated_bytes:
+                self._inflated_too_large()
                 return
             if out:
                 if not self._take(len(out)):
@@ -206,15 +238,25 @@ class BoundedBody:
             raise BadRequest(400, "the gzip body is truncated")
         return b"".join(self._chunks)
 
-    # The parts of the file interface twisted.web.http.Request uses.
+    # The parts of the file interface twisted.web.http.Request uses: the
+    # body is read with L{body}, never through them.
 
     def tell(self):
+        """
+        @return: the bytes received so far (the file position of a body
+            written to a file).
+        """
         return self.received
 
     def seek(self, offset, whence=0):
-        pass
+        """
+        Ignored: the body is not a file to rewind.
+        """
 
     def read(self, size=-1):
+        """
+        @return: nothing (C{b""}): the body is had with L{body}.
+        """
         return b""
 
     def close(self):

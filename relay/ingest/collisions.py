@@ -15,8 +15,8 @@ message is again a duplicate.
 
 L{resolve} is written without I/O: a generator that yields C{(sql,
 params)} and is sent the fetched rows back, so the same logic runs on a
-txpostgres cursor and on a blocking psycopg2 one (L{runSync},
-L{runAsync}).
+txpostgres cursor and on a blocking psycopg2 one (L{run_sync},
+L{run_async}).
 """
 
 import hashlib
@@ -73,13 +73,13 @@ def disambiguated(row):
     return "%s~%s" % (row[0], digest.hexdigest()[:16])
 
 
-def skippedRows(rows, insertedIds):
+def skipped_rows(rows, inserted_ids):
     """
     The rows of C{rows} (sorted by id, as inserted) that the first INSERT
     skipped: every row whose id was not returned, and every repeat after
     the first of an id that was.
     """
-    inserted = set(insertedIds)
+    inserted = set(inserted_ids)
     seen = set()
     skipped = []
     for row in rows:
@@ -91,7 +91,7 @@ def skippedRows(rows, insertedIds):
     return skipped
 
 
-def resolve(workspaceId, daemonId, rows, insertedIds):
+def resolve(workspace_id, daemon_id, rows, inserted_ids):
     """
     Sort out the rows the first INSERT skipped.
 
@@ -100,16 +100,18 @@ def resolve(workspaceId, daemonId, rows, insertedIds):
     whole batch (C{synced} counts every row stored now, collisions
     included, so C{synced + duplicates == len(rows)}).
 
+    @param workspace_id: the batch's workspace (a UUID string).
+    @param daemon_id: the batch's daemon (a UUID string).
     @param rows: the batch's rows, sorted by id, as they were inserted.
-    @param insertedIds: the ids the first INSERT returned.
+    @param inserted_ids: the ids the first INSERT returned.
     """
-    inserted = len(set(insertedIds))
-    skipped = skippedRows(rows, insertedIds)
+    inserted = len(set(inserted_ids))
+    skipped = skipped_rows(rows, inserted_ids)
     if not skipped:
         return inserted, 0, 0
     names = {row[0] for row in skipped}
     names.update(disambiguated(row) for row in skipped)
-    stored = yield (_SELECT_SQL, (workspaceId, sorted(names)))
+    stored = yield (_SELECT_SQL, (workspace_id, sorted(names)))
     known = {r[0]: content(r) for r in stored}
     duplicates = 0
     pending = {}
@@ -129,7 +131,7 @@ def resolve(workspaceId, daemonId, rows, insertedIds):
     chosen = [pending[i] for i in ids]
     columns = [ids, [r[0] for r in chosen]]
     columns += [list(c) for c in zip(*[r[1:] for r in chosen])]
-    returned = yield (_INSERT_SQL, [workspaceId, daemonId] + columns)
+    returned = yield (_INSERT_SQL, [workspace_id, daemon_id] + columns)
     collisions = len(returned)
     # A disambiguated id already stored with other content cannot happen
     # short of a SHA-256 prefix collision; a concurrent insert of the same
@@ -138,9 +140,13 @@ def resolve(workspaceId, daemonId, rows, insertedIds):
     return inserted + collisions, duplicates, collisions
 
 
-def runSync(cursor, gen):
+def run_sync(cursor, gen):
     """
     Drive L{resolve} on a blocking DB-API cursor.
+
+    @param cursor: a psycopg2 cursor (on an adbapi thread).
+    @param gen: the generator L{resolve} returned.
+    @return: what C{gen} returns.
     """
     try:
         sql, params = next(gen)
@@ -151,9 +157,13 @@ def runSync(cursor, gen):
         return stop.value
 
 
-async def runAsync(cursor, gen):
+async def run_async(cursor, gen):
     """
     Drive L{resolve} on a txpostgres cursor.
+
+    @param cursor: a txpostgres cursor inside its interaction.
+    @param gen: the generator L{resolve} returned.
+    @return: (a coroutine of) what C{gen} returns.
     """
     try:
         sql, params = next(gen)

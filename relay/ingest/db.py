@@ -1,14 +1,15 @@
-# -*- test-case-name: tests.test_ingest_store,tests.test_ingest_http -*-
+# -*- test-case-name: tests.test_ingest_db,tests.test_ingest_store,tests.test_ingest_http -*-
 """
 Connections to PostgreSQL.
 
 L{TxPostgresPool} is a pool of asynchronous txpostgres connections, each with
 its own L{DeadConnectionDetector}: when PostgreSQL goes away a connection
 fails fast with L{ConnectionDead} while it reconnects in the background with
-a capped backoff.  L{threadPool} makes the blocking psycopg2 pool (through
+a capped backoff.  L{thread_pool} makes the blocking psycopg2 pool (through
 L{twisted.enterprise.adbapi}) that the COPY strategy and migrations use.
 
-L{isUnavailable} tells the HTTP layer which failures mean "PostgreSQL is not
+Both pools queue their operations through an
+L{relay.ingest.admission.Admission}.  L{is_unavailable} tells the HTTP layer which failures mean "PostgreSQL is not
 available right now" (answered 503 with Retry-After) rather than a bug.
 """
 
@@ -18,8 +19,9 @@ from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
+
+from relay.ingest.admission import Admission, Busy
 
 DEFAULT_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
@@ -37,7 +39,7 @@ KEEPALIVES = {
 }
 
 
-def withKeepalives(dsn):
+def with_keepalives(dsn):
     """
     Return C{dsn} with L{KEEPALIVES} for the parameters it does not set.
     """
@@ -46,138 +48,7 @@ def withKeepalives(dsn):
     return make_dsn(dsn, **extra) if extra else dsn
 
 
-class Busy(Exception):
-    """
-    Too many database operations are already waiting: refused at once
-    (answered 503 with Retry-After) instead of queued.
-    """
-
-
-class Admission:
-    """
-    At most C{size} operations at once and at most C{maxWaiting} waiting
-    for a turn; beyond that L{run} fails at once with L{Busy}.
-
-    The Deferred L{run} returns can always be cancelled safely: a waiting
-    operation leaves the queue (and its arguments, the batch's rows, are
-    dropped); a running one is left to finish on its own (cancelling a
-    txpostgres query would make a blocking C{PQcancel} call in the reactor
-    thread) and its late result is dropped.
-
-    @ivar waiting: how many operations wait for a turn.
-    @ivar running: how many run.
-    @ivar refused: how many were refused with L{Busy} so far.
-    """
-
-    def __init__(self, size, maxWaiting, onChange=None):
-        self.size = size
-        self.maxWaiting = maxWaiting
-        self.running = 0
-        self.refused = 0
-        self._queue = []
-        self._onChange = onChange
-
-    @property
-    def waiting(self):
-        return len(self._queue)
-
-    def _changed(self):
-        if self._onChange is not None:
-            self._onChange(self)
-
-    def run(self, f, *args, **kwargs):
-        """
-        Call C{f(*args, **kwargs)} when a turn is free.
-
-        @return: a cancellable Deferred with C{f}'s result, or failing with
-            L{Busy} when the queue is full.
-        """
-        if self.running < self.size:
-            return self._start(f, args, kwargs)
-        if len(self._queue) >= self.maxWaiting:
-            self.refused += 1
-            self._changed()
-            return defer.fail(Busy("%d database operations are already waiting" % (
-                len(self._queue),)))
-        entry = []
-
-        def cancel(d):
-            if entry in self._queue:
-                self._queue.remove(entry)
-                del entry[:]
-                self._changed()
-
-        result = defer.Deferred(cancel)
-        entry.extend([result, f, args, kwargs])
-        self._queue.append(entry)
-        self._changed()
-        return result
-
-    def _start(self, f, args, kwargs, result=None):
-        self.running += 1
-        self._changed()
-        shield = result if result is not None else defer.Deferred()
-        inner = defer.maybeDeferred(f, *args, **kwargs)
-
-        def done(outcome):
-            self.running -= 1
-            self._next()
-            if not shield.called:
-                shield.callback(outcome)
-            elif isinstance(outcome, Failure):
-                _log.info("A database operation abandoned earlier failed: {error}",
-                          error=outcome.getErrorMessage())
-
-        inner.addBoth(done)
-        return shield
-
-    def _next(self):
-        while self._queue and self.running < self.size:
-            result, f, args, kwargs = self._queue.pop(0)
-            # Running now: cancelling it from here on only drops its result.
-            result._canceller = None
-            self._start(f, args, kwargs, result)
-        self._changed()
-
-
-def withDeadline(d, seconds, reactor):
-    """
-    Fire with C{d}'s result, or fail with L{defer.TimeoutError} after
-    C{seconds} if C{d} has not fired by then; then C{d} is cancelled (give
-    only Deferreds from L{Admission.run}, whose cancellation never blocks:
-    a waiting operation leaves its queue with its rows, a running one
-    finishes on its own).  Cancelling the returned Deferred cancels C{d}
-    too.  A late result of C{d} is dropped (a batch that
-    commits after its request got 503 is counted as duplicates when the
-    sender retries it).
-    """
-    def cancel(_):
-        # The caller gave up (its client went away): so does C{d}.
-        if timer.active():
-            timer.cancel()
-        d.cancel()
-
-    result = defer.Deferred(cancel)
-
-    def expire():
-        result.errback(defer.TimeoutError("no answer from PostgreSQL in %gs" % (seconds,)))
-        d.cancel()
-
-    timer = reactor.callLater(seconds, expire)
-
-    def fire(outcome):
-        if timer.active():
-            timer.cancel()
-            result.callback(outcome)
-        elif isinstance(outcome, Failure) and not outcome.check(defer.CancelledError):
-            _log.info("A late database operation failed: {error}",
-                      error=outcome.getErrorMessage())
-
-    d.addBoth(fire)
-    return result
-
-
-def isUnavailable(failure):
+def is_unavailable(failure):
     """
     Whether C{failure} means the database cannot be reached or went away.
     """
@@ -195,7 +66,7 @@ def isUnavailable(failure):
     ) is not None
 
 
-def isConnectionFailure(failure):
+def is_connection_failure(failure):
     """
     Whether C{failure} means the connection itself is gone (so it must be
     reconnected), as opposed to an error in one statement (a deadlock, a
@@ -225,7 +96,7 @@ class _Detector(reconnection.DeadConnectionDetector):
 
     def __init__(self, reactor):
         reconnection.DeadConnectionDetector.__init__(
-            self, deathChecker=isConnectionFailure, reconnectionIterator=_backoff,
+            self, deathChecker=is_connection_failure, reconnectionIterator=_backoff,
             reactor=reactor)
 
     def checkForDeadConnection(self, f):
@@ -284,11 +155,23 @@ class TxPostgresPool:
 
     Interactions prefer a live connection; when every connection is dead
     they fail at once with L{reconnection.ConnectionDead}.  At most
-    C{maxWaiting} wait for a connection (L{Admission}); more fail at once
+    C{max_waiting} wait for a connection (L{Admission}); more fail at once
     with L{Busy}.
+
+    It answers C{runInteraction} and C{runQuery} as an
+    L{adbapi.ConnectionPool} does, so the inserters take either.
     """
 
-    def __init__(self, dsn, size, reactor, maxWaiting=None, onChange=None):
+    def __init__(self, dsn, size, reactor, max_waiting=None, on_change=None):
+        """
+        @param dsn: the libpq connection string.
+        @param size: how many connections to keep.
+        @param reactor: the reactor the connections (and their reconnection
+            backoff) run on.
+        @param max_waiting: how many operations may wait for a connection
+            (default: four per connection).
+        @param on_change: given to the L{Admission} (see there).
+        """
         self.dsn = dsn
         self.reactor = reactor
         self._idle = []
@@ -298,7 +181,9 @@ class TxPostgresPool:
             conn = _Connection(reactor=reactor, detector=detector)
             self._all.append(conn)
             self._idle.append(conn)
-        self.admission = Admission(size, size * 4 if maxWaiting is None else maxWaiting, onChange)
+        if max_waiting is None:
+            max_waiting = size * 4
+        self.admission = Admission(size, max_waiting, on_change)
         self._closed = False
 
     def start(self):
@@ -310,17 +195,14 @@ class TxPostgresPool:
         ds = []
         for conn in self._all:
             d = conn.connect(self.dsn)
-            d.addErrback(self._initialFailure, conn)
+            d.addErrback(self._initial_failure, conn)
             ds.append(d)
         return defer.gatherResults(ds)
 
-    def _initialFailure(self, failure, conn):
+    def _initial_failure(self, failure, conn):
         _log.warn("PostgreSQL connection failed, will retry: {error}",
                   error=failure.getErrorMessage())
         conn.detector.checkForDeadConnection(failure)
-
-    def isAlive(self):
-        return any(self._usable(c) for c in self._all)
 
     def runInteraction(self, interaction, *args, **kwargs):
         """
@@ -329,6 +211,9 @@ class TxPostgresPool:
         return self.admission.run(self._run, "runInteraction", interaction, *args, **kwargs)
 
     def runQuery(self, *args, **kwargs):
+        """
+        Run one statement and return its rows, as L{adbapi.ConnectionPool.runQuery}.
+        """
         return self.admission.run(self._run, "runQuery", *args, **kwargs)
 
     def _run(self, method, *args, **kwargs):
@@ -340,18 +225,22 @@ class TxPostgresPool:
         conn = live[0]
         self._idle.remove(conn)
 
-        def putBack(result):
+        def put_back(result):
             self._idle.append(conn)
             return result
 
         d = defer.maybeDeferred(getattr(conn, method), *args, **kwargs)
-        return d.addBoth(putBack)
+        return d.addBoth(put_back)
 
     @staticmethod
     def _usable(conn):
         return not conn.detector.connectionIsDead and conn._connection is not None
 
     def close(self):
+        """
+        Close every connection and stop reconnecting; later operations fail
+        with L{reconnection.ConnectionDead}.
+        """
         self._closed = True
         for conn in self._all:
             conn.detector.stop()
@@ -361,7 +250,7 @@ class TxPostgresPool:
                 pass
 
 
-def _onThreadConnect(connection):
+def _on_thread_connect(connection):
     # The COPY strategy stages rows in a temporary table; let it stay in
     # memory (this only takes effect before the session's first temp table).
     with connection.cursor() as cursor:
@@ -369,9 +258,14 @@ def _onThreadConnect(connection):
     connection.commit()
 
 
-def threadPool(dsn, size, reactor):
+def thread_pool(dsn, size, reactor):
     """
     A blocking psycopg2 pool on threads, for COPY and migrations.
+
+    @param dsn: the libpq connection string.
+    @param size: the most connections (and threads) at once.
+    @param reactor: the reactor the pool reports to.
+    @return: an L{adbapi.ConnectionPool}.
     """
     return adbapi.ConnectionPool(
         "psycopg2",
@@ -380,6 +274,6 @@ def threadPool(dsn, size, reactor):
         cp_max=size,
         cp_reconnect=True,
         cp_noisy=False,
-        cp_openfun=_onThreadConnect,
+        cp_openfun=_on_thread_connect,
         cp_reactor=reactor,
     )

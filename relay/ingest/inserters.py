@@ -1,10 +1,10 @@
-# -*- test-case-name: tests.test_ingest_store -*-
+# -*- test-case-name: tests.test_ingest_inserters,tests.test_ingest_store -*-
 """
 The bulk insert strategies, behind one interface, L{IBulkInserter}.
 
  - L{MultiRowInserter}: txpostgres, multi-row C{INSERT ... VALUES (...), (...)
    ON CONFLICT (workspace_id, original_id) DO NOTHING} in chunks of
-   C{chunkSize} rows, all chunks in one transaction.
+   C{chunk_size} rows, all chunks in one transaction.
  - L{UnnestInserter}: txpostgres, one C{INSERT ... SELECT ... FROM unnest(...)}
    over one array per column, in one transaction.
  - L{CopyInserter}: psycopg2 C{copy_expert} on an adbapi thread: the rows are
@@ -12,7 +12,7 @@ The bulk insert strategies, behind one interface, L{IBulkInserter}.
    table (C{ON COMMIT DROP}), then C{INSERT INTO agent_messages SELECT ...
    FROM staging ON CONFLICT DO NOTHING}, in one transaction.  (txpostgres
    cannot COPY: psycopg2's asynchronous mode refuses it.)
- - L{ThresholdInserter}: picks the first strategy up to C{copyThreshold} rows
+ - L{ThresholdInserter}: picks the first strategy up to C{copy_threshold} rows
    and the COPY strategy above it.
 
 Each strategy inserts a batch's rows sorted by id (a stable sort, so the first
@@ -94,17 +94,20 @@ class IBulkInserter(Interface):
 
     name = Attribute("A short name for metrics and benchmarks.")
 
-    def insert(workspaceId, daemonId, rows):
+    def insert(workspace_id, daemon_id, rows):
         """
         Insert C{rows} (tuples in L{relay.ingest.validate.ROW_COLUMNS} order)
         for one workspace and daemon, skipping rows whose
         C{(workspace_id, original_id)} already exists.
 
+        @param workspace_id: the workspace (a UUID string).
+        @param daemon_id: the daemon that sent the batch (a UUID string).
+        @param rows: a L{list} of row tuples.
         @return: a Deferred firing with L{Counts}.
         """
 
 
-_byId = itemgetter(0)
+_by_id = itemgetter(0)
 
 
 class Counts(tuple):
@@ -121,10 +124,16 @@ class Counts(tuple):
 
     @property
     def synced(self):
+        """
+        Rows stored now, collisions included.
+        """
         return self[0]
 
     @property
     def duplicates(self):
+        """
+        Rows that were already stored with the same content.
+        """
         return self[1]
 
 
@@ -143,14 +152,21 @@ class MultiRowInserter:
 
     name = "multirow"
 
-    def __init__(self, pool, chunkSize=100):
-        if chunkSize < 1:
-            raise ValueError("chunkSize must be at least 1")
+    def __init__(self, pool, chunk_size=100):
+        """
+        @param pool: a L{relay.ingest.db.TxPostgresPool}.
+        @param chunk_size: rows per C{INSERT} statement.
+        """
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
         self.pool = pool
-        self.chunkSize = chunkSize
+        self.chunk_size = chunk_size
         self._sql = {}
 
-    def _statement(self, n):
+    def statement(self, n):
+        """
+        @return: the C{INSERT} statement for C{n} rows (made once per C{n}).
+        """
         sql = self._sql.get(n)
         if sql is None:
             sql = self._sql[n] = (
@@ -159,30 +175,30 @@ class MultiRowInserter:
             )
         return sql
 
-    def insert(self, workspaceId, daemonId, rows):
+    def insert(self, workspace_id, daemon_id, rows):
         if not rows:
             return succeed(_EMPTY)
-        return self.pool.runInteraction(self._interaction, workspaceId, daemonId, rows)
+        return self.pool.runInteraction(self._interaction, workspace_id, daemon_id, rows)
 
-    async def _run(self, cursor, workspaceId, daemonId, rows):
+    async def _run(self, cursor, workspace_id, daemon_id, rows):
         inserted = []
-        rows = sorted(rows, key=_byId)
-        prefix = (workspaceId, daemonId)
-        size = self.chunkSize
+        rows = sorted(rows, key=_by_id)
+        prefix = (workspace_id, daemon_id)
+        size = self.chunk_size
         for start in range(0, len(rows), size):
             chunk = rows[start:start + size]
             params = []
             for row in chunk:
                 params += prefix
                 params += row
-            await cursor.execute(self._statement(len(chunk)), params)
+            await cursor.execute(self.statement(len(chunk)), params)
             inserted += _ids(cursor)
-        result = await _collisions.runAsync(
-            cursor, _collisions.resolve(workspaceId, daemonId, rows, inserted))
+        result = await _collisions.run_async(
+            cursor, _collisions.resolve(workspace_id, daemon_id, rows, inserted))
         return Counts(*result)
 
-    def _interaction(self, cursor, workspaceId, daemonId, rows):
-        return Deferred.fromCoroutine(self._run(cursor, workspaceId, daemonId, rows))
+    def _interaction(self, cursor, workspace_id, daemon_id, rows):
+        return Deferred.fromCoroutine(self._run(cursor, workspace_id, daemon_id, rows))
 
 
 @implementer(IBulkInserter)
@@ -194,23 +210,26 @@ class UnnestInserter:
     name = "unnest"
 
     def __init__(self, pool):
+        """
+        @param pool: a L{relay.ingest.db.TxPostgresPool}.
+        """
         self.pool = pool
 
-    def insert(self, workspaceId, daemonId, rows):
+    def insert(self, workspace_id, daemon_id, rows):
         if not rows:
             return succeed(_EMPTY)
-        return self.pool.runInteraction(self._interaction, workspaceId, daemonId, rows)
+        return self.pool.runInteraction(self._interaction, workspace_id, daemon_id, rows)
 
-    def _interaction(self, cursor, workspaceId, daemonId, rows):
-        return Deferred.fromCoroutine(self._run(cursor, workspaceId, daemonId, rows))
+    def _interaction(self, cursor, workspace_id, daemon_id, rows):
+        return Deferred.fromCoroutine(self._run(cursor, workspace_id, daemon_id, rows))
 
-    async def _run(self, cursor, workspaceId, daemonId, rows):
-        rows = sorted(rows, key=_byId)
-        params = [workspaceId, daemonId]
+    async def _run(self, cursor, workspace_id, daemon_id, rows):
+        rows = sorted(rows, key=_by_id)
+        params = [workspace_id, daemon_id]
         params += [list(column) for column in zip(*rows)]
         await cursor.execute(_UNNEST_SQL, params)
-        result = await _collisions.runAsync(
-            cursor, _collisions.resolve(workspaceId, daemonId, rows, _ids(cursor)))
+        result = await _collisions.run_async(
+            cursor, _collisions.resolve(workspace_id, daemon_id, rows, _ids(cursor)))
         return Counts(*result)
 
 
@@ -222,9 +241,12 @@ def _escape(value):
             .replace("\r", "\\r").replace("\t", "\\t"))
 
 
-def encodeCopyRows(rows):
+def encode_copy_rows(rows):
     """
-    Encode rows as COPY text-format lines (one L{bytes} for all of C{rows}).
+    Encode rows as COPY text-format lines.
+
+    @param rows: row tuples in L{relay.ingest.validate.ROW_COLUMNS} order.
+    @return: one L{bytes} for all of C{rows}, each line ended by a newline.
     """
     esc = _escape
     lines = []
@@ -250,20 +272,28 @@ def encodeCopyRows(rows):
 class CopyStream:
     """
     A file-like object for C{copy_expert}: encodes C{rows} lazily,
-    C{chunkRows} rows at a time, so the whole batch is never one string.
+    C{chunk_rows} rows at a time, so the whole batch is never one string.
     """
 
-    def __init__(self, rows, chunkRows=2000):
+    def __init__(self, rows, chunk_rows=2000):
+        """
+        @param rows: the row tuples to stream.
+        @param chunk_rows: how many rows to encode at a time.
+        """
         self._rows = rows
-        self._chunkRows = chunkRows
+        self._chunk_rows = chunk_rows
         self._next = 0
         self._buffer = b""
 
     def read(self, size=-1):
+        """
+        @return: up to C{size} bytes of COPY text (all that is left for a
+            negative C{size}); C{b""} at the end.
+        """
         while (size < 0 or len(self._buffer) < size) and self._next < len(self._rows):
-            chunk = self._rows[self._next:self._next + self._chunkRows]
+            chunk = self._rows[self._next:self._next + self._chunk_rows]
             self._next += len(chunk)
-            self._buffer += encodeCopyRows(chunk)
+            self._buffer += encode_copy_rows(chunk)
         if size < 0 or len(self._buffer) <= size:
             data, self._buffer = self._buffer, b""
         else:
@@ -271,6 +301,9 @@ class CopyStream:
         return data
 
     def readline(self, size=-1):
+        """
+        Like L{read} (psycopg2 may ask for lines; any cut is fine for COPY).
+        """
         return self.read(size)
 
 
@@ -284,49 +317,62 @@ class CopyInserter:
     name = "copy"
 
     # Bytes handed to psycopg2 per read; rows are encoded a chunk at a time.
-    readSize = 1 << 20
+    read_size = 1 << 20
 
-    def __init__(self, threadPool, chunkRows=2000, admission=None):
-        self.threadPool = threadPool
-        self.chunkRows = chunkRows
+    def __init__(self, thread_pool, chunk_rows=2000, admission=None):
+        """
+        @param thread_pool: an L{adbapi.ConnectionPool} of psycopg2
+            connections (L{relay.ingest.db.thread_pool}).
+        @param chunk_rows: rows encoded at a time (L{CopyStream}).
+        @param admission: L{None}, or the L{relay.ingest.admission.Admission} that
+            bounds the operations waiting for a thread.
+        """
+        self.thread_pool = thread_pool
+        self.chunk_rows = chunk_rows
         self.admission = admission
 
-    def insert(self, workspaceId, daemonId, rows):
+    def insert(self, workspace_id, daemon_id, rows):
         if not rows:
             return succeed(_EMPTY)
         if self.admission is not None:
             # Bounded and cancellable while waiting (the thread pool's own
             # queue is neither).
-            return self.admission.run(self.threadPool.runInteraction, self._interaction,
-                                      workspaceId, daemonId, rows)
-        return self.threadPool.runInteraction(self._interaction, workspaceId, daemonId, rows)
+            return self.admission.run(self.thread_pool.runInteraction, self._interaction,
+                                      workspace_id, daemon_id, rows)
+        return self.thread_pool.runInteraction(self._interaction, workspace_id, daemon_id, rows)
 
-    def _interaction(self, txn, workspaceId, daemonId, rows):
-        rows = sorted(rows, key=_byId)
+    def _interaction(self, txn, workspace_id, daemon_id, rows):
+        rows = sorted(rows, key=_by_id)
         txn.execute(_STAGING_SQL)
-        txn.copy_expert(_COPY_SQL, CopyStream(rows, self.chunkRows), self.readSize)
-        txn.execute(_FROM_STAGING_SQL, (workspaceId, daemonId))
-        result = _collisions.runSync(
-            txn, _collisions.resolve(workspaceId, daemonId, rows, _ids(txn)))
+        txn.copy_expert(_COPY_SQL, CopyStream(rows, self.chunk_rows), self.read_size)
+        txn.execute(_FROM_STAGING_SQL, (workspace_id, daemon_id))
+        result = _collisions.run_sync(
+            txn, _collisions.resolve(workspace_id, daemon_id, rows, _ids(txn)))
         return Counts(*result)
 
 
 @implementer(IBulkInserter)
 class ThresholdInserter:
     """
-    C{small} for batches up to C{copyThreshold} rows, C{large} above.
-
-    @ivar lastStrategy: the name of the strategy most recently chosen.
+    C{small} for batches up to C{copy_threshold} rows, C{large} above.
     """
 
-    def __init__(self, small, large, copyThreshold=1000):
+    def __init__(self, small, large, copy_threshold=1000):
+        """
+        @param small: the L{IBulkInserter} for batches up to C{copy_threshold} rows.
+        @param large: the L{IBulkInserter} for larger ones.
+        @param copy_threshold: the most rows C{small} takes.
+        """
         self.small = small
         self.large = large
-        self.copyThreshold = copyThreshold
+        self.copy_threshold = copy_threshold
         self.name = "threshold"
 
     def choose(self, rows):
-        return self.small if len(rows) <= self.copyThreshold else self.large
+        """
+        @return: the L{IBulkInserter} that inserts C{rows}.
+        """
+        return self.small if len(rows) <= self.copy_threshold else self.large
 
-    def insert(self, workspaceId, daemonId, rows):
-        return self.choose(rows).insert(workspaceId, daemonId, rows)
+    def insert(self, workspace_id, daemon_id, rows):
+        return self.choose(rows).insert(workspace_id, daemon_id, rows)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_keys -*-
+# -*- test-case-name: tests.test_ingest_keys,tests.test_cli_keys -*-
 """
 API keys for the ingest service.
 
@@ -19,30 +19,32 @@ KEY_PREFIX = "rlk_"
 _KEY_RE = re.compile(r"^rlk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 
 
-def generateKey():
+def generate_key():
     """
     Return a new C{(key_id, key)} pair.
     """
-    keyId = secrets.token_hex(8)
-    return keyId, "%s%s_%s" % (KEY_PREFIX, keyId, secrets.token_urlsafe(32))
+    key_id = secrets.token_hex(8)
+    return key_id, "%s%s_%s" % (KEY_PREFIX, key_id, secrets.token_urlsafe(32))
 
 
-def hashKey(key):
+def hash_key(key):
     """
     Return the SHA-256 digest (32 bytes) of C{key}, a L{str}.
     """
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
-def parseKey(key):
+def parse_key(key):
     """
     Return the key id of a well-formed key, or L{None}.
+
+    @param key: the key as given (a L{str}).
     """
     m = _KEY_RE.match(key)
     return m.group(1) if m else None
 
 
-def checkKey(key, row):
+def check_key(key, row):
     """
     Decide whether C{key} is valid for a database C{row}.
 
@@ -52,14 +54,14 @@ def checkKey(key, row):
     """
     if row is None:
         # Still hash and compare, so that an unknown id costs the same.
-        hmac.compare_digest(hashKey(key), b"\0" * 32)
+        hmac.compare_digest(hash_key(key), b"\0" * 32)
         return None
-    keyHash, workspaceId, revoked = row
-    if not hmac.compare_digest(hashKey(key), bytes(keyHash)):
+    key_hash, workspace_id, revoked = row
+    if not hmac.compare_digest(hash_key(key), bytes(key_hash)):
         return None
     if revoked:
         return None
-    return uuid.UUID(str(workspaceId))
+    return uuid.UUID(str(workspace_id))
 
 
 LOOKUP_SQL = (
@@ -71,27 +73,27 @@ LOOKUP_SQL = (
 # Blocking helpers for the "relay keys" command (psycopg2 connection).
 
 
-def createKey(connection, workspaceId):
+def create_key(connection, workspace_id):
     """
-    Store a new key for C{workspaceId} and return C{(key_id, key)}.
+    Store a new key for C{workspace_id} and return C{(key_id, key)}.
     """
-    keyId, key = generateKey()
+    key_id, key = generate_key()
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO api_keys (key_id, key_hash, workspace_id) VALUES (%s, %s, %s)",
-            (keyId, hashKey(key), str(workspaceId)),
+            (key_id, hash_key(key), str(workspace_id)),
         )
     connection.commit()
-    return keyId, key
+    return key_id, key
 
 
-def listKeys(connection, workspaceId=None):
+def list_keys(connection, workspace_id=None):
     """
     Return C{(key_id, workspace_id, created_at, revoked_at)} rows, oldest
     first, optionally only those of one workspace.
     """
     with connection.cursor() as cursor:
-        if workspaceId is None:
+        if workspace_id is None:
             cursor.execute(
                 "SELECT key_id, workspace_id, created_at, revoked_at"
                 " FROM api_keys ORDER BY created_at, key_id"
@@ -100,26 +102,26 @@ def listKeys(connection, workspaceId=None):
             cursor.execute(
                 "SELECT key_id, workspace_id, created_at, revoked_at"
                 " FROM api_keys WHERE workspace_id = %s ORDER BY created_at, key_id",
-                (str(workspaceId),),
+                (str(workspace_id),),
             )
         rows = cursor.fetchall()
     connection.rollback()
     return rows
 
 
-def revokeKey(connection, keyId):
+def revoke_key(connection, key_id):
     """
-    Revoke the key with id C{keyId} (a full key is accepted too).
+    Revoke the key with id C{key_id} (a full key is accepted too).
 
     @return: C{"revoked"}, C{"already"} (it was revoked before) or
         C{"unknown"}.
     """
-    keyId = parseKey(keyId) or keyId
+    key_id = parse_key(key_id) or key_id
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
             " WHERE key_id = %s RETURNING revoked_at = now()",
-            (keyId,),
+            (key_id,),
         )
         row = cursor.fetchone()
     connection.commit()

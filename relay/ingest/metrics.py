@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_http -*-
+# -*- test-case-name: tests.test_ingest_metrics,tests.test_ingest_http -*-
 """
 Prometheus metrics of the ingest service, in a private registry.
 
@@ -26,7 +26,7 @@ class IngestMetrics:
             "relay_ingest_requests", "Sync requests by HTTP status.",
             ["status"], registry=self.registry,
         )
-        self.rowsInserted = Counter(
+        self.rows_inserted = Counter(
             "relay_ingest_rows_inserted", "Message rows newly inserted.",
             registry=self.registry,
         )
@@ -34,7 +34,7 @@ class IngestMetrics:
             "relay_ingest_duplicates", "Message rows skipped as already present.",
             registry=self.registry,
         )
-        self.bytesIn = Counter(
+        self.bytes_in = Counter(
             "relay_ingest_bytes_in", "Request body bytes received, as sent (compressed or not).",
             registry=self.registry,
         )
@@ -42,20 +42,23 @@ class IngestMetrics:
             "relay_ingest_collisions", "Message rows whose id was already stored with other "
             "content (stored under a disambiguated id).", registry=self.registry,
         )
-        self.dbWaiting = Gauge(
+        self.db_waiting = Gauge(
             "relay_ingest_db_waiting", "Database operations waiting for a connection.",
             registry=self.registry,
         )
-        self.dbBusy = Counter(
+        self.db_busy = Counter(
             "relay_ingest_db_busy", "Database operations refused (503) because too many "
             "were already waiting.", registry=self.registry,
         )
-        self.insertSeconds = Histogram(
+        self.insert_seconds = Histogram(
             "relay_ingest_insert_seconds", "Time to insert one batch, by strategy.",
             ["strategy"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
 
     def render(self):
+        """
+        @return: the registry in the Prometheus text format (L{bytes}).
+        """
         return generate_latest(self.registry)
 
 
@@ -67,6 +70,9 @@ class MetricsResource(Resource):
     isLeaf = True
 
     def __init__(self, metrics):
+        """
+        @param metrics: the L{IngestMetrics} to serve.
+        """
         Resource.__init__(self)
         self.metrics = metrics
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_ingest_schema -*-
 """
-Versioned schema migrations, kept as ``NNNN_name.sql`` files in
-``relay/ingest/migrations``.
+Versioned schema migrations, kept as C{NNNN_name.sql} files in
+C{relay/ingest/migrations}.
 
 L{migrate} runs on a plain (blocking) DB-API cursor: the service calls it on
 an L{twisted.enterprise.adbapi} thread at startup, the C{relay keys} command
@@ -81,7 +81,7 @@ def migrate(connection, directory=MIGRATIONS_DIR):
     return applied
 
 
-def currentVersion(connection):
+def current_version(connection):
     """
     Return the highest applied migration version, or 0 for an empty database.
     """

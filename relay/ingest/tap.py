@@ -11,8 +11,8 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
-from relay import compat
-from relay.ingest import db
+from relay import compat, options
+from relay.ingest import admission, db
 
 _log = Logger()
 
@@ -23,19 +23,6 @@ MiB = 1024 * 1024
 # bench_ingest.py measures both; see README.rst for the figures.
 SMALL_STRATEGIES = ("multirow", "unnest")
 DEFAULT_SMALL_STRATEGY = "unnest"
-
-
-def _positiveInt(name):
-    def coerce(value):
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError("%s must be an integer, not %r" % (name, value))
-        if n < 1:
-            raise ValueError("%s must be at least 1, not %d" % (name, n))
-        return n
-    coerce.coerceDoc = "A positive integer."
-    return coerce
 
 
 class Options(compat.ExitOnUsageError, usage.Options):
@@ -53,26 +40,30 @@ class Options(compat.ExitOnUsageError, usage.Options):
     optParameters = [
         ["postgres", None, None,
          "PostgreSQL DSN (default: $RELAY_POSTGRES_DSN, else %r)." % (db.DEFAULT_DSN,)],
-        ["pool-size", None, 4, "PostgreSQL connections per pool.", _positiveInt("--pool-size")],
+        ["pool-size", None, 4, "PostgreSQL connections per pool.",
+         options.positive_int("pool-size")],
         ["chunk-size", None, 100, "Rows per multi-row INSERT statement.",
-         _positiveInt("--chunk-size")],
+         options.positive_int("chunk-size")],
         ["copy-threshold", None, 1000,
-         "Batches of more rows than this go through COPY.", _positiveInt("--copy-threshold")],
+         "Batches of more rows than this go through COPY.",
+         options.positive_int("copy-threshold")],
         ["max-body-bytes", None, 16 * MiB, "Largest request body, as sent.",
-         _positiveInt("--max-body-bytes")],
+         options.positive_int("max-body-bytes")],
         ["max-inflated-bytes", None, 64 * MiB, "Largest request body after gzip inflation.",
-         _positiveInt("--max-inflated-bytes")],
+         options.positive_int("max-inflated-bytes")],
         ["max-buffered-bytes", None, 128 * MiB,
          "Request body bytes (as received, or inflated) held in memory by all requests "
          "together; beyond it a request gets 503 with Retry-After.",
-         _positiveInt("--max-buffered-bytes")],
+         options.positive_int("max-buffered-bytes")],
         ["max-waiting", None, 16,
          "Database operations that may wait for a connection (per pool); more get 503 "
-         "with Retry-After at once.", _positiveInt("--max-waiting")],
+         "with Retry-After at once.", options.positive_int("max-waiting")],
         ["db-timeout", None, 30.0,
-         "Seconds to wait for PostgreSQL before answering 503.", float],
+         "Seconds to wait for PostgreSQL before answering 503.",
+         options.positive_float("db-timeout")],
         ["small-strategy", None, DEFAULT_SMALL_STRATEGY,
-         "Insert strategy up to --copy-threshold rows: %s." % (" or ".join(SMALL_STRATEGIES),)],
+         "Insert strategy up to --copy-threshold rows: %s." % (" or ".join(SMALL_STRATEGIES),),
+         options.choice("small-strategy", SMALL_STRATEGIES)],
     ]
 
     def __init__(self):
@@ -97,11 +88,8 @@ class Options(compat.ExitOnUsageError, usage.Options):
             parse_dsn(self["postgres"])
         except Exception as e:
             raise usage.UsageError("--postgres is not a valid DSN: %s" % (e,))
-        if not self["db-timeout"] > 0:
-            raise usage.UsageError("--db-timeout must be a positive number of seconds")
-        if self["small-strategy"] not in SMALL_STRATEGIES:
-            raise usage.UsageError("--small-strategy must be one of %s"
-                                   % (", ".join(SMALL_STRATEGIES),))
+        # The coercers ran only on what the command line gave.
+        options.convert(self, self.optParameters)
         for description in self["listen"]:
             # Parse it now (without a reactor: nothing listens yet), so a
             # typo or a missing certificate file is a usage error.
@@ -117,20 +105,31 @@ class IngestService(service.Service):
     schema at startup, retrying until PostgreSQL answers.
 
     @ivar ready: whether the schema is current and requests can be served.
+    @ivar tx_pool: the L{db.TxPostgresPool} (key lookups, small batches).
+    @ivar thread_pool: the blocking pool (migrations, COPY).
+    @ivar inserter: the L{relay.ingest.inserters.ThresholdInserter}.
+    @ivar db_timeout: seconds to wait for PostgreSQL before answering 503.
+    @ivar migration_retry_delay: seconds between attempts to prepare the
+        schema while PostgreSQL does not answer.
     """
 
     name = "relay-ingest-db"
-    migrationRetryDelay = 1.0
+    migration_retry_delay = 1.0
 
     def __init__(self, config, reactor, metrics):
+        """
+        @param config: the parsed L{Options}.
+        @param reactor: the reactor the pools and retries run on.
+        @param metrics: the L{relay.ingest.metrics.IngestMetrics} to update.
+        """
         self.config = config
         self.reactor = reactor
         self.metrics = metrics
-        self.dbTimeout = config["db-timeout"]
+        self.db_timeout = config["db-timeout"]
         self.ready = False
-        self.txPool = None
-        self.threadPool = None
-        self.copyAdmission = None
+        self.tx_pool = None
+        self.thread_pool = None
+        self.copy_admission = None
         self._refused = 0
         self.inserter = None
         self._retry = None
@@ -139,33 +138,33 @@ class IngestService(service.Service):
         from relay.ingest import inserters
         service.Service.startService(self)
         c = self.config
-        dsn = db.withKeepalives(c["postgres"])
-        self.txPool = db.TxPostgresPool(dsn, c["pool-size"], self.reactor,
-                                        maxWaiting=c["max-waiting"], onChange=self._queueChanged)
-        self.threadPool = db.threadPool(dsn, c["pool-size"], self.reactor)
-        self.copyAdmission = db.Admission(c["pool-size"], c["max-waiting"], self._queueChanged)
+        dsn = db.with_keepalives(c["postgres"])
+        self.tx_pool = db.TxPostgresPool(dsn, c["pool-size"], self.reactor,
+                                        max_waiting=c["max-waiting"], on_change=self._queue_changed)
+        self.thread_pool = db.thread_pool(dsn, c["pool-size"], self.reactor)
+        self.copy_admission = admission.Admission(c["pool-size"], c["max-waiting"], self._queue_changed)
         if c["small-strategy"] == "multirow":
-            small = inserters.MultiRowInserter(self.txPool, c["chunk-size"])
+            small = inserters.MultiRowInserter(self.tx_pool, c["chunk-size"])
         else:
-            small = inserters.UnnestInserter(self.txPool)
-        large = inserters.CopyInserter(self.threadPool, admission=self.copyAdmission)
+            small = inserters.UnnestInserter(self.tx_pool)
+        large = inserters.CopyInserter(self.thread_pool, admission=self.copy_admission)
         self.inserter = inserters.ThresholdInserter(small, large, c["copy-threshold"])
-        self.txPool.start()
+        self.tx_pool.start()
         self._migrate()
 
-    def _queueChanged(self, _):
-        queues = [q for q in (self.txPool and self.txPool.admission, self.copyAdmission)
+    def _queue_changed(self, _):
+        queues = [q for q in (self.tx_pool and self.tx_pool.admission, self.copy_admission)
                   if q is not None]
-        self.metrics.dbWaiting.set(sum(q.waiting for q in queues))
+        self.metrics.db_waiting.set(sum(q.waiting for q in queues))
         refused = sum(q.refused for q in queues)
         if refused > self._refused:
-            self.metrics.dbBusy.inc(refused - self._refused)
+            self.metrics.db_busy.inc(refused - self._refused)
             self._refused = refused
 
     def _migrate(self):
         from relay.ingest.schema import migrate
         self._retry = None
-        d = self.threadPool.runWithConnection(migrate)
+        d = self.thread_pool.runWithConnection(migrate)
 
         def done(applied):
             if applied:
@@ -178,8 +177,8 @@ class IngestService(service.Service):
             if not self.running:
                 return
             _log.warn("Cannot prepare the schema yet ({error}); retrying in {delay}s",
-                      error=f.getErrorMessage().strip(), delay=self.migrationRetryDelay)
-            self._retry = self.reactor.callLater(self.migrationRetryDelay, self._migrate)
+                      error=f.getErrorMessage().strip(), delay=self.migration_retry_delay)
+            self._retry = self.reactor.callLater(self.migration_retry_delay, self._migrate)
 
         d.addCallbacks(done, failed)
         d.addErrback(lambda f: _log.failure("Schema migration", f))
@@ -189,34 +188,38 @@ class IngestService(service.Service):
         self.ready = False
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        if self.txPool is not None:
-            self.txPool.close()
-        if self.threadPool is not None:
-            self.threadPool.close()
+        if self.tx_pool is not None:
+            self.tx_pool.close()
+        if self.thread_pool is not None:
+            self.thread_pool.close()
 
 
 def makeService(config, reactor=None):
     """
     Build the service tree: the database service and one listener per
     C{--listen}, under one L{service.MultiService}.
+
+    @param config: the parsed L{Options}.
+    @param reactor: the reactor to run on (default: the global one,
+        imported only here).
     """
     if reactor is None:
         from twisted.internet import reactor
-    from relay.ingest import metrics as metricsModule
+    from relay.ingest import metrics as metrics_module
     from relay.ingest import web
 
     top = service.MultiService()
-    metrics = metricsModule.IngestMetrics()
+    metrics = metrics_module.IngestMetrics()
     ingest = IngestService(config, reactor, metrics)
     ingest.setServiceParent(top)
-    root = web.buildRoot(ingest, metricsModule.MetricsResource(metrics))
+    root = web.build_root(ingest, metrics_module.MetricsResource(metrics))
     site = web.IngestSite(
         root,
-        maxBodyBytes=config["max-body-bytes"],
-        maxInflatedBytes=config["max-inflated-bytes"],
+        max_body_bytes=config["max-body-bytes"],
+        max_inflated_bytes=config["max-inflated-bytes"],
         metrics=metrics,
         service=ingest,
-        maxBufferedBytes=config["max-buffered-bytes"],
+        max_buffered_bytes=config["max-buffered-bytes"],
     )
     for description in config["listen"]:
         strports.service(description, site, reactor=reactor).setServiceParent(top)

@@ -2,9 +2,13 @@
 """
 Validation of a sync batch (the wire contract with the daemon's sync side).
 
-L{parseBatch} turns a decoded JSON body into a L{Batch} whose rows are tuples
+L{parse_batch} turns a decoded JSON body into a L{Batch} whose rows are tuples
 in L{ROW_COLUMNS} order, ready for either insert strategy, or raises
 L{BadRequest} naming the first bad message's index, id and field.
+
+The rules the daemon shares (the payload kinds, the C{payload_meta.ttl_ms}
+rule) come from L{relay.wire}, so that nothing the daemon accepts is
+refused here; the rest (the id, timestamp and NUL rules) are PostgreSQL's.
 """
 
 import uuid
@@ -12,7 +16,7 @@ import uuid
 import attr
 import orjson
 
-KINDS = frozenset(["message", "action", "state", "thinking"])
+from relay.wire import KINDS, ttl_problem
 
 # Column order of a validated row.  message_ts and expires_at are kept as
 # integer milliseconds since the epoch; the SQL converts them exactly.
@@ -40,44 +44,35 @@ MAX_MS = 253402300799999
 
 MAX_ID_CHARS = 255
 
-# The longest payload_meta.ttl_ms, shared with the daemon (relay.frames
-# refuses a SEND above it with NACK INVALID): 100 years, so that ts +
-# ttl_ms stays a valid expires_at (before MAX_MS) for any ts until the year
-# 9899, and far below 2**53 (the largest integer JavaScript peers agree on).
-MAX_TTL_MS = 100 * 36525 * 86400 * 10
-
-
-def ttl_problem(value):
-    """
-    What is wrong with C{value} as a C{payload_meta.ttl_ms} (absent is
-    fine), as a phrase, or None: it must be an integer from 1 to
-    L{MAX_TTL_MS}.  The daemon and the ingest both apply this rule.
-    """
-    if value is None:
-        return None
-    if value.__class__ is not int or not 0 < value <= MAX_TTL_MS:
-        return "must be a positive integer of milliseconds up to %d (100 years)" % (MAX_TTL_MS,)
-    return None
-
 
 class BadRequest(Exception):
     """
-    The request is refused with a 4xx status and a JSON error body.
+    The request is refused with a 4xx (or 5xx) status and a JSON error body.
+
+    @ivar status: the HTTP status.
+    @ivar message: what is wrong, in one line.
+    @ivar index: the bad message's position in the batch, or L{None}.
+    @ivar message_id: the bad message's id (when it has a string one).
+    @ivar field: the field at fault, or L{None}.
     """
 
-    def __init__(self, status, message, index=None, messageId=None, field=None):
+    def __init__(self, status, message, index=None, message_id=None, field=None):
         Exception.__init__(self, message)
         self.status = status
         self.message = message
         self.index = index
-        self.messageId = messageId
+        self.message_id = message_id
         self.field = field
 
-    def toJSON(self):
+    def to_json(self):
+        """
+        @return: the error body (a L{dict}): C{error}, and C{index}, C{id}
+            and C{field} for a bad message, or C{field} alone.
+        """
         body = {"error": self.message}
         if self.index is not None:
             body["index"] = self.index
-            body["id"] = self.messageId
+            body["id"] = self.message_id
             body["field"] = self.field
         elif self.field is not None:
             body["field"] = self.field
@@ -100,11 +95,11 @@ def _bad(index, message, field, text):
     if not isinstance(mid, str):
         mid = None
     raise BadRequest(
-        400, "message %d: %s" % (index, text), index=index, messageId=mid, field=field
+        400, "message %d: %s" % (index, text), index=index, message_id=mid, field=field
     )
 
 
-def _hasNul(value):
+def _has_nul(value):
     """
     Whether a decoded JSON value holds a NUL character in any string,
     including object keys (PostgreSQL text and jsonb cannot store it).
@@ -112,9 +107,9 @@ def _hasNul(value):
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
-        return any("\x00" in k or _hasNul(v) for k, v in value.items())
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_hasNul(v) for v in value)
+        return any(_has_nul(v) for v in value)
     return False
 
 
@@ -128,7 +123,7 @@ def _uuid(body, field):
         raise BadRequest(400, "%s is not a valid UUID: %r" % (field, value[:64]), field=field)
 
 
-def _text(i, m, field, required, maxChars=None):
+def _text(i, m, field, required, max_chars=None):
     value = m.get(field)
     if value is None:
         if required:
@@ -138,8 +133,8 @@ def _text(i, m, field, required, maxChars=None):
         _bad(i, m, field, "%s must be a string%s" % (field, "" if required else " or null"))
     if "\x00" in value:
         _bad(i, m, field, "%s contains a NUL character, which PostgreSQL cannot store" % (field,))
-    if maxChars is not None and len(value) > maxChars:
-        _bad(i, m, field, "%s is longer than %d characters" % (field, maxChars))
+    if max_chars is not None and len(value) > max_chars:
+        _bad(i, m, field, "%s is longer than %d characters" % (field, max_chars))
     return value
 
 
@@ -155,7 +150,7 @@ def _json(i, m, field):
         _bad(i, m, field, "%s cannot be stored as JSON: %s" % (field, e))
     # orjson writes NUL as \u0000; only then look closer (a literal
     # backslash followed by "u0000" in a string also matches the bytes).
-    if b"\\u0000" in dumped and _hasNul(value):
+    if b"\\u0000" in dumped and _has_nul(value):
         _bad(i, m, field, "%s contains a NUL character, which PostgreSQL cannot store" % (field,))
     return dumped.decode("utf-8")
 
@@ -180,13 +175,19 @@ def _bool(i, m, field):
     return value
 
 
-def parseMessage(i, m):
+def parse_message(i, m):
     """
-    Validate message number C{i} and return its row tuple.
+    Validate one message of a batch.
+
+    @param i: its position in the batch (named in the error).
+    @param m: the decoded message.
+    @return: its row tuple, in L{ROW_COLUMNS} order.
+    @raise BadRequest: 400, naming C{i}, the message's id and the first
+        bad field.
     """
     if m.__class__ is not dict:
         raise BadRequest(400, "message %d is not a JSON object" % (i,),
-                         index=i, messageId=None, field="message")
+                         index=i, message_id=None, field="message")
     mid = m.get("id")
     if mid.__class__ is not str or not mid:
         _bad(i, m, "id", "id is required and must be a non-empty string")
@@ -221,12 +222,12 @@ def parseMessage(i, m):
             broadcast, urgent, data, meta, ts, expires)
 
 
-def parseBatch(body, keyWorkspace):
+def parse_batch(body, key_workspace):
     """
     Validate a decoded sync body against the workspace of the caller's key.
 
     @param body: the value C{orjson.loads} returned.
-    @param keyWorkspace: the L{uuid.UUID} the API key belongs to.
+    @param key_workspace: the L{uuid.UUID} the API key belongs to.
     @raise BadRequest: 400 for a malformed body or message, 403 when the
         body claims another workspace than the key's.
     """
@@ -237,8 +238,8 @@ def parseBatch(body, keyWorkspace):
         raise BadRequest(400, "the body must hold a \"messages\" list", field="messages")
     daemon = _uuid(body, "daemon_id")
     workspace = _uuid(body, "workspace_id")
-    if workspace != keyWorkspace:
+    if workspace != key_workspace:
         raise BadRequest(403, "this key does not belong to workspace %s" % (workspace,),
                          field="workspace_id")
-    rows = [parseMessage(i, m) for i, m in enumerate(messages)]
+    rows = [parse_message(i, m) for i, m in enumerate(messages)]
     return Batch(daemon_id=str(daemon), workspace_id=str(workspace), rows=rows)

@@ -19,8 +19,9 @@ from twisted.web.resource import Resource
 from relay import compat
 from relay.ingest import keys
 from relay.ingest.body import BoundedBody, MemoryBudget
-from relay.ingest.db import isUnavailable, withDeadline
-from relay.ingest.validate import BadRequest, parseBatch
+from relay.ingest.admission import with_deadline
+from relay.ingest.db import is_unavailable
+from relay.ingest.validate import BadRequest, parse_batch
 
 _log = Logger()
 
@@ -51,8 +52,8 @@ class IngestRequest(server.Request):
         # Without credentials there is nothing to do with the body: count it
         # and drop it, whatever its size or encoding.
         self.content = BoundedBody(
-            site.maxBodyBytes,
-            site.maxInflatedBytes,
+            site.max_body_bytes,
+            site.max_inflated_bytes,
             encoding,
             length,
             discard=not header[:7].lower() == b"bearer ",
@@ -60,7 +61,7 @@ class IngestRequest(server.Request):
             budget=site.budget,
         )
         self.notifyFinish().addBoth(self._finished)
-        if site.service is None or self.content._discard:
+        if site.service is None or self.content.discarding:
             return
         # (The method and path are not known yet: any request with a bearer
         # key has it checked; only the sync resource waits for the result.)
@@ -76,10 +77,10 @@ class IngestRequest(server.Request):
             paused.append(True)
             transport.pauseProducing()
 
-        self.content.onHoldFull = pause
+        self.content.on_hold_full = pause
 
         def checked(_):
-            self.content.onHoldFull = None
+            self.content.on_hold_full = None
             self._checked()
             if paused and not self._disconnected:
                 transport.resumeProducing()
@@ -112,6 +113,9 @@ class KeyCheck:
     """
 
     def __init__(self, d):
+        """
+        @param d: the Deferred of L{authenticate}'s coroutine.
+        """
         self.done = False
         self.workspace = None
         self.error = None
@@ -174,23 +178,38 @@ class IngestSite(server.Site):
 
     requestFactory = IngestRequest
 
-    def __init__(self, resource, maxBodyBytes, maxInflatedBytes, metrics=None, service=None,
-                 maxBufferedBytes=None, **kw):
+    def __init__(self, resource, max_body_bytes, max_inflated_bytes, metrics=None, service=None,
+                 max_buffered_bytes=None, **kw):
+        """
+        @param resource: the root resource (L{build_root}).
+        @param max_body_bytes: the most bytes of one body as sent.
+        @param max_inflated_bytes: the most bytes of one body once inflated.
+        @param metrics: an L{relay.ingest.metrics.IngestMetrics}, or L{None}.
+        @param service: the L{relay.ingest.tap.IngestService} that checks
+            keys, or L{None} to check none at header time.
+        @param max_buffered_bytes: the most body bytes all requests together
+            hold (L{MemoryBudget}), or L{None} for no shared bound.
+        @param kw: the other arguments of L{server.Site}.
+        """
         kw.update(compat.site_without_form_parsing())
         server.Site.__init__(self, resource, **kw)
-        self.maxBodyBytes = maxBodyBytes
-        self.maxInflatedBytes = maxInflatedBytes
+        self.max_body_bytes = max_body_bytes
+        self.max_inflated_bytes = max_inflated_bytes
         self.metrics = metrics
         self.service = service
-        self.budget = MemoryBudget(maxBufferedBytes) if maxBufferedBytes else None
+        self.budget = MemoryBudget(max_buffered_bytes) if max_buffered_bytes else None
 
 
-def _respond(request, status, body, retryAfter=False):
+def _respond(request, status, body, retry_after=False):
+    """
+    Answer C{request} with C{status} and C{body} as JSON (and a
+    C{Retry-After} header if asked), unless its client is gone.
+    """
     if request._disconnected:
         return
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
-    if retryAfter:
+    if retry_after:
         request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
     request.write(orjson.dumps(body))
     request.finish()
@@ -206,6 +225,9 @@ async def authenticate(service, header):
     """
     Check an C{Authorization} header value against the keys in PostgreSQL.
 
+    @param service: the L{relay.ingest.tap.IngestService} (its C{ready},
+        C{tx_pool}, C{db_timeout} and C{reactor}).
+    @param header: the header's value (L{bytes}), or L{None}.
     @return: the key's workspace (L{uuid.UUID}).
     @raise BadRequest: 401 for a missing, malformed, unknown or revoked key.
     @raise Unavailable: PostgreSQL cannot say now.
@@ -217,21 +239,21 @@ async def authenticate(service, header):
         key = header[7:].strip().decode("ascii")
     except UnicodeDecodeError:
         key = ""
-    keyId = keys.parseKey(key)
-    if keyId is None:
+    key_id = keys.parse_key(key)
+    if key_id is None:
         raise BadRequest(401, "invalid API key")
     if not service.ready:
         raise Unavailable()
     try:
-        rows = await withDeadline(
-            service.txPool.runQuery(keys.LOOKUP_SQL, (keyId,)),
-            service.dbTimeout, service.reactor)
+        rows = await with_deadline(
+            service.tx_pool.runQuery(keys.LOOKUP_SQL, (key_id,)),
+            service.db_timeout, service.reactor)
     except Exception:
         f = Failure()
-        if isUnavailable(f):
+        if is_unavailable(f):
             raise Unavailable()
         raise
-    workspace = keys.checkKey(key, rows[0] if rows else None)
+    workspace = keys.check_key(key, rows[0] if rows else None)
     if workspace is None:
         raise BadRequest(401, "invalid or revoked API key")
     return workspace
@@ -260,9 +282,9 @@ class SyncResource(Resource):
         _log.failure("Unexpected error while handling a sync request", failure)
         self._answer(request, 500, {"error": "internal error"})
 
-    def _answer(self, request, status, body, retryAfter=False):
+    def _answer(self, request, status, body, retry_after=False):
         self.service.metrics.requests.labels(str(status)).inc()
-        _respond(request, status, body, retryAfter)
+        _respond(request, status, body, retry_after)
 
     async def _sync(self, request):
         service = self.service
@@ -276,39 +298,39 @@ class SyncResource(Resource):
                 decoded = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
                 raise BadRequest(400, "the body is not valid JSON: %s" % (e,))
-            batch = parseBatch(decoded, workspace)
+            batch = parse_batch(decoded, workspace)
             del raw, decoded
             if not service.ready:
                 raise Unavailable()
             inserter = service.inserter.choose(batch.rows)
             started = service.reactor.seconds()
             try:
-                daemonId = batch.daemon_id
-                insert = inserter.insert(batch.workspace_id, daemonId, batch.rows)
+                daemon_id = batch.daemon_id
+                insert = inserter.insert(batch.workspace_id, daemon_id, batch.rows)
                 # A client that goes away takes its waiting insert (and its
                 # rows) out of the queue.
                 request.notifyFinish().addErrback(lambda _: insert.cancel())
                 del batch
-                counts = await withDeadline(insert, service.dbTimeout, service.reactor)
+                counts = await with_deadline(insert, service.db_timeout, service.reactor)
             except Exception:
                 f = Failure()
-                if isUnavailable(f):
+                if is_unavailable(f):
                     _log.warn("Insert failed, PostgreSQL unavailable: {error}",
                               error=f.getErrorMessage())
                     raise Unavailable()
                 raise
-            service.metrics.insertSeconds.labels(inserter.name).observe(
+            service.metrics.insert_seconds.labels(inserter.name).observe(
                 service.reactor.seconds() - started)
         except BadRequest as e:
-            self._answer(request, e.status, e.toJSON(), retryAfter=e.status == 503)
+            self._answer(request, e.status, e.to_json(), retry_after=e.status == 503)
             return
         except Unavailable:
             self._answer(request, 503, {"error": "the database is unavailable, retry later"},
-                         retryAfter=True)
+                         retry_after=True)
             return
         synced, duplicates = counts
         collided = getattr(counts, "collisions", 0)
-        service.metrics.rowsInserted.inc(synced)
+        service.metrics.rows_inserted.inc(synced)
         service.metrics.duplicates.inc(duplicates)
         answer = {"synced": synced, "duplicates": duplicates}
         if collided:
@@ -316,8 +338,9 @@ class SyncResource(Resource):
             service.metrics.collisions.inc(collided)
             answer["collisions"] = collided
             _log.warn("{n} messages from daemon {daemon} reused ids already stored with other "
-                      "content; stored under disambiguated ids", n=collided, daemon=daemonId)
+                      "content; stored under disambiguated ids", n=collided, daemon=daemon_id)
         self._answer(request, 200, answer)
+
 
 class HealthResource(Resource):
     """
@@ -335,20 +358,20 @@ class HealthResource(Resource):
         service = self.service
         if not service.ready:
             _respond(request, 503, {"status": "unavailable", "error": "schema not ready"},
-                     retryAfter=True)
+                     retry_after=True)
             return server.NOT_DONE_YET
-        d = withDeadline(service.txPool.runQuery("SELECT 1"),
-                         min(service.dbTimeout, 5.0), service.reactor)
+        d = with_deadline(service.tx_pool.runQuery("SELECT 1"),
+                         min(service.db_timeout, 5.0), service.reactor)
         d.addCallbacks(
             lambda _: _respond(request, 200, {"status": "ok"}),
             lambda f: _respond(request, 503, {"status": "unavailable",
                                               "error": f.getErrorMessage()},
-                               retryAfter=True),
+                               retry_after=True),
         )
         return server.NOT_DONE_YET
 
 
-def buildRoot(service, metricsResource):
+def build_root(service, metrics_resource):
     """
     The resource tree: /api/daemons/messages/sync, /healthz, /metrics.
     """
@@ -361,5 +384,5 @@ def buildRoot(service, metricsResource):
     daemons.putChild(b"messages", messages)
     messages.putChild(b"sync", SyncResource(service))
     root.putChild(b"healthz", HealthResource(service))
-    root.putChild(b"metrics", metricsResource)
+    root.putChild(b"metrics", metrics_resource)
     return root
