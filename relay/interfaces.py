@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.test_interfaces -*-
 """
 The interfaces between the daemon's parts.
 """
@@ -59,4 +59,122 @@ class ISyncSource(Interface):
     def dead_letter_count():
         """
         @return: Deferred firing with the number of dead-lettered messages.
+        """
+
+
+class IMessageStore(Interface):
+    """
+    What the router needs from the message store: a handful of verbs.
+
+    Writes are queued (group commit) and return at once; what must wait
+    for the disk waits through L{after_commit} or L{flush}.  Delivery
+    states are the store's C{STATUS_*} constants (L{relay.store}).
+    """
+
+    def next_seq():
+        """
+        Hand out the next message seq (an int, one above the last given).
+        """
+
+    def last_given_seq():
+        """
+        The highest message seq L{next_seq} has handed out.
+        """
+
+    def message_id(seq):
+        """
+        The daemon's message id for seq C{seq} of this run.
+        """
+
+    def take_recent_sends():
+        """
+        Once, after opening: the SENDs with ids accepted lately, oldest
+        first, as (sender, send id, message id, fingerprint, ts ms), for the
+        dedupe window.  Later calls return nothing.
+        """
+
+    def begin_send():
+        """
+        The rows queued until L{end_send} are one SEND: committed together
+        or not at all.
+        """
+
+    def end_send():
+        """
+        Close the SEND opened by L{begin_send}.
+        """
+
+    def abort_send():
+        """
+        Take back every row queued since L{begin_send}.
+        """
+
+    def add_message(row, nbytes, fp=None):
+        """
+        Queue a message row: seq, id, send id, ts, sender, recipient, topic,
+        thread, kind, payload text, payload_meta text, extra text, expires
+        at; C{fp} the SEND's fingerprint (or None).
+        """
+
+    def next_stream_seq(key):
+        """
+        The seq the next DELIVER on stream C{key} (recipient, topic,
+        sender) carries.
+        """
+
+    def add_delivery(recipient, message_seq, stream_key, stream_seq, status, now_ms):
+        """
+        Queue a delivery row; returns a handle for L{set_status}.
+        """
+
+    def set_status(handle, recipient, message_seq, status, attempts, now_ms):
+        """
+        Record a delivery's new status; returns the handle to use next.
+        """
+
+    def ack_by_id(recipient, message_id, now_ms):
+        """
+        Mark C{recipient}'s delivery of message C{message_id} acked,
+        whichever run gave the id.
+        """
+
+    def expire_due(now_ms):
+        """
+        Mark expired every open delivery whose message's TTL has run out.
+        """
+
+    def after_commit(fn, arg):
+        """
+        Call C{fn(arg)} once everything queued so far has committed.
+        """
+
+    def commit_soon():
+        """
+        Someone waits on L{after_commit}: commit without waiting for the
+        batch timer.
+        """
+
+    def flush():
+        """
+        @return: Deferred firing once everything queued so far is committed.
+        """
+
+    def read_open_deliveries(recipient, after_seq, limit):
+        """
+        @return: Deferred firing with up to C{limit} committed, unacked,
+            unexpired deliveries to C{recipient} with message seq above
+            C{after_seq}, in message order, as tuples (message seq, stream
+            seq, attempts, id, ts, sender, recipient, topic, payload text,
+            payload_meta text or None, extra text or None, expires at).
+        """
+
+    def add_overload_listener(listener):
+        """
+        Call C{listener(True)} when the writer falls behind by more than
+        its bound, C{listener(False)} once it has caught up.
+        """
+
+    def stats():
+        """
+        A dict of the writer's counters and memory use, for STATUS.
         """

@@ -22,11 +22,7 @@ from twisted.logger import Logger
 
 from relay.dedupe import DedupeWindow, derived_id, fingerprint
 from relay.frames import KNOWN_FIELDS, envelope, frame
-
-STATUS_PENDING = "pending"
-STATUS_DELIVERED = "delivered"
-STATUS_ACKED = "acked"
-STATUS_EXPIRED = "expired"
+from relay.store import STATUS_ACKED, STATUS_DELIVERED, STATUS_EXPIRED, STATUS_PENDING
 
 CATCH_UP_PAGE = 500
 
@@ -119,16 +115,15 @@ class Router:
         self.auth_stats = None
         self.counters = {"accepted": 0, "delivered": 0, "acked": 0, "redelivered": 0,
                          "expired": 0, "nacked": 0, "busy": 0, "retransmits": 0}
-        store.batcher.add_overload_listener(self._store_overload)
+        store.add_overload_listener(self._store_overload)
         self._sweeper = task.LoopingCall(self._sweep)
         self._sweeper.clock = clock
         self._expirer = task.LoopingCall(self._expire_stored)
         self._expirer.clock = clock
 
     def start(self):
-        for sender, send_id, mid, fp, ts_ms in self.store.recent_sends:
+        for sender, send_id, mid, fp, ts_ms in self.store.take_recent_sends():
             self.dedupe.remember(sender, send_id, mid, fp, ts_ms / 1000.0)
-        self.store.recent_sends = ()
         self._sweeper.start(max(0.05, min(self.ack_timeout / 4.0, 1.0)), now=False)
         self._expirer.start(60.0, now=True)
 
@@ -346,9 +341,7 @@ class Router:
         if fp is not None:
             self.dedupe.remember(sender, send_id, mid, fp)
         if receipted:
-            store.batcher.soon()
-        if store.batcher.pending_bytes() > store.batcher.overload_bytes:
-            store.batcher.check_overload()
+            store.commit_soon()
         return mid
 
     def _retransmitted(self, session, send_id, meta, mid):
@@ -361,7 +354,7 @@ class Router:
         self.counters["retransmits"] += 1
         if meta and meta.get("requires_ack"):
             self.store.after_commit(self._receipt, (session, send_id))
-            self.store.batcher.soon()
+            self.store.commit_soon()
         return mid
 
     def _receipt(self, arg):
@@ -444,8 +437,8 @@ class Router:
         if session.catching_up or session.closed:
             return
         session.catching_up = True
-        upto = self.store._seq
-        d = self.store.batcher.flush()
+        upto = self.store.last_given_seq()
+        d = self.store.flush()
         d.addCallback(lambda _: self.store.read_open_deliveries(
             session.name, session.cursor, CATCH_UP_PAGE))
         d.addCallback(self._caught_up, session, upto)
@@ -551,11 +544,7 @@ class Router:
     # -- status --------------------------------------------------------------
 
     def status(self):
-        batcher = self.store.batcher
-        m = dict(batcher.metrics)
-        m["pending_rows"] = batcher.pending_rows()
-        m["pending_bytes"] = batcher.pending_bytes()
-        m["streams_in_memory"] = self.store.stream_state_size()
+        m = self.store.stats()
         m["dedupe_entries"] = len(self.dedupe)
         m["dedupe_senders"] = self.dedupe.senders()
         agents = []

@@ -18,11 +18,26 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relay.batcher import STATEMENTS, Batcher
+from relay.batcher import Batcher
 from relay.dedupe import fingerprint
-from relay.interfaces import ISyncSource
+from relay.interfaces import IMessageStore, ISyncSource
 
 SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schema")
+
+# A delivery's states (deliveries.status).  They belong to the store: the
+# router names them through these constants, and the SQL below uses them.
+STATUS_PENDING = "pending"
+STATUS_DELIVERED = "delivered"
+STATUS_ACKED = "acked"
+STATUS_EXPIRED = "expired"
+
+# The statements a batch carries, in the order a flush runs them: a message
+# row is on disk before its delivery rows, an insert before its updates.
+STATEMENTS = ("message", "delivery", "status", "ack_by_id", "stream", "expire", "meta",
+              "dead_letter")
+
+_STATES = {"pending": STATUS_PENDING, "delivered": STATUS_DELIVERED, "acked": STATUS_ACKED,
+           "expired": STATUS_EXPIRED}
 
 SQL = {
     "message": (
@@ -38,13 +53,13 @@ SQL = {
     # expiry never looks at a message twice, so nothing may reopen one).
     "status": (
         "UPDATE deliveries SET status = ?, attempts = ?, updated_at = ?"
-        " WHERE recipient = ? AND message_seq = ? AND status != 'acked'"
-        " AND (status != 'expired' OR ? = 'acked')"
+        " WHERE recipient = ? AND message_seq = ? AND status != '%(acked)s'"
+        " AND (status != '%(expired)s' OR ? = '%(acked)s')" % _STATES
     ),
     "ack_by_id": (
-        "UPDATE deliveries SET status = 'acked', updated_at = ?"
-        " WHERE recipient = ? AND status != 'acked'"
-        " AND message_seq = (SELECT seq FROM messages WHERE id = ?)"
+        "UPDATE deliveries SET status = '%(acked)s', updated_at = ?"
+        " WHERE recipient = ? AND status != '%(acked)s'"
+        " AND message_seq = (SELECT seq FROM messages WHERE id = ?)" % _STATES
     ),
     "stream": (
         "INSERT INTO streams (recipient, topic, sender, last_seq) VALUES (?,?,?,?)"
@@ -55,15 +70,24 @@ SQL = {
     # last run, or stored since the last run, are looked at; both ranges are
     # index lookups, whatever the number of messages that ever expired.
     "expire": (
-        "UPDATE deliveries SET status = 'expired', updated_at = :now"
-        " WHERE status IN ('pending', 'delivered') AND message_seq IN ("
+        "UPDATE deliveries SET status = '%(expired)s', updated_at = :now"
+        " WHERE status IN ('%(pending)s', '%(delivered)s') AND message_seq IN ("
         " SELECT seq FROM messages WHERE expires_at > :after_ms AND expires_at <= :now"
         " UNION SELECT seq FROM messages WHERE seq > :after_seq AND +expires_at <= :now)"
+        % _STATES
     ),
     # (The unary + keeps SQLite from scanning the expiry index for the second
     # range: the messages stored since the last run are a rowid range.)
     "meta": "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
     "dead_letter": "INSERT OR REPLACE INTO dead_letters (message_seq, id, reason, ts) VALUES (?,?,?,?)",
+    "read_open": (
+        "SELECT d.message_seq, d.stream_seq, d.attempts, m.id, m.ts, m.sender,"
+        " m.recipient, m.topic, m.payload, m.payload_meta, m.extra, m.expires_at"
+        " FROM deliveries d JOIN messages m ON m.seq = d.message_seq"
+        " WHERE d.recipient = ? AND d.message_seq > ?"
+        " AND d.status IN ('%(pending)s', '%(delivered)s')"
+        " ORDER BY d.message_seq LIMIT ?" % _STATES
+    ),
 }
 
 # Column positions in a delivery row (see SQL["delivery"]).
@@ -143,26 +167,32 @@ def upgrade(conn, log, path):
         current = version
 
 
-@implementer(ISyncSource)
+@implementer(IMessageStore, ISyncSource)
 class Store:
     """
-    @ivar batcher: the L{Batcher} all writes go through.
+    @param reactor: IReactorTime (and, for the default pool, the reactor
+        adbapi's thread reports to).
+    @param pool_factory: callable(**kwargs) -> an adbapi ConnectionPool
+        over this file (tests: L{relay.testing.ThreadlessConnectionPool}).
+    @ivar batcher: the L{Batcher} all writes go through (the store's own:
+        nobody else drives it).
     """
 
     log = Logger()
 
     def __init__(self, reactor, path, batch_size=50, batch_delay=0.1, batch_bytes=1048576,
                  recent_sends=100000, recent_per_sender=1000, recent_age=6 * 3600.0,
-                 stream_cache=STREAM_CACHE, synchronous="full"):
+                 stream_cache=STREAM_CACHE, synchronous="full", pool_factory=None):
         self.reactor = reactor
         _synchronous(synchronous)
         self.synchronous = synchronous
         self.path = path
         self.pool = None
-        self.batcher = Batcher(reactor, self._write_batch, size=batch_size, delay=batch_delay,
-                               max_bytes=batch_bytes, on_committed=self._committed)
-        self.batcher.metrics["quarantined"] = 0
-        self.batcher.metrics["known_sends"] = 0
+        self._pool_factory = pool_factory
+        self.batcher = Batcher(reactor, self._write_batch, STATEMENTS, size=batch_size,
+                               delay=batch_delay, max_bytes=batch_bytes,
+                               on_committed=self._committed)
+        self.metrics = {"quarantined": 0, "known_sends": 0}
         self._commit_listeners = []
         self._seq = 0
         self._committed_seq = 0
@@ -214,10 +244,12 @@ class Store:
         except sqlite3.Error as e:
             raise StoreError("cannot open store %s: %s" % (self.path, e))
         self._committed_seq = self._seq
-        self.pool = adbapi.ConnectionPool(
-            "sqlite3", self.path, check_same_thread=False, cp_min=1, cp_max=1,
-            cp_openfun=functools.partial(_open_connection, synchronous=self.synchronous),
-            cp_reactor=self.reactor, cp_noisy=False)
+        factory = self._pool_factory or functools.partial(adbapi.ConnectionPool,
+                                                          cp_reactor=self.reactor)
+        self.pool = factory(
+            dbapiName="sqlite3", database=self.path, check_same_thread=False, cp_min=1,
+            cp_max=1, cp_openfun=functools.partial(_open_connection, synchronous=self.synchronous),
+            cp_noisy=False)
         self.batcher.start()
 
     @defer.inlineCallbacks
@@ -239,6 +271,20 @@ class Store:
         self._seq += 1
         return self._seq
 
+    def last_given_seq(self):
+        """
+        The highest message seq handed out by L{next_seq} (committed or not).
+        """
+        return self._seq
+
+    def take_recent_sends(self):
+        """
+        The SENDs with ids read at L{open} for the dedupe window (see
+        L{_recent_sends}), once: the store keeps no copy.
+        """
+        recent, self.recent_sends = self.recent_sends, ()
+        return recent
+
     def message_id(self, seq):
         return "%s-%d" % (self.id_prefix, seq)
 
@@ -252,7 +298,14 @@ class Store:
         self.batcher.begin_group()
 
     def end_send(self):
-        self.batcher.end_group()
+        """
+        The SEND begun by L{begin_send} is complete; if the writer is now
+        behind by more than the overload bound, the overload listeners hear.
+        """
+        batcher = self.batcher
+        batcher.end_group()
+        if batcher.pending_bytes() > batcher.overload_bytes:
+            batcher.check_overload()
 
     def abort_send(self):
         """
@@ -266,7 +319,7 @@ class Store:
         Queue a message row (see SQL["message"] without its last column,
         C{send_fp}, which is C{fp}; row[0] is its seq).
         """
-        self.batcher.current.max_message_seq = row[0]
+        self.batcher.mark(row[0])
         self.batcher.add("message", list(row) + [fp], nbytes)
 
     def next_stream_seq(self, key):
@@ -315,8 +368,7 @@ class Store:
         """
         row = [recipient, message_seq, stream_seq, status, 0, now_ms]
         batch = self.batcher.current
-        if stream_seq > batch.stream_seqs.get(stream_key, 0):
-            batch.stream_seqs[stream_key] = stream_seq
+        self.batcher.note(stream_key, stream_seq)
         if stream_seq > self._uncommitted_streams.get(stream_key, 0):
             self._uncommitted_streams[stream_key] = stream_seq
         self._cache_stream(stream_key, max(stream_seq, self._streams.get(stream_key, 0)))
@@ -368,12 +420,40 @@ class Store:
     def after_commit(self, fn, arg):
         self.batcher.after_commit(fn, arg)
 
+    def commit_soon(self):
+        """
+        Someone waits for a commit (a receipt): start it at the end of this
+        reactor turn if the writer is idle.
+        """
+        self.batcher.soon()
+
+    def flush(self):
+        """
+        @return: Deferred firing once everything queued so far is committed.
+        """
+        return self.batcher.flush()
+
+    def add_overload_listener(self, listener):
+        self.batcher.add_overload_listener(listener)
+
+    def stats(self):
+        """
+        The writer's counters and the store's memory use, for STATUS.
+        """
+        batcher = self.batcher
+        m = dict(batcher.metrics)
+        m.update(self.metrics)
+        m["pending_rows"] = batcher.pending_rows()
+        m["pending_bytes"] = batcher.pending_bytes()
+        m["streams_in_memory"] = self.stream_state_size()
+        return m
+
     def _write_batch(self, batch):
         # The stream seqs of this batch's deliveries, in the same
         # transaction (built afresh on a retry: the dict is the truth).
         rows = dict(batch.rows)
         rows["stream"] = batch.rows["stream"] + [
-            (k[0], k[1], k[2], v) for k, v in batch.stream_seqs.items()]
+            (k[0], k[1], k[2], v) for k, v in batch.highs.items()]
         d = self.pool.runInteraction(_write_rows, rows)
         d.addErrback(self._isolate, batch, rows)
         d.addCallback(self._batch_committed, batch)
@@ -381,7 +461,7 @@ class Store:
 
     def _batch_committed(self, result, batch):
         uncommitted = self._uncommitted_streams
-        for key, seq in batch.stream_seqs.items():
+        for key, seq in batch.highs.items():
             if uncommitted.get(key) == seq:
                 del uncommitted[key]
                 if key in self._streams:
@@ -406,8 +486,8 @@ class Store:
 
     def _quarantined(self, result):
         refused, known = result
-        self.batcher.metrics["quarantined"] += len(refused)
-        self.batcher.metrics["known_sends"] += len(known)
+        self.metrics["quarantined"] += len(refused)
+        self.metrics["known_sends"] += len(known)
         for mid in known:
             self.log.info("store: message {id} is already stored (the same SEND again, after "
                           "the dedupe window forgot it): not stored twice", id=mid)
@@ -623,12 +703,7 @@ def _expire(txn, now_ms):
 
 
 def _read_open(txn, recipient, after_seq, limit):
-    txn.execute(
-        "SELECT d.message_seq, d.stream_seq, d.attempts, m.id, m.ts, m.sender,"
-        " m.recipient, m.topic, m.payload, m.payload_meta, m.extra, m.expires_at"
-        " FROM deliveries d JOIN messages m ON m.seq = d.message_seq"
-        " WHERE d.recipient = ? AND d.message_seq > ? AND d.status IN ('pending', 'delivered')"
-        " ORDER BY d.message_seq LIMIT ?", (recipient, after_seq, limit))
+    txn.execute(SQL["read_open"], (recipient, after_seq, limit))
     return txn.fetchall()
 
 

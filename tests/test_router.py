@@ -533,7 +533,7 @@ class DerivedIdTests(unittest.TestCase):
         self.assertEqual(ids[2], ids[0])
         self.assertEqual(relay.rows("SELECT id FROM messages ORDER BY seq"), [(ids[0],), (ids[1],)])
         self.assertEqual(relay.rows("SELECT count(*) FROM quarantine"), [(0,)])
-        self.assertEqual(relay.store.batcher.metrics["known_sends"], 1)
+        self.assertEqual(relay.store.stats()["known_sends"], 1)
 
 
 class BoundedStateTests(unittest.TestCase):
