@@ -470,7 +470,7 @@ class EarlierConnectionAckTests(unittest.TestCase):
         alice.feed(env)
         yield self.relay.flush()
         self.assertEqual([a["payload"]["ack_id"] for a in alice.of_type("ACK")], [env["id"]])
-        self.assertEqual(self.relay.store.batcher.metrics["failures"], 0)
+        self.assertEqual(self.relay.store.stats()["failures"], 0)
 
 
 class DerivedIdTests(unittest.TestCase):
