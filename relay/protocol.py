@@ -13,7 +13,9 @@ from twisted.protocols.basic import Int32StringReceiver
 
 from relay.frames import check_send, echo, envelope, frame, valid_agent_name
 from relay.outbox import Outbox
+from relay.policy import SEND_NOW, THROTTLED
 from relay.ratelimit import TokenBucket
+from relay.status import StatusReporter
 
 NEW, ACTIVE, CLOSED = "new", "active", "closed"
 
@@ -74,7 +76,6 @@ class RelayProtocol(Int32StringReceiver):
         self._nonce = 0
         self._resume_call = None
         self._throttle_call = None
-        self._throttled = False
 
     # -- connection ------------------------------------------------------------
 
@@ -301,9 +302,7 @@ class RelayProtocol(Int32StringReceiver):
         send_id = echo(env.get("id"))
         reason = check_send(env, self.MAX_LENGTH, size)
         if reason is not None:
-            self.router.counters["nacked"] += 1
-            self.send_frame(envelope("NACK", {"ack_id": send_id, "code": "INVALID",
-                                              "message": reason}))
+            self.router.refuse_invalid(self, send_id, reason)
             return
         if self.held or self.pause_reasons:
             self._hold(env, size)
@@ -312,32 +311,19 @@ class RelayProtocol(Int32StringReceiver):
 
     def _route(self, env, size):
         """
-        Route one SEND now, unless the rate limit says wait: then refuse it
-        (policy reject) or hold it at the head of the queue until a token
-        is due (throttle).
+        Route one SEND now, unless the router's policy says wait: then it
+        is refused (policy reject) or held at the head of the queue until a
+        token is due (throttle).
         """
-        wait = self.router.admit(self.session)
-        if not wait and self._throttled and self.router.spare(self.session) >= 1.0:
-            # Back under budget: the throttle episode is over.
-            self._throttled = False
-        if wait:
-            retry_ms = max(1, int(wait * 1000 + 0.999))
-            if self.factory.rate_policy == "reject":
-                self._busy_nack(env, retry_ms, "rate limit exceeded")
-                return
+        verdict, wait = self.router.admit_send(self, env)
+        if verdict == SEND_NOW:
+            self.router.send(self.session, env, size)
+        elif verdict == THROTTLED:
             self.held.appendleft((env, size))
             self.held_bytes += size
-            if not self._throttled:
-                # One BUSY per throttle episode.
-                self._throttled = True
-                self.router.counters["busy"] += 1
-                self.send_frame(envelope("BUSY", {"retry_after_ms": retry_ms,
-                                                  "queue_depth": len(self.held)}))
             self.pause_reading("rate")
             if self._throttle_call is None:
                 self._throttle_call = self.clock.callLater(wait, self._unthrottle)
-            return
-        self.router.send(self.session, env, size)
 
     def _hold(self, env, size):
         """
@@ -370,28 +356,9 @@ class RelayProtocol(Int32StringReceiver):
                 self.held.append((env, size))
                 self.held_bytes += size
                 return
-        self._busy_nack(env, self._retry_ms(), "daemon busy: %d SENDs of this connection "
-                        "already wait" % (len(self.held),))
-
-    def _retry_ms(self):
-        """
-        When a SEND refused now would likely be taken.
-        """
-        ms = 50
-        limiter = self.router.limiter
-        if "rate" in self.pause_reasons and limiter is not None:
-            ms = max(ms, int((len(self.held) + 1) * 1000.0 / limiter.rate + 0.999))
-        if "store" in self.pause_reasons:
-            ms = max(ms, 100)
-        if any(isinstance(r, tuple) for r in self.pause_reasons):
-            ms = max(ms, int(self.factory.ack_timeout * 100))
-        return ms
-
-    def _busy_nack(self, env, retry_ms, message):
-        self.router.counters["nacked"] += 1
-        self.send_frame(envelope("NACK", {
-            "ack_id": env.get("id"), "code": "BUSY", "retry_after_ms": retry_ms,
-            "message": message}))
+        self.router.refuse_busy(self, env, self.router.retry_ms(self),
+                                "daemon busy: %d SENDs of this connection already wait"
+                                % (len(self.held),))
 
     def _unthrottle(self):
         self._throttle_call = None
@@ -474,8 +441,8 @@ class RelayProtocol(Int32StringReceiver):
                 "message": "STATUS rate limit: ask again later",
                 "retry_after_ms": max(1, int(wait * 1000 + 0.999))}, id=echo(env.get("id"))))
             return
-        self.send_frame(envelope("STATUS_REPLY", self.router.status(), id=echo(env.get("id")),
-                                 ts=self.router.now_ms()))
+        self.send_frame(envelope("STATUS_REPLY", self.factory.status.report(),
+                                 id=echo(env.get("id")), ts=self.router.now_ms()))
 
     # -- heartbeat ---------------------------------------------------------------
 
@@ -512,8 +479,14 @@ class RelayFactory(protocol.Factory):
                  queue_high=1500, queue_low=500, queue_max=2000, window=1000,
                  rate_policy="throttle", hold_max=1000, hold_bytes=1048576,
                  control_max=4 * 1048576, status_rate=5.0, status_burst=20.0,
-                 log_rate=100.0, log_burst=500.0):
+                 log_rate=100.0, log_burst=500.0, status=None):
         self.router = router
+        # What STATUS reports (relay.status.StatusReporter): given by the
+        # tap with sync and auth, else routing alone.
+        if status is None:
+            status = StatusReporter(clock, router, router.store, router.limiter,
+                                    router.rate_policy)
+        self.status = status
         self.clock = clock
         self.max_frame_bytes = max_frame_bytes
         self.heartbeat = heartbeat

@@ -395,7 +395,7 @@ def _reason(e):
     return text.strip().replace("\n", " ")
 
 
-def _auth_policy(config, reactor, router):
+def _auth_policy(config, reactor):
     """
     The HELLO checks of issue 9 (relay.auth), and the startup warning for
     network listeners anyone may use.
@@ -412,7 +412,6 @@ def _auth_policy(config, reactor, router):
     policy = AuthPolicy(reactor, portal=portal,
                         trust_unix_peers=bool(config.get("trust-unix-peers")),
                         client_ca=bool(config.get("tls-client-ca-certs")))
-    router.auth_stats = policy.status
     return policy
 
 
@@ -422,6 +421,7 @@ def makeService(config, reactor=None):
     from relay.protocol import RelayFactory
     from relay.ratelimit import RateLimiter
     from relay.router import Router
+    from relay.status import StatusReporter
     from relay.store import Store
 
     store = Store(reactor, config["db"], batch_size=config["batch-size"],
@@ -439,14 +439,23 @@ def makeService(config, reactor=None):
         rate_policy=config["rate-limit-policy"], window=config["max-inflight"],
         dedupe_window=config["dedupe-window"], dedupe_per_sender=config["dedupe-per-sender"],
         dedupe_age=config["dedupe-hours"] * 3600.0)
+    auth = _auth_policy(config, reactor)
+    sync_service = None
+    if _sync_options() is not None and config.get("sync-url"):
+        from relay.sync.service import make_sync_service
+        sync_service = make_sync_service(config, store, reactor)
+    status = StatusReporter(reactor, router, store, limiter, config["rate-limit-policy"],
+                            sync_stats=sync_service.stats if sync_service else None,
+                            auth_stats=auth.status)
     factory = RelayFactory(
         router, reactor, max_frame_bytes=config["max-frame-bytes"],
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
         queue_high=config["queue-high"], queue_low=config["queue-low"],
         queue_max=config["queue-max"], window=config["max-inflight"],
         rate_policy=config["rate-limit-policy"], hold_max=config["max-held-sends"],
-        hold_bytes=config["max-held-bytes"], control_max=config["max-control-bytes"])
-    factory.auth = _auth_policy(config, reactor, router)
+        hold_bytes=config["max-held-bytes"], control_max=config["max-control-bytes"],
+        status=status)
+    factory.auth = auth
     top = RelayService(store, router, owner=_twistd_owner(config), reactor=reactor)
     for endpoint in config["listen"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
@@ -456,11 +465,6 @@ def makeService(config, reactor=None):
             from relay.auth import require_client_certificates
             require_client_certificates(listener.endpoint, config["tls-client-ca-certs"])
         listener.setServiceParent(top)
-    sync = _sync_options()
-    if sync is not None and config.get("sync-url"):
-        from relay.sync.service import make_sync_service
-        sync_service = make_sync_service(config, store, reactor)
-        if sync_service is not None:
-            sync_service.setServiceParent(top)
-            router.sync_stats = sync_service.stats
+    if sync_service is not None:
+        sync_service.setServiceParent(top)
     return top
