@@ -3,7 +3,7 @@
 The interfaces between the daemon's parts.
 """
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 class ISyncSource(Interface):
@@ -177,4 +177,40 @@ class IMessageStore(Interface):
     def stats():
         """
         A dict of the writer's counters and memory use, for STATUS.
+        """
+
+
+class IAgentConnection(Interface):
+    """
+    One agent connection as the router and its policy see it (the
+    transit relay's C{ITransitClient} is the model): L{relay.protocol.RelayProtocol}
+    in the daemon, L{relay.testing.FakeConnection} in unit tests.
+    """
+
+    session = Attribute("The L{relay.router.Session} once HELLO succeeded, else None.")
+    last_rx = Attribute("clock.seconds() when a frame last arrived (redelivery).")
+    pause_reasons = Attribute(
+        "The set of reasons its SENDs are held now: ('queue', name), 'rate', 'store'.")
+    held = Attribute("Its held SENDs, a sequence of (envelope, size), oldest first.")
+    outbox = Attribute("Its L{relay.outbox.Outbox}: deliveries queued and written.")
+    peer = Attribute("What is known of the peer (SO_PEERCRED of a Unix peer), or None.")
+
+    def send_frame(env):
+        """
+        Queue the envelope C{env} on the control queue (not a delivery).
+        """
+
+    def pause_reading(reason):
+        """
+        Hold this connection's SENDs for C{reason} (its socket is still read).
+        """
+
+    def resume_reading(reason):
+        """
+        C{reason} no longer holds its SENDs; once none does, they are routed.
+        """
+
+    def close(final=None):
+        """
+        Close the connection, writing the envelope C{final} last.
         """

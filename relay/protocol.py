@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_protocol -*-
 """
 The wire protocol: length-prefixed JSON frames over a stream.  This module
-parses and answers; every routing decision is the router's.
+parses, answers and holds SENDs; every routing and admission decision is
+the router's (L{relay.router}, L{relay.policy}), which sees a connection
+only as an L{relay.interfaces.IAgentConnection}.
 """
 
 from collections import deque
@@ -10,8 +12,10 @@ import orjson
 from twisted.internet import protocol, task
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
+from zope.interface import implementer
 
 from relay.frames import check_send, echo, envelope, frame, valid_agent_name
+from relay.interfaces import IAgentConnection
 from relay.outbox import Outbox
 from relay.policy import SEND_NOW, THROTTLED
 from relay.ratelimit import TokenBucket
@@ -26,6 +30,7 @@ BEFORE_HELLO = frozenset(("HELLO", "PING", "PONG", "BYE", "STATUS"))
 LOG_LINE_MAX = 2000
 
 
+@implementer(IAgentConnection)
 class RelayProtocol(Int32StringReceiver):
     """
     One agent connection.

@@ -4,9 +4,8 @@ Routing: who is connected, who gets a message, in which order, and what
 happens when a recipient is slow or gone.
 
 The protocol (L{relay.protocol}) only parses frames and calls the router;
-every decision lives here.  A connection is seen through a small surface:
-C{outbox} (L{relay.outbox.Outbox}), C{send_frame(envelope)},
-C{pause_reading(reason)}, C{resume_reading(reason)}, C{close(error)}.
+every decision lives here.  A connection is seen through
+L{relay.interfaces.IAgentConnection} only.
 Pausing a connection holds its SENDs only (bounded, in order): its socket
 is still read, so its ACKs keep draining its own queue (see
 L{relay.protocol.RelayProtocol}).
