@@ -39,7 +39,7 @@ import orjson  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 
 from relay import store as store_module  # noqa: E402
-from relay.router import STATUS_PENDING  # noqa: E402
+from relay.store import STATUS_PENDING  # noqa: E402
 from relay.store import SQL, Store  # noqa: E402
 
 

@@ -15,37 +15,37 @@ never stops on an error.
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-# The statements a batch carries, in the order a flush runs them: a message
-# row is on disk before its delivery rows, an insert before its updates.
-STATEMENTS = ("message", "delivery", "status", "ack_by_id", "stream", "expire", "meta",
-              "dead_letter")
-
 
 class Batch:
     """
     Rows waiting for one transaction, grouped by statement.
 
+    @ivar statements: the statement names, in the order the writer runs
+        them (the batcher's owner decides; the batcher only keeps order).
     @ivar rows: dict statement name -> list of parameter rows.
     @ivar callbacks: list of (callable, argument) run after the commit.
     @ivar open: True while rows may still be added or edited in place.
+    @ivar mark: the highest value given to L{Batcher.mark} for this batch
+        (taken back with its group; C{on_committed} gets it).
+    @ivar highs: key -> the highest value given to L{Batcher.note} for it
+        (kept on abort: a value noted stays used).
     """
 
-    def __init__(self):
-        self.rows = {name: [] for name in STATEMENTS}
+    def __init__(self, statements):
+        self.statements = statements
+        self.rows = {name: [] for name in statements}
         self.count = 0
         self.nbytes = 0
         self.callbacks = []
         self.open = True
         self.demanded = False
         self.urgent = False
-        self.max_message_seq = 0
-        # The row ranges of each SEND added as one unit: a list of dicts
-        # statement -> (start, end), so that the row-by-row fallback keeps
-        # a SEND's rows together (all written or all quarantined).
+        self.mark = 0
+        # The row ranges of each unit added as one (a SEND): a list of dicts
+        # statement -> (start, end), so that a writer's row-by-row fallback
+        # keeps a unit's rows together (all written or all refused).
         self.groups = []
-        # (recipient, topic, sender) -> the highest stream seq of this
-        # batch's deliveries, written with them.
-        self.stream_seqs = {}
+        self.highs = {}
 
     def absorb(self, later):
         """
@@ -54,17 +54,17 @@ class Batch:
         for group in later.groups:
             self.groups.append({name: (start + len(self.rows[name]), end + len(self.rows[name]))
                                 for name, (start, end) in group.items()})
-        for name in STATEMENTS:
+        for name in self.statements:
             self.rows[name].extend(later.rows[name])
-        for key, seq in later.stream_seqs.items():
-            if seq > self.stream_seqs.get(key, 0):
-                self.stream_seqs[key] = seq
+        for key, value in later.highs.items():
+            if value > self.highs.get(key, 0):
+                self.highs[key] = value
         self.count += later.count
         self.nbytes += later.nbytes
         self.callbacks.extend(later.callbacks)
         self.demanded = self.demanded or later.demanded
         self.urgent = self.urgent or later.urgent
-        self.max_message_seq = max(self.max_message_seq, later.max_message_seq)
+        self.mark = max(self.mark, later.mark)
 
 
 class Batcher:
@@ -72,19 +72,25 @@ class Batcher:
     @param clock: an IReactorTime.
     @param write: callable(batch) -> Deferred firing when the batch's
         transaction has committed.
+    @param statements: the statement names a batch carries, in the order
+        C{write} runs them (the owner's; the batcher knows no names).
+    @param on_committed: callable(mark) after a committed batch whose
+        L{Batch.mark} is set.
+    @ivar metrics: counters of flushes, rows, bytes and failures (for STATUS).
     """
 
     log = Logger()
 
-    def __init__(self, clock, write, size=50, delay=0.1, max_bytes=1048576,
+    def __init__(self, clock, write, statements, size=50, delay=0.1, max_bytes=1048576,
                  on_committed=None):
         self.clock = clock
         self._write = write
+        self.statements = tuple(statements)
         self.size = size
         self.delay = delay
         self.max_bytes = max_bytes
         self.on_committed = on_committed
-        self.current = Batch()
+        self.current = Batch(self.statements)
         self._inflight = None
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = clock
@@ -124,6 +130,24 @@ class Batcher:
             self._check_size()
         return row
 
+    def mark(self, value):
+        """
+        Raise the open batch's L{Batch.mark} to C{value} (the store's
+        highest message seq in it): C{on_committed} gets it after the commit.
+        """
+        batch = self.current
+        if value > batch.mark:
+            batch.mark = value
+
+    def note(self, key, value):
+        """
+        Raise the open batch's C{highs[key]} to C{value} (the store's stream
+        seqs, which its writer writes with the batch).
+        """
+        highs = self.current.highs
+        if value > highs.get(key, 0):
+            highs[key] = value
+
     def abort_group(self):
         """
         Take back every row added since L{begin_group} (the unit failed
@@ -131,11 +155,11 @@ class Batcher:
         anyone's (a flush asked for meanwhile); a unit adds its own after
         its rows are complete.
         """
-        batch, starts, (count, nbytes, max_seq) = self._group
+        batch, starts, (count, nbytes, mark) = self._group
         self._group = None
-        for name, start in zip(STATEMENTS, starts):
+        for name, start in zip(self.statements, starts):
             del batch.rows[name][start:]
-        batch.count, batch.nbytes, batch.max_message_seq = count, nbytes, max_seq
+        batch.count, batch.nbytes, batch.mark = count, nbytes, mark
         deferred, self._deferred_cause = self._deferred_cause, None
         if deferred is not None:
             self._kick(deferred)
@@ -158,8 +182,8 @@ class Batcher:
             raise RuntimeError("begin_group inside a group")
         batch = self.current
         rows = batch.rows
-        self._group = (batch, [len(rows[name]) for name in STATEMENTS],
-                       (batch.count, batch.nbytes, batch.max_message_seq))
+        self._group = (batch, [len(rows[name]) for name in self.statements],
+                       (batch.count, batch.nbytes, batch.mark))
 
     def end_group(self):
         """
@@ -170,7 +194,7 @@ class Batcher:
         self._group = None
         rows = batch.rows
         group = {}
-        for name, start in zip(STATEMENTS, starts):
+        for name, start in zip(self.statements, starts):
             end = len(rows[name])
             if end > start:
                 group[name] = (start, end)
@@ -295,7 +319,7 @@ class Batcher:
         batch = self.current
         if not (batch.count or batch.callbacks):
             return
-        self.current = Batch()
+        self.current = Batch(self.statements)
         batch.open = False
         self._inflight = batch
         self.metrics["flushes_by_cause"][cause] = self.metrics["flushes_by_cause"].get(cause, 0) + 1
@@ -316,8 +340,8 @@ class Batcher:
             listener(self.clock.seconds() - started, batch.count)
         m["pending_rows"] = self.current.count
         self.check_overload()
-        if self.on_committed is not None and batch.max_message_seq:
-            self.on_committed(batch.max_message_seq)
+        if self.on_committed is not None and batch.mark:
+            self.on_committed(batch.mark)
         for fn, arg in batch.callbacks:
             try:
                 fn(arg)

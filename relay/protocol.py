@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_protocol -*-
 """
 The wire protocol: length-prefixed JSON frames over a stream.  This module
-parses and answers; every routing decision is the router's.
+parses, answers and holds SENDs; every routing and admission decision is
+the router's (L{relay.router}, L{relay.policy}), which sees a connection
+only as an L{relay.interfaces.IAgentConnection}.
 """
 
 from collections import deque
@@ -10,12 +12,16 @@ import orjson
 from twisted.internet import protocol, task
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
+from zope.interface import implementer
 
 from relay.frames import check_send, echo, envelope, frame, valid_agent_name
+from relay.interfaces import IAgentConnection
 from relay.outbox import Outbox
+from relay.holding import CLOSED, SendHolding
 from relay.ratelimit import TokenBucket
+from relay.status import StatusReporter
 
-NEW, ACTIVE, CLOSED = "new", "active", "closed"
+NEW, ACTIVE = "new", "active"
 
 # Frames a connection may send before its HELLO.
 BEFORE_HELLO = frozenset(("HELLO", "PING", "PONG", "BYE", "STATUS"))
@@ -24,7 +30,8 @@ BEFORE_HELLO = frozenset(("HELLO", "PING", "PONG", "BYE", "STATUS"))
 LOG_LINE_MAX = 2000
 
 
-class RelayProtocol(Int32StringReceiver):
+@implementer(IAgentConnection)
+class RelayProtocol(SendHolding, Int32StringReceiver):
     """
     One agent connection.
 
@@ -74,7 +81,6 @@ class RelayProtocol(Int32StringReceiver):
         self._nonce = 0
         self._resume_call = None
         self._throttle_call = None
-        self._throttled = False
 
     # -- connection ------------------------------------------------------------
 
@@ -146,87 +152,6 @@ class RelayProtocol(Int32StringReceiver):
                       length=length, limit=self.MAX_LENGTH)
         self.error("BAD_REQUEST", "frame length %d exceeds max_frame_bytes %d"
                    % (length, self.MAX_LENGTH), fatal=True)
-
-    # -- reading and flow control -------------------------------------------
-
-    def pause_reading(self, reason):
-        """
-        Hold this connection's SENDs for C{reason} (the socket is still
-        read: see the class docstring).
-        """
-        if self.state == CLOSED:
-            return
-        self.pause_reasons.add(reason)
-
-    def resume_reading(self, reason):
-        self.pause_reasons.discard(reason)
-        if reason == "store":
-            self.read_on("store")
-        if not self.pause_reasons and self.held and self._resume_call is None:
-            # Route from the reactor, not from inside another connection's
-            # frame handler.
-            self._resume_call = self.clock.callLater(0, self._resume)
-
-    def _resume(self):
-        self._resume_call = None
-        while self.held and not self.pause_reasons and self.state != CLOSED:
-            env, size = self.held.popleft()
-            self.held_bytes -= size
-            self._route(env, size)
-
-    def _route_held(self):
-        """
-        Route every held SEND now, whatever holds them (BYE, close).
-        """
-        if self.session is None or self.session.closed:
-            self.held.clear()
-            self.held_bytes = 0
-            return
-        while self.held:
-            env, size = self.held.popleft()
-            self.held_bytes -= size
-            self.router.send(self.session, env, size)
-
-    def _control_full(self, full):
-        """
-        The outbox's control queue passed C{control_max} bytes (C{full}) or
-        fell back to half of it: this peer is not reading its socket, so we
-        stop reading it too, until it does.
-        """
-        if full:
-            self.log.info("agent {name}: {n} bytes of replies unread; not reading it",
-                          name=self.session.name if self.session else None,
-                          n=self.outbox.control_bytes)
-            self.stop_reading("output")
-        else:
-            self.read_on("output")
-
-    def stop_reading(self, reason):
-        """
-        Stop reading the socket itself, for reasons that clear whatever any
-        other agent does: C{"output"} (this peer does not read ours),
-        C{"store"} (the store writer is behind and this connection's hold is
-        full; the writer catches up on its own) or C{"auth"} (its HELLO is
-        being checked, or its refusal is being slowed down: L{relay.auth}).
-        """
-        if self.state == CLOSED:
-            return
-        if not self.stop_reasons and not self.paused:
-            self.pauseProducing()
-        self.stop_reasons.add(reason)
-
-    def read_on(self, reason):
-        if reason not in self.stop_reasons:
-            return
-        self.stop_reasons.discard(reason)
-        if not self.stop_reasons and self._read_call is None:
-            # From the reactor, not from inside the outbox's write loop.
-            self._read_call = self.clock.callLater(0, self._read_again)
-
-    def _read_again(self):
-        self._read_call = None
-        if self.paused and not self.stop_reasons and self.state != CLOSED:
-            self.resumeProducing()
 
     def stringReceived(self, data):
         self.last_rx = self.clock.seconds()
@@ -302,103 +227,12 @@ class RelayProtocol(Int32StringReceiver):
         send_id = echo(env.get("id"))
         reason = check_send(env, self.MAX_LENGTH, size)
         if reason is not None:
-            self.router.counters["nacked"] += 1
-            self.router.nacks["INVALID"] += 1
-            self.send_frame(envelope("NACK", {"ack_id": send_id, "code": "INVALID",
-                                              "message": reason}))
+            self.router.refuse_invalid(self, send_id, reason)
             return
         if self.held or self.pause_reasons:
             self._hold(env, size)
         else:
             self._route(env, size)
-
-    def _route(self, env, size):
-        """
-        Route one SEND now, unless the rate limit says wait: then refuse it
-        (policy reject) or hold it at the head of the queue until a token
-        is due (throttle).
-        """
-        wait = self.router.admit(self.session)
-        if not wait and self._throttled and self.router.spare(self.session) >= 1.0:
-            # Back under budget: the throttle episode is over.
-            self._throttled = False
-        if wait:
-            retry_ms = max(1, int(wait * 1000 + 0.999))
-            if self.factory.rate_policy == "reject":
-                self._busy_nack(env, retry_ms, "rate limit exceeded")
-                return
-            self.held.appendleft((env, size))
-            self.held_bytes += size
-            if not self._throttled:
-                # One BUSY per throttle episode.
-                self._throttled = True
-                self.router.counters["busy"] += 1
-                self.send_frame(envelope("BUSY", {"retry_after_ms": retry_ms,
-                                                  "queue_depth": len(self.held)}))
-            self.pause_reading("rate")
-            if self._throttle_call is None:
-                self._throttle_call = self.clock.callLater(wait, self._unthrottle)
-            return
-        self.router.send(self.session, env, size)
-
-    def _hold(self, env, size):
-        """
-        Keep C{env} behind the SENDs already held, within the bound.
-
-        Beyond it: if only slow recipients hold this sender, the oldest
-        held SEND is routed now (in order; the router puts what a full
-        queue cannot take into the store, so memory stays bounded and
-        nothing waits on anyone's ACK).  If the store writer is behind,
-        the SEND is kept and the socket is not read until the writer has
-        caught up (that wait depends on no agent: it cannot deadlock).  If
-        the rate limit holds it, the SEND gets C{NACK BUSY} with
-        C{retry_after_ms}: it is not accepted, and the sender knows.
-        """
-        f = self.factory
-        if len(self.held) < f.hold_max and self.held_bytes + size <= f.hold_bytes:
-            self.held.append((env, size))
-            self.held_bytes += size
-            return
-        if "store" in self.pause_reasons:
-            self.held.append((env, size))
-            self.held_bytes += size
-            self.stop_reading("store")
-            return
-        if self.held and all(isinstance(r, tuple) for r in self.pause_reasons):
-            first, first_size = self.held.popleft()
-            self.held_bytes -= first_size
-            self._route(first, first_size)
-            if "rate" not in self.pause_reasons:
-                self.held.append((env, size))
-                self.held_bytes += size
-                return
-        self._busy_nack(env, self._retry_ms(), "daemon busy: %d SENDs of this connection "
-                        "already wait" % (len(self.held),))
-
-    def _retry_ms(self):
-        """
-        When a SEND refused now would likely be taken.
-        """
-        ms = 50
-        limiter = self.router.limiter
-        if "rate" in self.pause_reasons and limiter is not None:
-            ms = max(ms, int((len(self.held) + 1) * 1000.0 / limiter.rate + 0.999))
-        if "store" in self.pause_reasons:
-            ms = max(ms, 100)
-        if any(isinstance(r, tuple) for r in self.pause_reasons):
-            ms = max(ms, int(self.factory.ack_timeout * 100))
-        return ms
-
-    def _busy_nack(self, env, retry_ms, message):
-        self.router.counters["nacked"] += 1
-        self.router.nacks["BUSY"] += 1
-        self.send_frame(envelope("NACK", {
-            "ack_id": echo(env.get("id")), "code": "BUSY", "retry_after_ms": retry_ms,
-            "message": message}))
-
-    def _unthrottle(self):
-        self._throttle_call = None
-        self.resume_reading("rate")
 
     def frame_ACK(self, env, size):
         payload = env.get("payload")
@@ -477,8 +311,8 @@ class RelayProtocol(Int32StringReceiver):
                 "message": "STATUS rate limit: ask again later",
                 "retry_after_ms": max(1, int(wait * 1000 + 0.999))}, id=echo(env.get("id"))))
             return
-        self.send_frame(envelope("STATUS_REPLY", self.router.status(), id=echo(env.get("id")),
-                                 ts=self.router.now_ms()))
+        self.send_frame(envelope("STATUS_REPLY", self.factory.status.report(),
+                                 id=echo(env.get("id")), ts=self.router.now_ms()))
 
     # -- heartbeat ---------------------------------------------------------------
 
@@ -515,8 +349,14 @@ class RelayFactory(protocol.Factory):
                  queue_high=1500, queue_low=500, queue_max=2000, window=1000,
                  rate_policy="throttle", hold_max=1000, hold_bytes=1048576,
                  control_max=4 * 1048576, status_rate=5.0, status_burst=20.0,
-                 log_rate=100.0, log_burst=500.0):
+                 log_rate=100.0, log_burst=500.0, status=None):
         self.router = router
+        # What STATUS reports (relay.status.StatusReporter): given by the
+        # tap with sync and auth, else routing alone.
+        if status is None:
+            status = StatusReporter(clock, router, router.store, router.limiter,
+                                    router.rate_policy)
+        self.status = status
         self.clock = clock
         self.max_frame_bytes = max_frame_bytes
         self.heartbeat = heartbeat

@@ -4,9 +4,8 @@ Routing: who is connected, who gets a message, in which order, and what
 happens when a recipient is slow or gone.
 
 The protocol (L{relay.protocol}) only parses frames and calls the router;
-every decision lives here.  A connection is seen through a small surface:
-C{outbox} (L{relay.outbox.Outbox}), C{send_frame(envelope)},
-C{pause_reading(reason)}, C{resume_reading(reason)}, C{close(error)}.
+every decision lives here.  A connection is seen through
+L{relay.interfaces.IAgentConnection} only.
 Pausing a connection holds its SENDs only (bounded, in order): its socket
 is still read, so its ACKs keep draining its own queue (see
 L{relay.protocol.RelayProtocol}).
@@ -17,45 +16,19 @@ import uuid
 from collections import OrderedDict
 
 import orjson
-from twisted.internet import task
 from twisted.logger import Logger
 
 from relay.dedupe import DedupeWindow, derived_id, fingerprint
 from relay.events import EventHub
+from relay.delivery import Delivery, deliver_base, deliver_to
 from relay.frames import KNOWN_FIELDS, envelope, frame
+from relay.policy import SendPolicy
+from relay.redelivery import Redelivery
+from relay.replay import Replay
+from relay.status import StatusReporter
+from relay.store import STATUS_ACKED, STATUS_DELIVERED, STATUS_PENDING
 
-STATUS_PENDING = "pending"
-STATUS_DELIVERED = "delivered"
-STATUS_ACKED = "acked"
-STATUS_EXPIRED = "expired"
-
-CATCH_UP_PAGE = 500
-
-# What an agent said about itself in its HELLO, shown by STATUS.
-HELLO_INFO = ("entityType", "cli", "program", "model", "task", "workingDirectory",
-              "displayName")
-
-
-__all__ = ["Router", "fingerprint"]
-
-
-class Delivery:
-    """
-    A delivery the daemon holds in memory: queued in an outbox or written
-    and waiting for its ACK.
-    """
-
-    __slots__ = ("seq", "id", "recipient", "data", "handle", "attempts", "sent_at", "expires_at")
-
-    def __init__(self, seq, id, recipient, data, handle, attempts, expires_at):
-        self.seq = seq
-        self.id = id
-        self.recipient = recipient
-        self.data = data
-        self.handle = handle
-        self.attempts = attempts
-        self.sent_at = 0.0
-        self.expires_at = expires_at
+__all__ = ["Router", "Session", "fingerprint"]
 
 
 class Session:
@@ -85,10 +58,14 @@ class Session:
         self.last_seq = 0
 
 
-class Router:
+class Router(SendPolicy):
     """
+    The registry (who is connected, under which name, on which topics) and
+    routing (who gets a SEND).  Replay from the store is L{Replay}'s, the
+    timers are L{Redelivery}'s, the admission decisions L{SendPolicy}'s.
+
     @param clock: IReactorTime (seconds, callLater).
-    @param store: L{relay.store.Store}.
+    @param store: an L{relay.interfaces.IMessageStore}.
     @param limiter: a L{relay.ratelimit.RateLimiter} or None.
     @param events: a L{relay.events.EventHub} told what happens (default:
         one nobody listens to).
@@ -117,32 +94,25 @@ class Router:
         self.sessions = {}
         self.connections = set()
         self.topics = {}
-        self.started = clock.seconds()
         self.store_paused = False
-        self.sync_stats = None
-        self.auth_stats = None
         self.counters = {"accepted": 0, "delivered": 0, "acked": 0, "redelivered": 0,
                          "expired": 0, "nacked": 0, "busy": 0, "retransmits": 0}
         # NACKs by code and ERROR frames by code (bad frames), for /metrics.
         self.nacks = {"INVALID": 0, "BUSY": 0}
         self.errors = {}
-        store.batcher.add_overload_listener(self._store_overload)
-        self._sweeper = task.LoopingCall(self._sweep)
-        self._sweeper.clock = clock
-        self._expirer = task.LoopingCall(self._expire_stored)
-        self._expirer.clock = clock
+        self.throttled = set()
+        store.add_overload_listener(self._store_overload)
+        self.replay = Replay(clock, store, self.counters, self.events)
+        self.timers = Redelivery(clock, store, self.sessions, self.dedupe, self.counters,
+                                 ack_timeout, self.events)
 
     def start(self):
-        for sender, send_id, mid, fp, ts_ms in self.store.recent_sends:
+        for sender, send_id, mid, fp, ts_ms in self.store.take_recent_sends():
             self.dedupe.remember(sender, send_id, mid, fp, ts_ms / 1000.0)
-        self.store.recent_sends = ()
-        self._sweeper.start(max(0.05, min(self.ack_timeout / 4.0, 1.0)), now=False)
-        self._expirer.start(60.0, now=True)
+        self.timers.start()
 
     def stop(self):
-        for loop in (self._sweeper, self._expirer):
-            if loop.running:
-                loop.stop()
+        self.timers.stop()
 
     def now_ms(self):
         return int(self.clock.seconds() * 1000)
@@ -156,6 +126,7 @@ class Router:
 
     def connection_lost(self, conn):
         self.connections.discard(conn)
+        self.throttled.discard(conn)
         session = conn.session
         if session is None:
             return
@@ -203,7 +174,7 @@ class Router:
         """
         After WELCOME is queued: deliver what waits in the store.
         """
-        self._catch_up(session)
+        self.replay.catch_up(session)
 
     def subscribe(self, session, topic):
         session.topics.add(topic)
@@ -216,24 +187,6 @@ class Router:
             members.discard(session)
             if not members:
                 del self.topics[topic]
-
-    # -- rate limiting -------------------------------------------------------
-
-    def admit(self, session):
-        """
-        @return: 0 when C{session} may send now, else seconds to wait.
-        """
-        if self.limiter is None:
-            return 0.0
-        return self.limiter.take(session.name)
-
-    def spare(self, session):
-        """
-        Tokens left in C{session}'s rate-limit bucket.
-        """
-        if self.limiter is None:
-            return float("inf")
-        return self.limiter.spare(session.name)
 
     # -- sending -------------------------------------------------------------
 
@@ -307,14 +260,7 @@ class Router:
             self.events.emit("accepted", id=mid, seq=seq, sender=sender, to=to, topic=topic,
                              payload=payload, recipients=names, ts=now_ms)
 
-            base = {"v": 1, "type": "DELIVER", "id": mid, "ts": now_ms, "from": sender}
-            if extra:
-                base = dict(extra, **base)
-            if topic is not None:
-                base["topic"] = topic
-            base["payload"] = payload
-            if meta is not None:
-                base["payload_meta"] = meta
+            base = deliver_base(mid, now_ms, sender, topic, payload, meta, extra)
             stream = topic if topic is not None else "default"
             for name, target in zip(names, targets):
                 key = (name, stream, sender)
@@ -326,13 +272,8 @@ class Router:
                 outbox = target.conn.outbox
                 if target.live and not outbox.full():
                     delivery = Delivery(seq, mid, name, None, handle, 0, expires)
-                    info = {"seq": sseq, "session_id": target.session_id}
-                    if to == "*":
-                        info["originalTo"] = "*"
-                    d = dict(base)
-                    d["to"] = name
-                    d["delivery"] = info
-                    delivery.data = frame(d)
+                    delivery.data = frame(deliver_to(base, name, sseq, target.session_id,
+                                                     to == "*"))
                     target.cursor = seq
                     outbox.push(delivery.data, delivery)
                 elif target.live:
@@ -357,9 +298,7 @@ class Router:
         if fp is not None:
             self.dedupe.remember(sender, send_id, mid, fp)
         if receipted:
-            store.batcher.soon()
-        if store.batcher.pending_bytes() > store.batcher.overload_bytes:
-            store.batcher.check_overload()
+            store.commit_soon()
         return mid
 
     def _retransmitted(self, session, send_id, meta, mid):
@@ -372,7 +311,7 @@ class Router:
         self.counters["retransmits"] += 1
         if meta and meta.get("requires_ack"):
             self.store.after_commit(self._receipt, (session, send_id))
-            self.store.batcher.soon()
+            self.store.commit_soon()
         return mid
 
     def _receipt(self, arg):
@@ -420,7 +359,7 @@ class Router:
         if not on:
             self._release(session)
             if not session.live and not session.closed:
-                self._catch_up(session)
+                self.replay.catch_up(session)
 
     def _block(self, sender, target):
         conn = sender.conn
@@ -448,163 +387,12 @@ class Router:
             else:
                 conn.resume_reading("store")
 
-    # -- catching up from the store ------------------------------------------
-
-    def _catch_up(self, session):
-        """
-        Send what waits in the store for C{session} (after a HELLO, or once
-        an overflowing queue has drained), then switch it to live delivery.
-        """
-        if session.catching_up or session.closed:
-            return
-        session.catching_up = True
-        upto = self.store._seq
-        d = self.store.batcher.flush()
-        d.addCallback(lambda _: self.store.read_open_deliveries(
-            session.name, session.cursor, CATCH_UP_PAGE))
-        d.addCallback(self._caught_up, session, upto)
-        d.addErrback(self._catch_up_failed, session)
-
-    def _catch_up_failed(self, failure, session):
-        session.catching_up = False
-        self.log.failure("reading the store for {name} failed; retrying", failure,
-                         name=session.name)
-        self.clock.callLater(1.0, self._catch_up, session)
-
-    def _caught_up(self, rows, session, upto):
-        session.catching_up = False
-        if session.closed:
-            return
-        now_ms = self.now_ms()
-        outbox = session.conn.outbox
-        for (mseq, sseq, attempts, mid, ts, sender, to, topic, payload, meta, extra,
-             expires) in rows:
-            session.cursor = mseq
-            if expires <= now_ms:
-                self.counters["expired"] += 1
-                self.events.emit("expired", id=mid, seq=mseq, to=session.name, at=now_ms / 1000.0)
-                self.store.set_status(None, session.name, mseq, STATUS_EXPIRED, attempts, now_ms)
-                continue
-            if mid in session.inflight:
-                continue
-            d = orjson.loads(extra) if extra else {}
-            d.update({"v": 1, "type": "DELIVER", "id": mid, "ts": ts, "from": sender,
-                      "to": session.name})
-            if topic is not None:
-                d["topic"] = topic
-            d["payload"] = orjson.loads(payload)
-            if meta is not None:
-                d["payload_meta"] = orjson.loads(meta)
-            info = {"seq": sseq, "session_id": session.session_id}
-            if to == "*":
-                info["originalTo"] = "*"
-            d["delivery"] = info
-            delivery = Delivery(mseq, mid, session.name, frame(d), None, attempts, expires)
-            if attempts:
-                self.counters["redelivered"] += 1
-            outbox.push(delivery.data, delivery)
-        if len(rows) < CATCH_UP_PAGE:
-            session.cursor = max(session.cursor, upto)
-        more = len(rows) >= CATCH_UP_PAGE or session.last_seq > session.cursor
-        if not more:
-            session.live = True
-        elif not outbox.backpressured:
-            self._catch_up(session)
-        # else: the backpressure release calls _catch_up again.
-
-    # -- timers --------------------------------------------------------------
-
-    def _sweep(self):
-        """
-        Resend deliveries not ACKed within the ack timeout, expire those
-        whose TTL ran out.
-
-        A delivery is resent only to a connection that has shown signs of
-        life since it was written and whose queue is not stalled: a peer
-        that is not reading its socket gains nothing from a second copy
-        queued behind the first, and would see it as a duplicate.
-        """
-        now = self.clock.seconds()
-        now_ms = int(now * 1000)
-        deadline = now - self.ack_timeout
-        self.dedupe.prune()
-        for session in list(self.sessions.values()):
-            inflight = session.inflight
-            if not inflight:
-                continue
-            outbox = session.conn.outbox
-            if outbox.paused:
-                continue
-            last_rx = session.conn.last_rx
-            due = []
-            for delivery in inflight.values():
-                if delivery.sent_at > deadline:
-                    break
-                due.append(delivery)
-            for delivery in due:
-                if delivery.expires_at <= now_ms:
-                    del inflight[delivery.id]
-                    self.counters["expired"] += 1
-                    self.events.emit("expired", id=delivery.id, seq=delivery.seq, to=delivery.recipient, at=now)
-                    self.store.set_status(delivery.handle, delivery.recipient, delivery.seq,
-                                          STATUS_EXPIRED, delivery.attempts, now_ms)
-                    outbox.acked()
-                    continue
-                if last_rx <= delivery.sent_at:
-                    continue
-                delivery.attempts += 1
-                delivery.sent_at = now
-                inflight.move_to_end(delivery.id)
-                self.counters["redelivered"] += 1
-                delivery.handle = self.store.set_status(
-                    delivery.handle, delivery.recipient, delivery.seq, STATUS_DELIVERED,
-                    delivery.attempts, now_ms)
-                outbox.push_control(delivery.data)
-
-    def _expire_stored(self):
-        self.store.expire_due(self.now_ms())
-
     # -- status --------------------------------------------------------------
 
     def status(self):
-        batcher = self.store.batcher
-        m = dict(batcher.metrics)
-        m["pending_rows"] = batcher.pending_rows()
-        m["pending_bytes"] = batcher.pending_bytes()
-        m["streams_in_memory"] = self.store.stream_state_size()
-        m["dedupe_entries"] = len(self.dedupe)
-        m["dedupe_senders"] = self.dedupe.senders()
-        agents = []
-        for s in self.sessions.values():
-            outbox = s.conn.outbox
-            agents.append({
-                "name": s.name, "session_id": s.session_id,
-                "connected_at": s.connected_at, "queue_depth": outbox.depth(),
-                "inflight": len(s.inflight), "backpressured": outbox.backpressured,
-                "paused": sorted(str(r) for r in s.conn.pause_reasons),
-                "live": s.live, "topics": sorted(s.topics),
-                "info": {k: s.hello[k] for k in HELLO_INFO
-                         if isinstance(s.hello.get(k), (str, int, float))},
-                "sent": s.sent, "delivered": s.delivered,
-                "peer": getattr(s.conn, "peer", None),
-            })
-        limiter = self.limiter
-        return {
-            "agents": agents,
-            "connections": len(self.connections),
-            "store": m,
-            "messages": dict(self.counters),
-            "rate_limit": {
-                "enabled": limiter is not None,
-                "rate": limiter.rate if limiter else None,
-                "burst": limiter.burst if limiter else None,
-                "policy": self.rate_policy,
-                "buckets": len(limiter.buckets) if limiter else 0,
-                "throttled_agents": sorted(
-                    c.session.name for c in self.connections
-                    if c.session is not None and "rate" in c.pause_reasons),
-            },
-            "sync": self.sync_stats() if self.sync_stats else None,
-            "auth": self.auth_stats() if self.auth_stats else None,
-            "uptime_s": self.clock.seconds() - self.started,
-        }
+        """
+        The STATUS of routing alone (no sync, no auth: see
+        L{relay.status.StatusReporter}).
+        """
+        return StatusReporter(self.clock, self, self.store, self.limiter,
+                              self.rate_policy).report()

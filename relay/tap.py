@@ -135,7 +135,7 @@ class Options(compat.ExitOnUsageError, usage.Options, strcred.AuthOptionMixin):
         sync_options.check(self, os.environ)
 
 
-def _auth_policy(config, reactor, router):
+def _auth_policy(config, reactor):
     """
     The HELLO checks of issue 9 (relay.auth), and the startup warning for
     network listeners anyone may use.
@@ -152,7 +152,6 @@ def _auth_policy(config, reactor, router):
     policy = AuthPolicy(reactor, portal=portal,
                         trust_unix_peers=bool(config.get("trust-unix-peers")),
                         client_ca=bool(config.get("tls-client-ca-certs")))
-    router.auth_stats = policy.status
     return policy
 
 
@@ -180,14 +179,24 @@ def makeService(config, reactor=None):
         rate_policy=config["rate-limit-policy"], window=config["max-inflight"],
         dedupe_window=config["dedupe-window"], dedupe_per_sender=config["dedupe-per-sender"],
         dedupe_age=config["dedupe-hours"] * 3600.0, events=EventHub())
+    from relay.status import StatusReporter
+    auth = _auth_policy(config, reactor)
+    sync_service = None
+    if config.get("sync-url"):
+        from relay.sync.service import make_sync_service
+        sync_service = make_sync_service(config, store, reactor)
+    status = StatusReporter(reactor, router, store, limiter, config["rate-limit-policy"],
+                            sync_stats=sync_service.stats if sync_service else None,
+                            auth_stats=auth.status)
     factory = RelayFactory(
         router, reactor, max_frame_bytes=config["max-frame-bytes"],
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
         queue_high=config["queue-high"], queue_low=config["queue-low"],
         queue_max=config["queue-max"], window=config["max-inflight"],
         rate_policy=config["rate-limit-policy"], hold_max=config["max-held-sends"],
-        hold_bytes=config["max-held-bytes"], control_max=config["max-control-bytes"])
-    factory.auth = _auth_policy(config, reactor, router)
+        hold_bytes=config["max-held-bytes"], control_max=config["max-control-bytes"],
+        status=status)
+    factory.auth = auth
     top = RelayService(store, router, owner=twistd_owner(config), reactor=reactor)
     for endpoint in config["listen"]:
         listener = strports.service(endpoint, factory, reactor=reactor)
@@ -197,13 +206,9 @@ def makeService(config, reactor=None):
             from relay.auth import require_client_certificates
             require_client_certificates(listener.endpoint, config["tls-client-ca-certs"])
         listener.setServiceParent(top)
-    if config.get("sync-url"):
-        from relay.sync.service import make_sync_service
-        sync_service = make_sync_service(config, store, reactor)
-        if sync_service is not None:
-            sync_service.setServiceParent(top)
-            router.sync_stats = sync_service.stats
+    if sync_service is not None:
+        sync_service.setServiceParent(top)
     if config.get("http"):
         from relay.web import add_http
-        add_http(top, config, store, router, router.events, reactor)
+        add_http(top, config, store, router, router.events, reactor, status)
     return top

@@ -26,6 +26,7 @@ from relay import auth, peercred, tap
 from relay.protocol import RelayFactory
 from relay.router import Router
 from relay.store import Store
+from relay.testing import ThreadlessConnectionPool, settle
 
 SECRET = "s3cret-token-value"
 
@@ -95,10 +96,11 @@ class _AuthCase(unittest.TestCase):
     def setUp(self):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        self.store = Store(reactor, os.path.join(directory, "relay.sqlite"), batch_delay=0.01)
-        self.store.open()
-        self.addCleanup(self.store.close)
         self.clock = task.Clock()
+        self.store = Store(self.clock, os.path.join(directory, "relay.sqlite"), batch_delay=0.01,
+                           pool_factory=ThreadlessConnectionPool.on(self.clock))
+        self.store.open()
+        self.addCleanup(lambda: settle(self.clock, self.store.close()))
         self.router = Router(self.clock, self.store)
         self.factory = RelayFactory(self.router, self.clock)
         options = {"credCheckers": [strcred.makeChecker(a) for a in self.auth_args]}
@@ -240,7 +242,9 @@ class TokenTests(_AuthCase):
         d, creds = pending.pop()
         d.callback(creds.username)
         self.settle()
-        self.assertEqual(c.types(), ["WELCOME"])
+        # The store commits on the same clock now: the SEND's receipt
+        # follows its WELCOME in that turn.
+        self.assertEqual(c.types(), ["WELCOME", "ACK"])
         self.assertEqual(self.router.counters["accepted"], 1)
 
         c2 = self.connect()

@@ -9,6 +9,9 @@ from twisted.trial import unittest
 
 from relay.batcher import Batcher
 
+# Any owner's statement names, in its order (the batcher knows none).
+STATEMENTS = ("message", "delivery", "status", "ack_by_id", "stream", "expire", "meta")
+
 
 class FakeWriter:
     """
@@ -41,7 +44,7 @@ class FakeWriter:
 def make(size=50, delay=0.1, max_bytes=1048576, on_committed=None, start=True):
     clock = task.Clock()
     writer = FakeWriter()
-    batcher = Batcher(clock, writer, size=size, delay=delay, max_bytes=max_bytes,
+    batcher = Batcher(clock, writer, STATEMENTS, size=size, delay=delay, max_bytes=max_bytes,
                       on_committed=on_committed)
     if start:
         batcher.start()
@@ -383,7 +386,7 @@ class AfterCommitTests(unittest.TestCase):
         """
         got = []
         clock, writer, batcher = make(size=100, delay=0.1, on_committed=got.append)
-        batcher.current.max_message_seq = 7
+        batcher.mark(7)
         batcher.add("message", [7])
         clock.advance(0.1)
         self.assertEqual(got, [])
@@ -579,14 +582,14 @@ class GroupTests(unittest.TestCase):
         """
         clock, writer, batcher = make(size=50, delay=1.0)
         batcher.add("delivery", ["bob", 1])
-        batcher.current.stream_seqs[("bob", "default", "a")] = 1
+        batcher.note(("bob", "default", "a"), 1)
         batcher.flush()
         batcher.add("delivery", ["bob", 2])
-        batcher.current.stream_seqs[("bob", "default", "a")] = 2
-        batcher.current.stream_seqs[("bob", "t", "a")] = 1
+        batcher.note(("bob", "default", "a"), 2)
+        batcher.note(("bob", "t", "a"), 1)
         writer.fail(0)
         self.flushLoggedErrors(RuntimeError)
-        self.assertEqual(batcher.current.stream_seqs,
+        self.assertEqual(batcher.current.highs,
                          {("bob", "default", "a"): 2, ("bob", "t", "a"): 1})
 
     def test_abort_takes_the_group_back(self):

@@ -1,14 +1,15 @@
 # -*- test-case-name: tests.test_flow -*-
 """
 Flow control through the protocol and router, with StringTransport
-connections and a task.Clock for the daemon's timers; the store is a real
-SQLite file (its writer thread runs on the real reactor).
+connections and one task.Clock for everything: the daemon's timers and a
+real SQLite store whose adbapi pool runs on clock turns
+(L{relay.testing.ThreadlessConnectionPool}).
 """
 
 import os
 
 import orjson
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
@@ -17,6 +18,7 @@ from relay.protocol import RelayFactory
 from relay.ratelimit import RateLimiter
 from relay.router import Router
 from relay.store import Store
+from relay.testing import ThreadlessConnectionPool, settle
 
 
 def frames_of(transport):
@@ -40,9 +42,11 @@ class Harness:
         self.clock = task.Clock()
         path = os.path.abspath(testcase.mktemp())
         os.makedirs(path)
-        self.store = Store(reactor, os.path.join(path, "r.sqlite"), batch_delay=0.005)
+        self.store = Store(self.clock, os.path.join(path, "r.sqlite"), batch_delay=0.005,
+                           pool_factory=ThreadlessConnectionPool.on(self.clock))
         self.store.open()
-        testcase.addCleanup(self.store.close)
+        testcase.addCleanup(lambda: settle(self.clock, self.store.close()))
+        until.clock = self.clock
         limiter = RateLimiter(self.clock, rate=rate, burst=burst) if rate else None
         fonly = ("queue_high", "queue_low", "queue_max", "hold_max", "hold_bytes", "control_max",
                  "status_rate", "status_burst", "log_rate", "log_burst")
@@ -67,14 +71,29 @@ class Harness:
             env["payload_meta"] = meta
         proto.dataReceived(frame(env))
 
+    def flush(self):
+        """
+        Commit everything queued; a fired Deferred.
+        """
+        return settle(self.clock, self.store.flush())
 
-@defer.inlineCallbacks
-def until(predicate, timeout=10.0):
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not met in %ss" % timeout)
-        yield task.deferLater(reactor, 0.01, lambda: None)
+    def query(self, d):
+        """
+        Run the store read C{d} (a Deferred from the store) to its end.
+        """
+        return settle(self.clock, d)
+
+
+def until(predicate, turns=1000):
+    """
+    Turn the last L{Harness}'s clock (without moving time) until
+    C{predicate()} holds; a fired Deferred.
+    """
+    for _ in range(turns):
+        if predicate():
+            return defer.succeed(None)
+        until.clock.advance(0)
+    raise AssertionError("condition not met in %d clock turns" % (turns,))
 
 
 class BackpressureTests(unittest.TestCase):
@@ -140,7 +159,7 @@ class BackpressureTests(unittest.TestCase):
         yield until(lambda: h.router.sessions["rx"].live)
         got = [f for f in frames_of(rx_t) if f["type"] == "DELIVER"]
         self.assertEqual([f["payload"]["body"] for f in got], ["%02d" % i for i in range(10)])
-        ids = yield h.store.pool.runQuery("SELECT id FROM messages ORDER BY seq")
+        ids = yield h.query(h.store.pool.runQuery("SELECT id FROM messages ORDER BY seq"))
         self.assertEqual([f["id"] for f in got], [r[0] for r in ids])
         self.assertEqual([f["delivery"]["seq"] for f in got], list(range(1, 11)))
 
@@ -162,7 +181,7 @@ class BackpressureTests(unittest.TestCase):
         self.assertEqual(len(b.held), 1)
         self.assertEqual(a_t.producerState, "producing")
         self.assertEqual(b_t.producerState, "producing")
-        yield h.store.batcher.flush()
+        yield h.flush()
         h.clock.advance(0)
         # (b's SEND, routed now, may put the tiny limit over again.)
         self.assertEqual(len(b.held), 0)
@@ -222,8 +241,8 @@ class RateLimitProtocolTests(unittest.TestCase):
         self.assertEqual(nacks[0]["payload"]["code"], "BUSY")
         self.assertEqual(nacks[0]["payload"]["retry_after_ms"], 250)
         self.assertEqual(tx_t.producerState, "producing")
-        yield h.store.batcher.flush()
-        n = yield h.store.count("SELECT count(*) FROM messages")
+        yield h.flush()
+        n = yield h.query(h.store.count("SELECT count(*) FROM messages"))
         self.assertEqual(n, 1)
 
 
@@ -265,7 +284,6 @@ class HoldTests(unittest.TestCase):
             h.clock.advance(0)
             if len(got["a"]) == 10 and len(got["b"]) == 10:
                 break
-            yield task.deferLater(reactor, 0.005, lambda: None)
         self.assertEqual(got["a"], ["b%d" % i for i in range(10)])
         self.assertEqual(got["b"], ["a%d" % i for i in range(10)])
 
@@ -298,7 +316,6 @@ class HoldTests(unittest.TestCase):
             h.clock.advance(0)
             if len(got) >= 30:
                 break
-            yield task.deferLater(reactor, 0.005, lambda: None)
         self.assertEqual(got, ["%02d" % i for i in range(30)])
 
     def test_full_hold_under_rate_limit_nacks_busy(self):
@@ -374,8 +391,8 @@ class HoldTests(unittest.TestCase):
         h.send(tx, "rx", "kept")
         tx.connectionLost(None)
         self.assertEqual(h.router.counters["accepted"], 1)
-        yield h.store.batcher.flush()
-        n = yield h.store.count("SELECT count(*) FROM messages")
+        yield h.flush()
+        n = yield h.query(h.store.count("SELECT count(*) FROM messages"))
         self.assertEqual(n, 1)
 
     def test_pong_and_ping_while_held(self):

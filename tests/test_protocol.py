@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_protocol -*-
 """
 Unit tests for L{relay.protocol.RelayProtocol}: frames in and out over a
-L{StringTransport}, the router's and protocol's timers on a L{task.Clock},
-and a real L{relay.store.Store} on a temporary SQLite file (its writes go
-through adbapi's thread on the real reactor, so tests wait on
-C{store.batcher.flush()}).
+L{StringTransport}, and everything on one L{task.Clock}: the router's and
+protocol's timers, and a real L{relay.store.Store} on a temporary SQLite
+file whose adbapi pool runs its transactions on clock turns
+(L{relay.testing.ThreadlessConnectionPool}): no thread, no global reactor.
 
 The harness here (L{Relay}, L{Peer}) is shared with L{tests.test_router}.
 """
@@ -14,7 +14,7 @@ import sqlite3
 import struct
 
 import orjson
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python import failure
@@ -23,6 +23,7 @@ from twisted.trial import unittest
 from relay.protocol import RelayFactory
 from relay.router import Router
 from relay.store import Store
+from relay.testing import ThreadlessConnectionPool, settle
 
 
 def encode(env):
@@ -130,8 +131,8 @@ class Peer:
 
 class Relay:
     """
-    A router and factory on a L{task.Clock} over a real store on a fresh
-    SQLite file (real reactor for its writer thread).
+    A router and factory over a real store on a fresh SQLite file, all on
+    one L{task.Clock} (the store's pool is threadless).
     """
 
     def __init__(self, testcase, max_frame_bytes=1048576, heartbeat=5.0, ack_timeout=5.0,
@@ -141,9 +142,10 @@ class Relay:
         directory = os.path.abspath(testcase.mktemp())
         os.makedirs(directory)
         self.db_path = os.path.join(directory, "relay.sqlite")
-        self.store = Store(reactor, self.db_path, batch_delay=0.01)
+        self.store = Store(self.clock, self.db_path, batch_delay=0.01,
+                           pool_factory=ThreadlessConnectionPool.on(self.clock))
         self.store.open()
-        testcase.addCleanup(self.store.close)
+        testcase.addCleanup(lambda: settle(self.clock, self.store.close()))
         self.router = Router(self.clock, self.store, ack_timeout=ack_timeout,
                              message_ttl=message_ttl, **router_kw)
         self.router.start()
@@ -165,19 +167,24 @@ class Relay:
         yield self.live(name)
         return peer
 
-    @defer.inlineCallbacks
-    def live(self, name, timeout=10.0):
-        deadline = reactor.seconds() + timeout
-        while True:
+    def live(self, name, turns=1000):
+        """
+        Turn the clock (without moving time) until C{name}'s catch-up from
+        the store is done; a Deferred firing with its session.
+        """
+        for _ in range(turns):
             session = self.router.sessions.get(name)
             if session is not None and session.live and not session.catching_up:
-                return session
-            if reactor.seconds() > deadline:
-                raise AssertionError("agent %s never became live" % (name,))
-            yield task.deferLater(reactor, 0.002, lambda: None)
+                return defer.succeed(session)
+            self.clock.advance(0)
+        raise AssertionError("agent %s never became live" % (name,))
 
     def flush(self):
-        return self.store.batcher.flush()
+        """
+        Commit everything queued (one clock turn per transaction); a fired
+        Deferred.
+        """
+        return settle(self.clock, self.store.flush())
 
     def rows(self, sql, *args):
         conn = sqlite3.connect(self.db_path)
@@ -730,7 +737,7 @@ class InvalidSendTests(unittest.TestCase):
         self.alice.feed(env)
         yield self.relay.flush()
         self.assertEqual([a["payload"]["ack_id"] for a in self.alice.of_type("ACK")], [env["id"]])
-        self.assertEqual(self.relay.store.batcher.metrics["failures"], 0)
+        self.assertEqual(self.relay.store.stats()["failures"], 0)
 
     def test_bad_ttl(self):
         """

@@ -42,14 +42,14 @@ class RetransmitUnitTests(unittest.TestCase):
         tx2, tx2_t = h.connect("tx")
         frames_of(tx2_t)
         h.send(tx2, "rx", "once", requires_ack=True)
-        yield h.store.batcher.flush()
+        yield h.flush()
         receipts = [f for f in frames_of(tx2_t) if f["type"] == "ACK"]
         self.assertEqual([r["payload"]["ack_id"] for r in receipts], ["s-once"])
         delivered = [f for f in frames_of(rx_t) if f["type"] == "DELIVER"]
         self.assertEqual(len(delivered), 1)
         self.assertEqual(h.router.counters["accepted"], 1)
         self.assertEqual(h.router.counters["retransmits"], 1)
-        n = yield h.store.count("SELECT count(*) FROM messages")
+        n = yield h.query(h.store.count("SELECT count(*) FROM messages"))
         self.assertEqual(n, 1)
 
     def test_reused_id_with_other_content_is_a_new_message(self):

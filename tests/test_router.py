@@ -1,12 +1,17 @@
 # -*- test-case-name: tests.test_router -*-
 """
 Unit tests for L{relay.router.Router}: routing, stream seqs, receipts,
-redelivery and expiry, with connections on L{StringTransport}s, timers on a
-L{task.Clock} and a real L{relay.store.Store} on a temporary SQLite file.
+redelivery and expiry, with connections on L{StringTransport}s and one
+L{task.Clock} for the timers and a real L{relay.store.Store} on a temporary
+SQLite file (threadless pool); L{MemoryStoreRouterTests} run the router on
+L{relay.testing.MemoryStore} and L{relay.testing.FakeConnection} alone.
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
+
+from relay.router import Router
+from relay.testing import FakeConnection, MemoryStore
 
 from tests.test_protocol import Relay, hello, send
 
@@ -470,7 +475,7 @@ class EarlierConnectionAckTests(unittest.TestCase):
         alice.feed(env)
         yield self.relay.flush()
         self.assertEqual([a["payload"]["ack_id"] for a in alice.of_type("ACK")], [env["id"]])
-        self.assertEqual(self.relay.store.batcher.metrics["failures"], 0)
+        self.assertEqual(self.relay.store.stats()["failures"], 0)
 
 
 class DerivedIdTests(unittest.TestCase):
@@ -533,7 +538,7 @@ class DerivedIdTests(unittest.TestCase):
         self.assertEqual(ids[2], ids[0])
         self.assertEqual(relay.rows("SELECT id FROM messages ORDER BY seq"), [(ids[0],), (ids[1],)])
         self.assertEqual(relay.rows("SELECT count(*) FROM quarantine"), [(0,)])
-        self.assertEqual(relay.store.batcher.metrics["known_sends"], 1)
+        self.assertEqual(relay.store.stats()["known_sends"], 1)
 
 
 class BoundedStateTests(unittest.TestCase):
@@ -606,3 +611,107 @@ class SendUnitTests(unittest.TestCase):
         self.assertEqual(relay.rows("SELECT json_extract(payload, '$.body') FROM messages"),
                          [("second",)])
         self.assertEqual(relay.rows("SELECT count(*) FROM deliveries"), [(1,)])
+
+
+def _send(to, body, topic=None, requires_ack=False, send_id=None):
+    env = {"v": 1, "type": "SEND", "id": send_id or "m-" + body, "to": to,
+           "payload": {"kind": "message", "body": body}}
+    if topic is not None:
+        env["topic"] = topic
+    if requires_ack:
+        env["payload_meta"] = {"requires_ack": True}
+    return env
+
+
+class MemoryStoreRouterTests(unittest.TestCase):
+    """
+    The router on L{relay.testing.MemoryStore} with
+    L{relay.testing.FakeConnection}s: one L{task.Clock}, no file, no
+    thread, no protocol.
+    """
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.store = MemoryStore(self.clock)
+        self.router = Router(self.clock, self.store)
+        self.router.start()
+        self.addCleanup(self.router.stop)
+        self.connect = lambda: FakeConnection(self.router, self.clock)
+        self.alice = self.connect()
+        self.alice.hello("alice")
+        self.bob = self.connect()
+        self.bob.hello("bob")
+        self.clock.advance(0)
+
+    def test_direct_and_broadcast(self):
+        """
+        A direct SEND reaches its recipient only; a broadcast reaches all
+        but the sender with originalTo "*"; both are stored, one delivery
+        row per recipient.
+        """
+        carol = self.connect()
+        carol.hello("carol")
+        self.clock.advance(0)
+        self.router.send(self.alice.session, _send("bob", "direct"), 10)
+        self.router.send(self.alice.session, _send("*", "all"), 10)
+        self.assertEqual([d["payload"]["body"] for d in self.bob.delivered()], ["direct", "all"])
+        [c] = carol.delivered()
+        self.assertEqual(c["delivery"]["originalTo"], "*")
+        self.assertEqual(self.alice.delivered(), [])
+        self.clock.advance(0)
+        self.assertEqual(len(self.store.messages), 2)
+        self.assertEqual(sorted(self.store.deliveries), [("bob", 1), ("bob", 2), ("carol", 2)])
+
+    def test_receipt_after_commit(self):
+        """
+        A SEND asking for a receipt is ACKed to its sender once its rows
+        are committed, not before.
+        """
+        self.router.send(self.alice.session, _send("bob", "r", requires_ack=True), 10)
+        self.assertEqual(self.alice.frames, [])
+        self.clock.advance(0)
+        self.assertEqual([(f["type"], f["payload"]["ack_id"]) for f in self.alice.frames],
+                         [("ACK", "m-r")])
+
+    def test_acked_is_not_replayed_unacked_is(self):
+        """
+        After a reconnect, an ACKed delivery is not sent again; the unacked
+        one is, with its stream seq.
+        """
+        self.router.send(self.alice.session, _send("bob", "one"), 10)
+        self.router.send(self.alice.session, _send("bob", "two"), 10)
+        first, second = self.bob.delivered()
+        self.assertTrue(self.router.ack(self.bob.session, first["id"]))
+        self.bob.close()
+        self.clock.advance(0)
+        again = self.connect()
+        again.hello("bob")
+        self.clock.advance(0)
+        self.assertEqual([(d["payload"]["body"], d["delivery"]["seq"]) for d in again.delivered()],
+                         [("two", 2)])
+
+    def test_retransmit_is_not_stored_twice(self):
+        """
+        The same SEND (id, recipient, payload) again is receipted but not
+        stored or delivered a second time.
+        """
+        env = _send("bob", "once", requires_ack=True)
+        self.router.send(self.alice.session, env, 10)
+        self.router.send(self.alice.session, dict(env), 10)
+        self.clock.advance(0)
+        self.assertEqual(len(self.bob.delivered()), 1)
+        self.assertEqual(len(self.store.messages), 1)
+        self.assertEqual([f["type"] for f in self.alice.frames], ["ACK", "ACK"])
+        self.assertEqual(self.router.counters["retransmits"], 1)
+
+    def test_offline_recipient_gets_it_on_hello(self):
+        """
+        A SEND to an agent not connected waits in the store and is
+        delivered when that agent says HELLO.
+        """
+        self.router.send(self.alice.session, _send("dave", "later"), 10)
+        self.clock.advance(0)
+        dave = self.connect()
+        dave.hello("dave")
+        self.clock.advance(0)
+        self.assertEqual([d["payload"]["body"] for d in dave.delivered()], ["later"])

@@ -15,6 +15,7 @@ from twisted.web import server
 
 from relay.events import EventHub
 from relay.router import Router
+from relay.status import StatusReporter
 from relay.store import Store
 from relay.tap import Options
 from relay.web import is_loopback
@@ -295,7 +296,7 @@ class HealthTests(unittest.TestCase):
             return d
         store.batcher._write = write
         store.pool = object()
-        health = Health([], router, store)
+        health = Health([], StatusReporter(clock, router, store), store)
         self.assertEqual(health.problems(), [])
         store.batcher.add("meta", ("k", "v"))
         store.batcher.flush()
@@ -312,7 +313,7 @@ class HealthTests(unittest.TestCase):
         """
         clock = task.Clock()
         store = Store(clock, self.mktemp())
-        health = Health([], Router(clock, store), store)
+        health = Health([], StatusReporter(clock, Router(clock, store), store), store)
         self.assertEqual(health.problems(), ["store: not open"])
 
 

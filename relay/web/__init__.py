@@ -79,7 +79,7 @@ class WebService(service.Service):
         return service.Service.stopService(self)
 
 
-def add_http(top, config, store, router, events, reactor):
+def add_http(top, config, store, router, events, reactor, status):
     """
     Add a listener for each C{--http} endpoint to C{top}.  With C{--auth}
     every HTTP request needs a user of it (HTTP Basic, through
@@ -96,10 +96,10 @@ def add_http(top, config, store, router, events, reactor):
     from relay.web.resources import make_root
     from relay.web.sse import EventStream
 
-    metrics = Metrics(router, store, events)
+    metrics = Metrics(router, store, events, status.sync_stats)
     reader = StoreReader(reactor, store.path)
     stream = EventStream(reactor, events)
-    root = site_root = make_root(router, store, top, metrics, reader, stream)
+    root = site_root = make_root(status, store, top, metrics, reader, stream)
     cred_checkers = config.get("credCheckers")
     if cred_checkers:
         @implementer(portal.IRealm)

@@ -45,9 +45,10 @@ class RelayCollector:
         refreshed by the resource before each scrape (it needs a query).
     """
 
-    def __init__(self, router, store, listeners=()):
+    def __init__(self, router, store, sync_stats=None):
         self.router = router
         self.store = store
+        self.sync_stats = sync_stats
         self.waiting = {}
 
     def collect(self):
@@ -99,19 +100,19 @@ class RelayCollector:
         for status, n in sorted(self.waiting.items()):
             g.add_metric([status], n)
         yield g
-        batcher = self.store.batcher
+        stats = self.store.stats()
         g = GaugeMetricFamily("relay_store_pending_rows", "Rows queued for the next commit.")
-        g.add_metric([], batcher.pending_rows())
+        g.add_metric([], stats["pending_rows"])
         yield g
         c = CounterMetricFamily("relay_store_commit_failures", "Store commits that failed "
                                 "(their rows are kept and retried).")
-        c.add_metric([], batcher.metrics.get("failures", 0))
+        c.add_metric([], stats.get("failures", 0))
         yield c
         c = CounterMetricFamily("relay_store_quarantined_rows",
                                 "Rows SQLite refused, kept in the quarantine table.")
-        c.add_metric([], batcher.metrics.get("quarantined", 0))
+        c.add_metric([], stats.get("quarantined", 0))
         yield c
-        sync = router.sync_stats() if router.sync_stats else None
+        sync = self.sync_stats() if self.sync_stats else None
         if sync is not None:
             for name, key, doc in (
                     ("relay_sync_backlog_messages", "backlog",
@@ -172,9 +173,9 @@ class Metrics:
     The registry, the collector and the event-fed histograms.
     """
 
-    def __init__(self, router, store, events):
+    def __init__(self, router, store, events, sync_stats=None):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = RelayCollector(router, store)
+        self.collector = RelayCollector(router, store, sync_stats)
         self.registry.register(self.collector)
         self.commit_seconds = EventHistogram(
             "relay_store_commit_seconds", "Time to commit one batch to the store.")
@@ -188,7 +189,7 @@ class Metrics:
         # Message seq -> accept time (seconds), for the last ACCEPT_MEMORY
         # messages (seqs only grow: the one ACCEPT_MEMORY back is dropped).
         self._accepted = {}
-        store.batcher.commit_listeners.append(self._committed)
+        store.add_batch_listener(self._committed)
         events.subscribe(self._accepted_event, ("accepted",))
         events.subscribe(self._delivered_event, ("delivered",))
         events.subscribe(self._acked_event, ("acked",))

@@ -210,9 +210,9 @@ class Quarantine(Deferring):
 
 class Status(Route):
 
-    def __init__(self, router, stream):
+    def __init__(self, status, stream):
         Route.__init__(self)
-        self.router = router
+        self.status = status
         self.stream = stream
 
     def render_GET(self, request):
@@ -220,7 +220,7 @@ class Status(Route):
             _query(request, ())
         except BadRequest as e:
             return json_error(request, 400, str(e))
-        status = self.router.status()
+        status = self.status.report()
         status["http"] = {"sse_clients": len(self.stream.clients),
                           "sse_resyncs": self.stream.resyncs,
                           "sse_pending_bytes": self.stream.pending_bytes(),
@@ -249,28 +249,28 @@ class Health(Route):
     """
 
 
-    def __init__(self, service, router, store):
+    def __init__(self, service, status, store):
         Route.__init__(self)
         self.service = service
-        self.router = router
+        self.status = status
         self.store = store
-        self._failures_at_commit = store.batcher.metrics.get("failures", 0)
-        store.batcher.commit_listeners.append(self._committed)
+        self._failures_at_commit = store.stats().get("failures", 0)
+        store.add_batch_listener(self._committed)
 
     def _committed(self, seconds, rows):
-        self._failures_at_commit = self.store.batcher.metrics.get("failures", 0)
+        self._failures_at_commit = self.store.stats().get("failures", 0)
 
     def problems(self):
         reasons = []
-        if self.store.pool is None:
+        if not self.store.is_open():
             reasons.append("store: not open")
-        elif self.store.batcher.metrics.get("failures", 0) > self._failures_at_commit:
+        elif self.store.stats().get("failures", 0) > self._failures_at_commit:
             reasons.append("store: commits are failing (rows kept, retrying)")
         for child in self.service:
             endpoint = getattr(child, "relay_endpoint", None)
             if endpoint is not None and not child.running:
                 reasons.append("listener %s is down" % (endpoint,))
-        sync = self.router.sync_stats() if self.router.sync_stats else None
+        sync = self.status.sync_stats() if self.status.sync_stats else None
         if sync is not None and sync.get("state") in ("unauthorized", "failed", "stopped"):
             reasons.append("sync %s: %s" % (sync.get("state"), sync.get("last_error")))
         return reasons
@@ -338,7 +338,7 @@ class StaticFiles(static.File):
         return f
 
 
-def make_root(router, store, service, metrics, reader, stream):
+def make_root(status, store, service, metrics, reader, stream):
     root = JSONDirectory()
     root.putChild(b"", Index())
     files = StaticFiles(STATIC)
@@ -346,9 +346,9 @@ def make_root(router, store, service, metrics, reader, stream):
     files.childNotFound = NotFound()
     root.putChild(b"static", files)
     root.putChild(b"metrics", MetricsPage(metrics, reader))
-    root.putChild(b"healthz", Health(service, router, store))
+    root.putChild(b"healthz", Health(service, status, store))
     api = JSONDirectory()
-    api.putChild(b"status", Status(router, stream))
+    api.putChild(b"status", Status(status, stream))
     api.putChild(b"messages", Messages(reader))
     api.putChild(b"dead-letters", DeadLetters(reader))
     api.putChild(b"quarantine", Quarantine(reader))
