@@ -153,7 +153,9 @@ class FreshInstallTests(unittest.TestCase):
         if sys.prefix != sys.base_prefix:
             env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                           if not p.startswith(sys.prefix))
-        script = "mount -t tmpfs relay-test-tmp /tmp && cd \"$1\" && exec bash -c \"$2\""
+        # cd first: the copy may itself live under /tmp (a CI clone there),
+        # and the working directory stays reachable under the new mount.
+        script = "cd \"$1\" && mount -t tmpfs relay-test-tmp /tmp && exec bash -c \"$2\""
         proto = _Output()
         reactor.spawnProcess(proto, "unshare", ["unshare", "--mount", "--propagation", "private",
                                                 "sh", "-c", script, "sh", source, command],

@@ -45,10 +45,11 @@ class RelayCollector:
         refreshed by the resource before each scrape (it needs a query).
     """
 
-    def __init__(self, router, store, sync_stats=None):
+    def __init__(self, router, store, sync_stats=None, started=None):
         self.router = router
         self.store = store
         self.sync_stats = sync_stats
+        self.started = router.clock.seconds() if started is None else started
         self.waiting = {}
 
     def collect(self):
@@ -131,7 +132,7 @@ class RelayCollector:
             g.add_metric([str(sync.get("state"))], 1)
             yield g
         g = GaugeMetricFamily("relay_uptime_seconds", "Seconds since the daemon started.")
-        g.add_metric([], router.clock.seconds() - router.started)
+        g.add_metric([], router.clock.seconds() - self.started)
         yield g
 
 
@@ -173,9 +174,9 @@ class Metrics:
     The registry, the collector and the event-fed histograms.
     """
 
-    def __init__(self, router, store, events, sync_stats=None):
+    def __init__(self, router, store, events, sync_stats=None, started=None):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = RelayCollector(router, store, sync_stats)
+        self.collector = RelayCollector(router, store, sync_stats, started)
         self.registry.register(self.collector)
         self.commit_seconds = EventHistogram(
             "relay_store_commit_seconds", "Time to commit one batch to the store.")
