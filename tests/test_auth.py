@@ -471,7 +471,7 @@ class OptionsTests(unittest.TestCase):
         self.assertIn("--listen tcp:7777", str(e))
         self.assertIn("--auth", str(e))
         self.assertIn("--allow-anonymous-tcp", str(e))
-        from tests.tls_support import make_pki
+        from tests.support.tls import make_pki
         pki = make_pki(self.mktemp())
         self.assertRaises(usage.UsageError, self.parse, "--listen", "ssl:7777:privateKey=%s:"
                           "certKey=%s" % (pki.server_key, pki.server_cert))
@@ -486,7 +486,7 @@ class OptionsTests(unittest.TestCase):
         C{--tls-client-ca} must be a readable PEM file and needs an ssl:
         listener; with it an ssl: listener needs no C{--auth}.
         """
-        from tests.tls_support import make_pki
+        from tests.support.tls import make_pki
         pki = make_pki(self.mktemp())
         o = self.parse("--listen", "ssl:0:privateKey=%s:certKey=%s" % (pki.server_key,
                                                                         pki.server_cert),
@@ -542,7 +542,7 @@ class PeerCredTests(unittest.TestCase):
         """
         CN and SANs (DNS, e-mail, URI) are the names a certificate gives.
         """
-        from tests.tls_support import make_pki
+        from tests.support.tls import make_pki
         pki = make_pki(self.mktemp(), client_names=("alice",), client_sans=("alice-2",))
         from OpenSSL import crypto
         with open(pki.client_cert["alice"], "rb") as f:

@@ -21,7 +21,7 @@ from relay.cli.listen import format_message as format_delivery
 from relay.client.message import Message
 from relay.cli.status import format_status
 from relay.client import fetch_status
-from tests.daemon_support import REPO, DaemonProcess
+from tests.support.daemon import REPO, DaemonProcess
 
 
 class _Collect(protocol.ProcessProtocol):

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from relay.client import ConnectFailed, SendRefused
 from relay.client.blocking import BlockingClient
-from tests.daemon_support import (
+from tests.support.daemon import (
     REPO, DaemonProcess, connect_agent, send, send_receipted, wait_status)
 
 # A script that receives one message as bob, prints its body, and exits

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from relay.client import (
     ClientClosed, ConnectFailed, SendRefused, connect, fetch_status)
-from tests.daemon_support import DaemonProcess
+from tests.support.daemon import DaemonProcess
 
 
 def elapse(seconds):

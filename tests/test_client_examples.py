@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from relay.client import connect
-from tests.daemon_support import REPO, DaemonProcess
+from tests.support.daemon import REPO, DaemonProcess
 from tests.test_cli import _Collect
 
 EXAMPLES = os.path.join(REPO, "examples")

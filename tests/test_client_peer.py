@@ -15,7 +15,7 @@ from twisted.trial import unittest
 
 from relay.client import ConnectFailed, connect, fetch_status
 from relay.client.protocol import peer_uid, untrusted_peer
-from tests.daemon_support import DaemonProcess
+from tests.support.daemon import DaemonProcess
 from tests.test_cli import run_cli
 
 NOBODY = 65534

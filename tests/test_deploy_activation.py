@@ -15,8 +15,8 @@ import tempfile
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.daemon_support import REPO, TWISTD, connect_agent, send
-from tests.deploy_support import _Collect
+from tests.support.daemon import REPO, TWISTD, connect_agent, send
+from tests.support.deploy import _Collect
 
 ACTIVATE = shutil.which("systemd-socket-activate")
 LISTEN = "systemd:domain=UNIX:name=relay"

@@ -18,7 +18,7 @@ import orjson
 from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
-from tests.daemon_support import REPO, hello
+from tests.support.daemon import REPO, hello
 
 
 def _section(text, title):

@@ -10,7 +10,7 @@ import sqlite3
 from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
-from tests.daemon_support import REPO, TWISTD, DaemonProcess, send, send_receipted
+from tests.support.daemon import REPO, TWISTD, DaemonProcess, send, send_receipted
 
 TAC = os.path.join(REPO, "etc", "relay.tac")
 

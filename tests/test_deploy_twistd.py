@@ -16,8 +16,8 @@ import tempfile
 from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
-from tests.daemon_support import REPO, TWISTD, connect_agent, hello, send
-from tests.deploy_support import launch
+from tests.support.daemon import REPO, TWISTD, connect_agent, hello, send
+from tests.support.deploy import launch
 
 
 def _unavailable():

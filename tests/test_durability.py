@@ -15,7 +15,7 @@ from twisted.trial import unittest
 
 from relay import tap
 from relay.store import Store
-from tests.daemon_support import DaemonProcess, connect_agent
+from tests.support.daemon import DaemonProcess, connect_agent
 
 # PRAGMA synchronous reads back as a number.
 SQLITE_LEVEL = {"normal": 1, "full": 2}

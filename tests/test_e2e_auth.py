@@ -16,9 +16,9 @@ from twisted.internet import defer, endpoints, protocol, reactor, ssl, task, uti
 from twisted.trial import unittest
 
 from relay.client import HandshakeRefused, connect
-from tests.daemon_support import (REPO, AgentConnection, DaemonProcess, connect_agent,
+from tests.support.daemon import (REPO, AgentConnection, DaemonProcess, connect_agent,
                                   daemon_status, hello, send)
-from tests.tls_support import make_pki
+from tests.support.tls import make_pki
 
 TOKENS = {"alice": "alice-token-8f2e", "bob": "bob-token-c41a"}
 AUTH = "memory:" + ":".join("%s:%s" % kv for kv in sorted(TOKENS.items()))
@@ -240,7 +240,7 @@ class TokenTests(unittest.TestCase):
 
 
 def _enc(env):
-    from tests.daemon_support import encode
+    from tests.support.daemon import encode
     return encode(env)
 
 

@@ -10,7 +10,7 @@ import struct
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.daemon_support import DaemonProcess, connect_agent, encode, hello, send
+from tests.support.daemon import DaemonProcess, connect_agent, encode, hello, send
 
 
 def rss_kib(pid):

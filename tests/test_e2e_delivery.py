@@ -12,7 +12,7 @@ import sqlite3
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from tests.daemon_support import DaemonProcess, connect_agent, send
+from tests.support.daemon import DaemonProcess, connect_agent, send
 
 
 def stored(db_path, sql, *args):

@@ -12,7 +12,7 @@ import sqlite3
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.daemon_support import DaemonProcess, connect_agent, send, wait_status
+from tests.support.daemon import DaemonProcess, connect_agent, send, wait_status
 
 
 def stored_ids(db_path):

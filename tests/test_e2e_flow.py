@@ -10,7 +10,7 @@ import sqlite3
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.daemon_support import (DaemonProcess, connect_agent, daemon_status, send,
+from tests.support.daemon import (DaemonProcess, connect_agent, daemon_status, send,
                                   wait_status)
 
 

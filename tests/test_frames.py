@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from relay.frames import MAX_DEPTH, MAX_TTL_MS, check_send, echo
 from relay.ingest.validate import BadRequest, parseMessage
-from tests.ingest_support import makeMessage
+from tests.support.ingest import makeMessage
 from tests.test_protocol import Relay, send
 
 

@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
-from tests.daemon_support import DaemonProcess, connect_agent
+from tests.support.daemon import DaemonProcess, connect_agent
 from tests.test_protocol import Relay, hello
 
 

@@ -18,8 +18,8 @@ from twisted.trial import unittest
 
 from relay.cli import main as cliMain
 from relay.ingest import keys
-from tests.ingest_process import CuttableProxy, IngestProcess
-from tests.ingest_support import fetchAll, makeMessage, testDatabaseDSN, truncate
+from tests.support.ingest_process import CuttableProxy, IngestProcess
+from tests.support.ingest import fetchAll, makeMessage, testDatabaseDSN, truncate
 
 WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
 OTHER_WS = "0b9a1c2e-8d8e-4a53-9a4b-0d5b3f3d6a02"

@@ -1,6 +1,6 @@
 """
 Tests for the bulk insert strategies in L{relay.ingest.inserters}, against
-the real PostgreSQL (see L{tests.ingest_support}).
+the real PostgreSQL (see L{tests.support.ingest}).
 """
 
 import json
@@ -18,7 +18,7 @@ from relay.ingest.inserters import (
     UnnestInserter,
     encodeCopyRows,
 )
-from tests.ingest_support import (
+from tests.support.ingest import (
     BASE_TS,
     fetchAll,
     makeRow,

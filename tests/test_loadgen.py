@@ -22,7 +22,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.trial import unittest
 
 from relay.bench import loadgen
-from tests.daemon_support import DaemonProcess
+from tests.support.daemon import DaemonProcess
 
 
 class ScriptedPeer(Int32StringReceiver):

@@ -13,7 +13,7 @@ from twisted.python.lockfile import FilesystemLock
 from twisted.trial import unittest
 
 from relay import lock
-from tests.daemon_support import DaemonProcess, connect_agent, send
+from tests.support.daemon import DaemonProcess, connect_agent, send
 
 # A child that takes the lock the way Twisted's Unix listener does, says so,
 # and exits: until its parent (this test) reaps it, it is a zombie whose pid

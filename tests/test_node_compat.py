@@ -30,7 +30,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
 from relay.client import connect
-from tests.daemon_support import DaemonProcess
+from tests.support.daemon import DaemonProcess
 
 NODE = shutil.which("node")
 MODULES = os.environ.get("RELAY_NODE_MODULES")

@@ -21,7 +21,7 @@ import sysconfig
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from tests.daemon_support import REPO
+from tests.support.daemon import REPO
 
 PIP = os.path.join(os.path.dirname(sys.executable), "pip")
 

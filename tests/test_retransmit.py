@@ -10,7 +10,7 @@ import sqlite3
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.daemon_support import DaemonProcess, connect_agent, send, wait_status
+from tests.support.daemon import DaemonProcess, connect_agent, send, wait_status
 from tests.test_flow import Harness, frames_of, until
 
 

@@ -14,9 +14,9 @@ from twisted.trial import unittest
 from relay.store import connect_readonly
 from relay.sync.spill import SpillDir
 from relay.sync.wire import encode_message
-from tests.daemon_support import DaemonProcess, daemon_status, send, send_receipted
+from tests.support.daemon import DaemonProcess, daemon_status, send, send_receipted
 from relay.sync.options import SYNC_PATH
-from tests.sync_support import DAEMON, KEY, WORKSPACE, IngestServer, make_row, wait_until
+from tests.support.sync import DAEMON, KEY, WORKSPACE, IngestServer, make_row, wait_until
 
 TEXT = ("Finished the refactor of the router's delivery loop; all 214 tests pass. "
         "Next: profile the store batcher under 2k msgs/s and look at the flaky "

@@ -18,10 +18,10 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from relay.ingest import keys
-from tests.daemon_support import DaemonProcess, daemon_status, send, send_receipted
-from tests.ingest_process import IngestProcess
-from tests.ingest_support import fetchAll, testDatabaseDSN, truncate
-from tests.sync_support import wait_until
+from tests.support.daemon import DaemonProcess, daemon_status, send, send_receipted
+from tests.support.ingest_process import IngestProcess
+from tests.support.ingest import fetchAll, testDatabaseDSN, truncate
+from tests.support.sync import wait_until
 from tests.test_sync_e2e import TEXT, stored_ids
 
 

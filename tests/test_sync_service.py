@@ -18,7 +18,7 @@ from relay.sync.poster import Poster
 from relay.sync.service import HOLDING, IDLE, UNAUTHORIZED, SyncService
 from relay.sync.spill import SpillDir
 from relay.sync.wire import encode_message
-from tests.sync_support import DAEMON, KEY, WORKSPACE, FakeSyncSource, IngestStub, make_row
+from tests.support.sync import DAEMON, KEY, WORKSPACE, FakeSyncSource, IngestStub, make_row
 
 URL = "http://127.0.0.1:9/api/daemons/messages/sync"
 

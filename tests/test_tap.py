@@ -17,7 +17,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from relay import tap
-from tests.daemon_support import REPO, TWISTD, DaemonProcess, connect_agent, send
+from tests.support.daemon import REPO, TWISTD, DaemonProcess, connect_agent, send
 
 
 class SocketOwnerTests(unittest.TestCase):

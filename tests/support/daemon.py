@@ -13,7 +13,8 @@ import orjson
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests/support/daemon.py -> the repository root.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 # How long a daemon may take to start or stop before a test fails.

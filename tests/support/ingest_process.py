@@ -6,15 +6,13 @@ tests, and a loopback TCP proxy to put between it and PostgreSQL.
 import os
 import signal
 import socket
-import sys
 
 import treq
 from twisted.web.client import HTTPConnectionPool
 from twisted.internet import defer, protocol, task
 from twisted.protocols import portforward
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+from tests.support.daemon import REPO as REPO_ROOT, TWISTD
 
 
 def freePort():

@@ -14,7 +14,7 @@ import sys
 
 from twisted.internet import defer, protocol, reactor
 
-from tests.daemon_support import REPO
+from tests.support.daemon import REPO
 
 LAUNCHER = r"""
 import ctypes, os, subprocess, sys
