@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.e2e.test_tap -*-
 """
 C{twistd relay}: options and service construction.
 """

@@ -2,7 +2,7 @@
 """
 Unit tests for relay.client driven deterministically: a MemoryReactorClock for
 connections and time, StringTransport for the bytes. The same behaviours are
-proven against the real daemon in tests.test_client_e2e.
+proven against the real daemon in tests.e2e.test_client.
 """
 
 import struct

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.e2e.test_cli -*-
 """
 What the ``relay send|listen|status|bench`` commands share: the connection
 options, the endpoint they resolve to, and running one Twisted job to an exit

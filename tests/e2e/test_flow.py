@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_flow -*-
+# -*- test-case-name: tests.e2e.test_flow -*-
 """
 Flow control end to end, through the real daemon process: stalled
 receivers, broadcast fan-out to a stalled member, rate limits.  Nothing

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_examples -*-
+# -*- test-case-name: tests.e2e.test_client_examples -*-
 """
 The examples in examples/ (quoted in README.rst) run against the real daemon.
 """
@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from relay.client import connect
 from tests.support.daemon import REPO, DaemonProcess
-from tests.test_cli import _Collect
+from tests.e2e.test_cli import _Collect
 
 EXAMPLES = os.path.join(REPO, "examples")
 

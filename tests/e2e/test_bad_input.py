@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_bad_input -*-
+# -*- test-case-name: tests.e2e.test_bad_input -*-
 """
 Bad input through the real C{twistd -n relay} process: each gets the answer
 PROTOCOL.md gives, and meanwhile the daemon keeps serving other agents.

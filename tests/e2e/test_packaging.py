@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_packaging -*-
+# -*- test-case-name: tests.e2e.test_packaging -*-
 """
 The project installs as a package: a non-editable C{pip install .} into a
 fresh virtualenv gives a working C{twistd relay} plugin, the packaged schema

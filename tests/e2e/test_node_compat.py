@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_node_compat -*-
+# -*- test-case-name: tests.e2e.test_node_compat -*-
 """
 agent-relay's own Node client (``RelayClient`` from agent-relay@1.6.0,
 dist/wrapper/client.js) against our daemon.

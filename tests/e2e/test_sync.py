@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sync_e2e -*-
+# -*- test-case-name: tests.e2e.test_sync -*-
 """
 End-to-end tests of cloud sync: the real daemon (C{twistd -n relay}) in a
 subprocess, real agents over its Unix socket, and a real twisted.web

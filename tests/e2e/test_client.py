@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_e2e -*-
+# -*- test-case-name: tests.e2e.test_client -*-
 """
 relay.client against the real daemon process (``twistd -n relay``): receipts,
 NACKs, de-duplication of real redeliveries, heartbeats, STATUS, and reconnecting

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_frames_property -*-
+# -*- test-case-name: tests.e2e.test_frames_property -*-
 """
 Arbitrary JSON values in every field of every frame type (hypothesis),
 through the real protocol: L{relay.protocol.RelayProtocol} over a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.e2e.test_tap -*-
 """
 Tests for L{relay.tap}: option parsing and defaults, service construction,
 and the real C{twistd} command line (help output, one-line failures with a

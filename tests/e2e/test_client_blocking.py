@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_blocking -*-
+# -*- test-case-name: tests.e2e.test_client_blocking -*-
 """
 relay.client.blocking against the real daemon: the blocking calls run in a
 thread while trial's reactor (the one the facade hands work to) runs.

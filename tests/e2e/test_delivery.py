@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_delivery -*-
+# -*- test-case-name: tests.e2e.test_delivery -*-
 """
 End-to-end delivery tests through the real C{twistd -n relay} process over
 real Unix sockets and a real SQLite file: broadcast, topics, store and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_auth -*-
+# -*- test-case-name: tests.e2e.test_auth -*-
 """
 End-to-end identity tests through the real C{twistd -n relay} process: the
 C{--auth} tokens over real Unix, TCP and TLS sockets, client certificates,

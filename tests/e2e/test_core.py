@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_core -*-
+# -*- test-case-name: tests.e2e.test_core -*-
 """
 End-to-end tests of the daemon core through the real C{twistd -n relay}
 process, over real Unix sockets, with a real SQLite file.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sync_ingest_e2e -*-
+# -*- test-case-name: tests.e2e.test_sync_ingest -*-
 """
 Cloud sync end to end with both real processes: the daemon
 (C{twistd -n relay}) syncing to the ingest service (C{twistd -n
@@ -22,7 +22,7 @@ from tests.support.daemon import DaemonProcess, daemon_status, send, send_receip
 from tests.support.ingest_process import IngestProcess
 from tests.support.ingest import fetchAll, testDatabaseDSN, truncate
 from tests.support.sync import wait_until
-from tests.test_sync_e2e import TEXT, stored_ids
+from tests.e2e.test_sync import TEXT, stored_ids
 
 
 class SyncToIngestTests(unittest.TestCase):

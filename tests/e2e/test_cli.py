@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.e2e.test_cli -*-
 """
 The ``relay send|listen|status|history|bench`` commands, run as real processes
 (``python -m relay.cli``) against the real daemon process.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_durability -*-
+# -*- test-case-name: tests.e2e.test_durability -*-
 """
 End-to-end tests of "nothing lost, nothing twice" across crashes, through
 the real daemon process (issue 13 points 1, 2, 3 and 17): SIGKILL between

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_peer -*-
+# -*- test-case-name: tests.e2e.test_client_peer -*-
 """
 relay.client and the CLI check who runs the daemon behind a Unix socket
 (SO_PEERCRED): a listener run as another user (nobody, by a child process
@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from relay.client import ConnectFailed, connect, fetch_status
 from relay.client.protocol import peer_uid, untrusted_peer
 from tests.support.daemon import DaemonProcess
-from tests.test_cli import run_cli
+from tests.e2e.test_cli import run_cli
 
 NOBODY = 65534
 

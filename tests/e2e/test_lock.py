@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_lock -*-
+# -*- test-case-name: tests.e2e.test_lock -*-
 """
 Tests for L{relay.lock}: a restart comes up over the Unix socket lock of a
 dead or zombie holder, and never takes a live daemon's.
