@@ -6,12 +6,14 @@ tests, and talk to it over real sockets.
 import os
 import signal
 import socket
-import struct
 import sys
 
-import orjson
-from twisted.internet import defer, protocol, reactor, task
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet import defer, protocol, reactor
+
+from tests.support import frames
+from tests.support.frames import FrameReader, encode, hello
+from tests.support.poll import poll_until
+from tests.support.process import ProcessOutput
 
 # tests/support/daemon.py -> the repository root.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,24 +22,6 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 # How long a daemon may take to start or stop before a test fails.
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
-
-
-class _ProcessProtocol(protocol.ProcessProtocol):
-    def __init__(self, owner):
-        self.owner = owner
-        self.ended = defer.Deferred()
-        self.output = []
-
-    def outReceived(self, data):
-        self.output.append(data)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        if isinstance(reason.value, (ProcessDone, ProcessTerminated)):
-            self.owner.exit_code = reason.value.exitCode
-            self.owner.exit_signal = getattr(reason.value, "signal", None)
-        self.ended.callback(None)
 
 
 class DaemonProcess:
@@ -67,8 +51,6 @@ class DaemonProcess:
         self.plugin = plugin
         self.listen = listen
         self.proto = None
-        self.exit_code = None
-        self.exit_signal = None
         self.starts = 0
         testcase.addCleanup(self._cleanup)
 
@@ -78,11 +60,22 @@ class DaemonProcess:
                 "--db", self.db_path] + self.extra_args
 
     @property
+    def exit_code(self):
+        """
+        The last run's exit status (L{None} while it runs, or if killed).
+        """
+        return self.proto.exit_code if self.proto is not None else None
+
+    @property
+    def exit_signal(self):
+        return self.proto.exit_signal if self.proto is not None else None
+
+    @property
     def pid(self):
         return self.proto.transport.pid if self.proto is not None else None
 
     def output(self):
-        return b"".join(self.proto.output).decode("utf-8", "replace") if self.proto else ""
+        return self.proto.text() if self.proto else ""
 
     def start(self):
         """
@@ -91,25 +84,20 @@ class DaemonProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env.update(self.env)
-        self.proto = _ProcessProtocol(self)
-        self.exit_code = self.exit_signal = None
+        self.proto = ProcessOutput()
         self.starts += 1
         reactor.spawnProcess(self.proto, TWISTD, self.args(), env=env, path=self.directory)
         return self._wait_ready()
 
-    @defer.inlineCallbacks
     def _wait_ready(self):
-        deadline = reactor.seconds() + START_TIMEOUT
-        while True:
+        def ready():
             if self.proto.ended.called:
                 raise AssertionError("daemon exited during startup (code %s):\n%s"
                                      % (self.exit_code, self.output()))
-            if self._accepts():
-                return
-            if reactor.seconds() > deadline:
-                raise AssertionError("daemon not ready after %ss:\n%s"
-                                     % (START_TIMEOUT, self.output()))
-            yield task.deferLater(reactor, 0.05, lambda: None)
+            return self._accepts()
+        d = poll_until(ready, START_TIMEOUT,
+                       what=lambda: "the daemon to accept:\n" + self.output())
+        return d.addCallback(lambda _: None)
 
     def _accepts(self):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -159,7 +147,7 @@ class AgentConnection(protocol.Protocol):
     """
 
     def __init__(self):
-        self.buffer = b""
+        self.reader = FrameReader()
         self.frames = []
         self.counts = {}
         self._waiters = []
@@ -168,16 +156,8 @@ class AgentConnection(protocol.Protocol):
         self.auto_pong = True
 
     def dataReceived(self, data):
-        buf = self.buffer + data if self.buffer else data
-        offset = 0
-        end = len(buf)
         acks = []
-        while end - offset >= 4:
-            (n,) = struct.unpack_from(">I", buf, offset)
-            if end - offset - 4 < n:
-                break
-            env = orjson.loads(buf[offset + 4:offset + 4 + n])
-            offset += 4 + n
+        for env in self.reader.feed(data):
             self.frames.append(env)
             kind = env.get("type")
             self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -187,7 +167,6 @@ class AgentConnection(protocol.Protocol):
                                                 "seq": env["delivery"]["seq"]}}))
             elif self.auto_pong and kind == "PING":
                 acks.append(encode({"v": 1, "type": "PONG", "payload": env.get("payload", {})}))
-        self.buffer = buf[offset:]
         if acks:
             self.transport.write(b"".join(acks))
         self._check()
@@ -241,30 +220,12 @@ class AgentConnection(protocol.Protocol):
                 d.callback(self.frames)
 
 
-def encode(env):
-    data = orjson.dumps(env)
-    return struct.pack(">I", len(data)) + data
-
-
-def hello(name, **extra):
-    payload = {"agent": name, "capabilities": {"ack": True, "resume": True,
-                                               "max_inflight": 256, "supports_topics": True}}
-    payload.update(extra)
-    return {"v": 1, "type": "HELLO", "id": "h-" + name, "ts": 0, "payload": payload}
-
-
-_counter = [0]
-
-
 def send(to, body, topic=None, requires_ack=False, **payload_extra):
-    _counter[0] += 1
-    env = {"v": 1, "type": "SEND", "id": "s%d" % _counter[0], "ts": 0, "to": to,
-           "payload": dict({"kind": "message", "body": body}, **payload_extra)}
-    if topic is not None:
-        env["topic"] = topic
-    if requires_ack:
-        env["payload_meta"] = {"requires_ack": True}
-    return env
+    """
+    A SEND (see L{frames.send}); keyword arguments go into its payload.
+    """
+    return frames.send(to, body, topic=topic, requires_ack=requires_ack,
+                       payload_extra=payload_extra)
 
 
 @defer.inlineCallbacks
@@ -296,19 +257,18 @@ def daemon_status(daemon):
     return probe.of_type("STATUS_REPLY")[0]["payload"]
 
 
-@defer.inlineCallbacks
 def wait_status(daemon, predicate, timeout=15.0):
     """
-    Poll the daemon's STATUS until C{predicate(payload)} holds.
+    Poll the daemon's STATUS until C{predicate(payload)} holds; fire with
+    that payload.
     """
-    deadline = reactor.seconds() + timeout
-    while True:
-        status = yield daemon_status(daemon)
-        if predicate(status):
-            return status
-        if reactor.seconds() > deadline:
-            raise AssertionError("daemon status never matched: %r" % (status,))
-        yield task.deferLater(reactor, 0.05, lambda: None)
+    last = [None]
+
+    def matches(status):
+        last[0] = status
+        return status if predicate(status) else None
+    return poll_until(lambda: daemon_status(daemon).addCallback(matches), timeout,
+                      what=lambda: "daemon status to match: %r" % (last[0],))
 
 
 @defer.inlineCallbacks
