@@ -12,9 +12,10 @@ when the daemon named in the pid file exits.
 import os
 import sys
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, reactor
 
 from tests.support.daemon import REPO
+from tests.support.process import ProcessOutput
 
 LAUNCHER = r"""
 import ctypes, os, subprocess, sys
@@ -41,26 +42,20 @@ while True:
 """
 
 
-class _Collect(protocol.ProcessProtocol):
+class _Collect(ProcessOutput):
+    """
+    The launcher's output: its C{key N} lines can be waited for.
+    """
+
     def __init__(self):
-        self.lines = []
-        self._partial = ""
-        self.err = []
-        self.ended = defer.Deferred()
+        ProcessOutput.__init__(self)
         self._waiters = []
 
-    def outReceived(self, data):
-        text = self._partial + data.decode("utf-8", "replace")
-        *complete, self._partial = text.split("\n")
-        self.lines.extend(complete)
+    def line_received(self):
         self._check()
 
-    def errReceived(self, data):
-        self.err.append(data.decode("utf-8", "replace"))
-
     def processEnded(self, reason):
-        self.exit_code = getattr(reason.value, "exitCode", None)
-        self.ended.callback(None)
+        ProcessOutput.processEnded(self, reason)
         self._check()
 
     def value(self, key):
@@ -71,6 +66,10 @@ class _Collect(protocol.ProcessProtocol):
         return None
 
     def wait_for(self, key):
+        """
+        Fire with the number on the launcher's C{key N} line, or L{None} if
+        it ends without one.
+        """
         d = defer.Deferred()
         self._waiters.append((key, d))
         self._check()
@@ -82,9 +81,6 @@ class _Collect(protocol.ProcessProtocol):
             if found is not None or self.ended.called:
                 self._waiters.remove((key, d))
                 d.callback(found)
-
-    def stderr(self):
-        return "".join(self.err)
 
 
 def launch(command, pidfile, cwd, env=None):

@@ -9,10 +9,12 @@ import socket
 
 import treq
 from twisted.web.client import HTTPConnectionPool
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer
 from twisted.protocols import portforward
 
 from tests.support.daemon import REPO as REPO_ROOT, TWISTD
+from tests.support.poll import poll_until
+from tests.support.process import ProcessOutput
 
 
 def freePort():
@@ -25,20 +27,6 @@ def freePort():
         return s.getsockname()[1]
     finally:
         s.close()
-
-
-class _Collector(protocol.ProcessProtocol):
-    def __init__(self):
-        self.output = []
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.output.append(data)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value.exitCode)
 
 
 class IngestProcess:
@@ -73,7 +61,7 @@ class IngestProcess:
         self.httpPool = HTTPConnectionPool(reactor, persistent=False)
 
     def output(self):
-        return b"".join(self.collector.output).decode("utf-8", "replace")
+        return self.collector.text()
 
     def start(self):
         """
@@ -95,7 +83,7 @@ class IngestProcess:
             "--listen", self.listenDescription(),
             "--postgres", self.dsn,
         ] + self.extraArgs
-        self.collector = _Collector()
+        self.collector = ProcessOutput()
         self.transport = self.reactor.spawnProcess(
             self.collector, TWISTD, args, env=env, path=REPO_ROOT)
 
@@ -112,26 +100,21 @@ class IngestProcess:
             return response.content().addCallback(lambda _: response)
         return d.addCallback(read)
 
-    @defer.inlineCallbacks
     def waitHealth(self, code):
         """
         Poll C{/healthz} until it answers C{code}, with a bound of
         L{startTimeout} seconds; fire with that response.
         """
-        deadline = self.reactor.seconds() + self.startTimeout
-        while True:
+        def answered():
             if self.collector.ended.called:
                 raise RuntimeError("relay-ingest exited:\n" + self.output())
-            try:
-                response = yield self.getHealth()
-                if response.code == code:
-                    return response
-            except Exception:
-                pass
-            if self.reactor.seconds() > deadline:
-                raise RuntimeError("relay-ingest /healthz not %d within %ss:\n%s"
-                                   % (code, self.startTimeout, self.output()))
-            yield task.deferLater(self.reactor, 0.1, lambda: None)
+            d = self.getHealth()
+            d.addCallbacks(lambda response: response if response.code == code else None,
+                           lambda _: None)
+            return d
+        d = poll_until(answered, self.startTimeout, interval=0.1, clock=self.reactor,
+                       what=lambda: "relay-ingest /healthz %d:\n%s" % (code, self.output()))
+        return d
 
     def waitHealthy(self):
         return self.waitHealth(200)

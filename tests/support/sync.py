@@ -14,13 +14,14 @@ Test support for cloud sync:
 import gzip
 
 import orjson
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
 from zope.interface import implementer
 
 from relay.interfaces import ISyncSource
 from relay.sync.options import SYNC_PATH
+from tests.support.poll import poll_until
 
 WORKSPACE = "2f1c9a4e-5b7d-4c3e-9a10-8e6f2b3c4d5e"
 DAEMON = "7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d"
@@ -299,18 +300,11 @@ class IngestServer:
         return self.refuse()
 
 
-@defer.inlineCallbacks
 def wait_until(reactor, predicate, timeout=10.0, interval=0.02, what="condition"):
     """
-    Poll C{predicate()} every C{interval} seconds until it is true; fail the
-    test after C{timeout} seconds.
+    L{poll_until} with the reactor first, as the sync tests call it.
     """
-    waited = 0.0
-    while not predicate():
-        if waited >= timeout:
-            raise AssertionError("timed out after {}s waiting for {}".format(timeout, what))
-        yield task.deferLater(reactor, interval, lambda: None)
-        waited += interval
+    return poll_until(predicate, timeout, interval, what=what, clock=reactor)
 
 
 def make_tls(directory, hostname="localhost"):
