@@ -8,7 +8,8 @@ L{task.Clock} and a real L{relay.store.Store} on a temporary SQLite file.
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.test_protocol import Relay, hello, send
+from tests.support.frames import hello, send
+from tests.support.protocol import Relay
 
 
 def bodies(frames):

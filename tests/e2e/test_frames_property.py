@@ -19,7 +19,8 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.support.daemon import DaemonProcess, connect_agent
-from tests.test_protocol import Relay, hello
+from tests.support.frames import hello
+from tests.support.protocol import Relay
 
 
 def nested(depth):
