@@ -5,76 +5,12 @@ connections and a task.Clock for the daemon's timers; the store is a real
 SQLite file (its writer thread runs on the real reactor).
 """
 
-import os
-
-import orjson
 from twisted.internet import defer, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from relay.frames import frame
-from relay.protocol import RelayFactory
-from relay.ratelimit import RateLimiter
-from relay.router import Router
-from relay.store import Store
-
-
-def frames_of(transport):
-    data = transport.value()
-    transport.clear()
-    out = []
-    while data:
-        n = int.from_bytes(data[:4], "big")
-        out.append(orjson.loads(data[4:4 + n]))
-        data = data[4 + n:]
-    return out
-
-
-class Harness:
-    """
-    A router and factory over a real store, with connections on
-    StringTransports.
-    """
-
-    def __init__(self, testcase, rate=None, burst=None, policy="throttle", **kw):
-        self.clock = task.Clock()
-        path = os.path.abspath(testcase.mktemp())
-        os.makedirs(path)
-        self.store = Store(reactor, os.path.join(path, "r.sqlite"), batch_delay=0.005)
-        self.store.open()
-        testcase.addCleanup(self.store.close)
-        limiter = RateLimiter(self.clock, rate=rate, burst=burst) if rate else None
-        fonly = ("queue_high", "queue_low", "queue_max", "hold_max", "hold_bytes", "control_max",
-                 "status_rate", "status_burst", "log_rate", "log_burst")
-        fkw = {k: v for k, v in kw.items() if k in fonly + ("window",)}
-        rkw = {k: v for k, v in kw.items() if k not in fonly}
-        self.router = Router(self.clock, self.store, limiter=limiter, rate_policy=policy, **rkw)
-        self.router.start()
-        testcase.addCleanup(self.router.stop)
-        self.factory = RelayFactory(self.router, self.clock, rate_policy=policy, **fkw)
-
-    def connect(self, name):
-        proto = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        proto.makeConnection(transport)
-        proto.dataReceived(frame({"v": 1, "type": "HELLO", "payload": {"agent": name}}))
-        return proto, transport
-
-    def send(self, proto, to, body, **meta):
-        env = {"v": 1, "type": "SEND", "id": "s-" + body, "to": to,
-               "payload": {"kind": "message", "body": body}}
-        if meta:
-            env["payload_meta"] = meta
-        proto.dataReceived(frame(env))
-
-
-@defer.inlineCallbacks
-def until(predicate, timeout=10.0):
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not met in %ss" % timeout)
-        yield task.deferLater(reactor, 0.01, lambda: None)
+from tests.support.flow import Harness, frames_of, until
 
 
 class BackpressureTests(unittest.TestCase):

@@ -8,7 +8,7 @@ delivered once.
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.test_flow import Harness, frames_of, until
+from tests.support.flow import Harness, frames_of, until
 
 
 class RetransmitUnitTests(unittest.TestCase):
