@@ -8,10 +8,9 @@ import json
 import os
 import re
 import sqlite3
-import sys
 import tempfile
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from relay.cli import build_parser, printable
@@ -21,60 +20,8 @@ from relay.cli.listen import format_message as format_delivery
 from relay.client.message import Message
 from relay.cli.status import format_status
 from relay.client import fetch_status
-from tests.support.daemon import REPO, DaemonProcess
-
-
-class _Collect(protocol.ProcessProtocol):
-    def __init__(self, stdin):
-        self.stdin = stdin
-        self.out = []
-        self.err = []
-        self.ended = defer.Deferred()
-
-    def connectionMade(self):
-        if self.stdin is not None:
-            self.transport.write(self.stdin)
-        self.transport.closeStdin()
-
-    def outReceived(self, data):
-        self.out.append(data)
-
-    def errReceived(self, data):
-        self.err.append(data)
-
-    def processEnded(self, reason):
-        self.ended.callback((b"".join(self.out).decode(), b"".join(self.err).decode(),
-                             reason.value.exitCode))
-
-
-def spawn_cli(args, stdin=None, env=None):
-    """Start ``python -m relay.cli ARGS``; returns the protocol (``.ended``
-    fires with (stdout, stderr, exit code))."""
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.pop("RELAY_SOCKET", None)
-    full_env.update(env or {})
-    proto = _Collect(stdin)
-    reactor.spawnProcess(proto, sys.executable, [sys.executable, "-m", "relay.cli"] + args,
-                         env=full_env, path=REPO)
-    return proto
-
-
-def run_cli(args, stdin=None, env=None):
-    return spawn_cli(args, stdin, env).ended
-
-
-@defer.inlineCallbacks
-def wait_for(condition, bound=15.0):
-    """Poll the (Deferred-returning or plain) condition until true."""
-    deadline = reactor.seconds() + bound
-    while True:
-        value = yield defer.maybeDeferred(condition)
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not met within {}s".format(bound))
-        yield task.deferLater(reactor, 0.05, lambda: None)
+from tests.support.cli import run_cli, spawn_cli, wait_for
+from tests.support.daemon import DaemonProcess
 
 
 class HelpTests(unittest.TestCase):

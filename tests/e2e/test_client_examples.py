@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from relay.client import connect
 from tests.support.daemon import REPO, DaemonProcess
-from tests.e2e.test_cli import _Collect
+from tests.support.cli import CliOutput as _Collect
 
 EXAMPLES = os.path.join(REPO, "examples")
 

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from relay.client import ConnectFailed, connect, fetch_status
 from relay.client.protocol import peer_uid, untrusted_peer
 from tests.support.daemon import DaemonProcess
-from tests.e2e.test_cli import run_cli
+from tests.support.cli import run_cli
 
 NOBODY = 65534
 

@@ -16,20 +16,8 @@ from relay.sync.spill import SpillDir
 from relay.sync.wire import encode_message
 from tests.support.daemon import DaemonProcess, daemon_status, send, send_receipted
 from relay.sync.options import SYNC_PATH
-from tests.support.sync import DAEMON, KEY, WORKSPACE, IngestServer, make_row, wait_until
-
-TEXT = ("Finished the refactor of the router's delivery loop; all 214 tests pass. "
-        "Next: profile the store batcher under 2k msgs/s and look at the flaky "
-        "reconnect test. Notes are in docs/notes/router.md, message {i}.")
-
-
-def stored_ids(db_path):
-    conn = connect_readonly(db_path)
-    try:
-        return {row[0] for row in conn.execute("SELECT id FROM messages")}
-    finally:
-        conn.close()
-
+from tests.support.sync import (DAEMON, KEY, TEXT, WORKSPACE, IngestServer, make_row,
+                                stored_ids, wait_until)
 
 class SyncEndToEndTests(unittest.TestCase):
     """

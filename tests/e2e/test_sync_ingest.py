@@ -21,8 +21,7 @@ from relay.ingest import keys
 from tests.support.daemon import DaemonProcess, daemon_status, send, send_receipted
 from tests.support.ingest_process import IngestProcess
 from tests.support.ingest import fetchAll, testDatabaseDSN, truncate
-from tests.support.sync import wait_until
-from tests.e2e.test_sync import TEXT, stored_ids
+from tests.support.sync import TEXT, stored_ids, wait_until
 
 
 class SyncToIngestTests(unittest.TestCase):
