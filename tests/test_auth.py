@@ -9,9 +9,7 @@ router on a real L{relay.store.Store}.
 import io
 import os
 import socket
-import struct
 
-import orjson
 from twisted.cred import checkers, strcred
 from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address, UNIXAddress
@@ -26,13 +24,9 @@ from relay import auth, peercred, tap
 from relay.protocol import RelayFactory
 from relay.router import Router
 from relay.store import Store
+from tests.support.frames import decode_from, encode
 
 SECRET = "s3cret-token-value"
-
-
-def encode(env):
-    data = orjson.dumps(env)
-    return struct.pack(">I", len(data)) + data
 
 
 def hello(name, token=None, auth_field=None):
@@ -74,11 +68,8 @@ class Conn:
         self.proto.dataReceived(b"".join(encode(e) for e in envs))
 
     def received(self):
-        data = self.transport.value()
-        while len(data) - self._offset >= 4:
-            (n,) = struct.unpack(">I", data[self._offset:self._offset + 4])
-            self.frames.append(orjson.loads(data[self._offset + 4:self._offset + 4 + n]))
-            self._offset += 4 + n
+        frames, self._offset = decode_from(self.transport.value(), self._offset)
+        self.frames.extend(frames)
         return self.frames
 
     def types(self):
