@@ -15,12 +15,13 @@ import socket
 import struct
 import tempfile
 
-from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.internet import defer, protocol, reactor, threads
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.trial import unittest
 
 from relay.bench import loadgen
+from tests.support.poll import poll_until
 
 
 class ScriptedPeer(Int32StringReceiver):
@@ -167,13 +168,9 @@ class ScriptedRunTests(unittest.TestCase):
         d.addCallback(lambda port: self.addCleanup(port.stopListening))
         return d
 
-    @defer.inlineCallbacks
     def wait_for(self, condition, bound=2.0):
-        """Poll ``condition`` until true or ``bound`` seconds passed."""
-        for _ in range(int(bound / 0.01)):
-            if condition():
-                return
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        """Poll ``condition`` until true; fail after ``bound`` seconds."""
+        return poll_until(condition, bound, interval=0.01)
 
     def run_loadgen(self, **kwargs):
         kwargs.setdefault("idle_timeout", 2.0)

@@ -8,15 +8,15 @@ connection (as C{etc/relay.socket} and C{etc/relay-activated.service} do).
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import tempfile
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from tests.support.daemon import REPO, TWISTD, connect_agent, send
 from tests.support.deploy import _Collect
+from tests.support.poll import poll_until
 
 ACTIVATE = shutil.which("systemd-socket-activate")
 LISTEN = "systemd:domain=UNIX:name=relay"
@@ -59,11 +59,13 @@ class SocketActivationTests(unittest.TestCase):
         process, exec'd) flushes and exits 0 with the message in the store.
         """
         proto = self.start()
-        deadline = reactor.seconds() + 20
-        while not os.path.exists(self.socket):
-            if proto.ended.called or reactor.seconds() > deadline:
+
+        def listening():
+            if proto.ended.called:
                 self.fail("no socket from systemd-socket-activate:\n" + proto.stderr())
-            yield task.deferLater(reactor, 0.02, lambda: None)
+            return os.path.exists(self.socket)
+        yield poll_until(listening, 20, interval=0.02,
+                         what=lambda: "a socket from systemd-socket-activate:\n" + proto.stderr())
         # Nothing but the socket yet: the daemon starts on this connection.
         self.assertFalse(os.path.exists(self.db))
         self.assertNotIn("Execing", proto.stderr())

@@ -10,15 +10,16 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 
-import orjson
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from tests.support.daemon import REPO, hello
+from tests.support.daemon import REPO
+from tests.support.frames import FrameReader, encode, hello
+from tests.support.poll import poll_until
+from tests.support.process import ProcessOutput
 
 
 def _section(text, title):
@@ -107,24 +108,6 @@ def _unavailable():
     return None
 
 
-class _Output(protocol.ProcessProtocol):
-    def __init__(self):
-        self.data = []
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.data.append(data)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.exit_code = getattr(reason.value, "exitCode", None)
-        self.ended.callback(None)
-
-    def text(self):
-        return b"".join(self.data).decode("utf-8", "replace")
-
-
 class FreshInstallTests(unittest.TestCase):
     """
     The install-and-run command on a fresh copy of the source.
@@ -154,7 +137,7 @@ class FreshInstallTests(unittest.TestCase):
             env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
                                           if not p.startswith(sys.prefix))
         script = "mount -t tmpfs relay-test-tmp /tmp && cd \"$1\" && exec bash -c \"$2\""
-        proto = _Output()
+        proto = ProcessOutput()
         reactor.spawnProcess(proto, "unshare", ["unshare", "--mount", "--propagation", "private",
                                                 "sh", "-c", script, "sh", source, command],
                              env=env, path=work)
@@ -172,32 +155,31 @@ class FreshInstallTests(unittest.TestCase):
         self.addCleanup(cleanup)
 
         sock = "/proc/%d/root/tmp/agent-relay.sock" % (proto.transport.pid,)
-        deadline = reactor.seconds() + 540
-        while not (os.path.exists(sock) and os.path.exists(pidfile)
-                   and os.path.exists(os.path.join(source, "relay.sqlite"))):
+
+        def daemon_up():
             if proto.ended.called:
                 self.fail("the command ended (status %s):\n%s" % (proto.exit_code, proto.text()))
-            if reactor.seconds() > deadline:
-                self.fail("no daemon after 540 s:\n" + proto.text())
-            yield task.deferLater(reactor, 0.2, lambda: None)
+            return (os.path.exists(sock) and os.path.exists(pidfile)
+                    and os.path.exists(os.path.join(source, "relay.sqlite")))
+        yield poll_until(daemon_up, 540, interval=0.2,
+                         what=lambda: "the daemon:\n" + proto.text())
         self.assertTrue(os.path.exists(os.path.join(source, ".venv", "bin", "relay")))
 
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.settimeout(15)
         try:
             client.connect(sock)
-            frame = orjson.dumps(hello("readme"))
-            client.sendall(struct.pack(">I", len(frame)) + frame)
-            header = b""
-            while len(header) < 4:
-                header += client.recv(4 - len(header))
-            (n,) = struct.unpack(">I", header)
-            answer = b""
-            while len(answer) < n:
-                answer += client.recv(n - len(answer))
+            client.sendall(encode(hello("readme")))
+            reader, answers = FrameReader(), []
+            while not answers:
+                data = client.recv(65536)
+                if not data:
+                    break
+                answers = reader.feed(data)
         finally:
             client.close()
-        self.assertEqual(orjson.loads(answer)["type"], "WELCOME")
+        self.assertTrue(answers, "the daemon closed without answering HELLO")
+        self.assertEqual(answers[0]["type"], "WELCOME")
 
         with open(pidfile) as f:
             os.kill(int(f.read()), signal.SIGTERM)

@@ -26,11 +26,12 @@ import os
 import shutil
 import sqlite3
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from relay.client import connect
 from tests.support.daemon import DaemonProcess
+from tests.support.process import ProcessOutput
 
 NODE = shutil.which("node")
 MODULES = os.environ.get("RELAY_NODE_MODULES")
@@ -102,22 +103,6 @@ process.exit(0);
 """
 
 
-class _Node(protocol.ProcessProtocol):
-    def __init__(self):
-        self.out = []
-        self.err = []
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.out.append(data)
-
-    def errReceived(self, data):
-        self.err.append(data)
-
-    def processEnded(self, reason):
-        self.ended.callback(getattr(reason.value, "exitCode", None))
-
-
 class NodeClientTests(unittest.TestCase):
     """agent-relay 1.6.0's RelayClient works against our daemon unchanged."""
 
@@ -151,7 +136,7 @@ class NodeClientTests(unittest.TestCase):
             script = os.path.join(os.path.abspath(self.mktemp()) + ".mjs")
             with open(script, "w") as f:
                 f.write(SCRIPT)
-            node = _Node()
+            node = ProcessOutput()
             env = dict(os.environ, CLIENT_JS=CLIENT_JS, SOCKET=daemon.socket_path,
                        HOLD_MS="1500")
             reactor.spawnProcess(node, NODE, [NODE, script], env=env)
