@@ -8,13 +8,14 @@ import os
 import sys
 import tempfile
 
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from relay.client import ConnectFailed, SendRefused
 from relay.client.blocking import BlockingClient
 from tests.support.daemon import (
     REPO, DaemonProcess, connect_agent, send, send_receipted, wait_status)
+from tests.support.process import ProcessOutput
 
 # A script that receives one message as bob, prints its body, and exits
 # without closing (os._exit) when its stdin closes.
@@ -29,19 +30,16 @@ os._exit(0)
 """
 
 
-class _Child(protocol.ProcessProtocol):
+class _Child(ProcessOutput):
+    """The child's output; C{line} fires with its first line."""
+
     def __init__(self):
-        self.out = b""
+        ProcessOutput.__init__(self)
         self.line = defer.Deferred()
-        self.ended = defer.Deferred()
 
-    def outReceived(self, data):
-        self.out += data
-        if b"\n" in self.out and not self.line.called:
-            self.line.callback(self.out.split(b"\n")[0].decode())
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value.exitCode)
+    def line_received(self):
+        if self.lines and not self.line.called:
+            self.line.callback(self.lines[0])
 
 
 class BlockingClientTests(unittest.TestCase):

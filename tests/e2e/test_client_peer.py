@@ -10,13 +10,14 @@ import os
 import socket
 import tempfile
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from relay.client import ConnectFailed, connect, fetch_status
 from relay.client.protocol import peer_uid, untrusted_peer
-from tests.support.daemon import DaemonProcess
 from tests.support.cli import run_cli
+from tests.support.daemon import DaemonProcess
+from tests.support.process import ProcessOutput
 
 NOBODY = 65534
 
@@ -45,30 +46,26 @@ while True:
 """
 
 
-class _Lines(protocol.ProcessProtocol):
+class _Lines(ProcessOutput):
+    """The squatter's output: C{ready} fires on its "ready" line."""
+
     def __init__(self):
-        self.lines = []
+        ProcessOutput.__init__(self)
         self.ready = defer.Deferred()
-        self.ended = defer.Deferred()
         self.waiters = []
 
-    def outReceived(self, data):
-        for line in data.decode().splitlines():
-            self.lines.append(line)
-            if line == "ready" and not self.ready.called:
-                self.ready.callback(None)
+    def line_received(self):
+        if "ready" in self.lines and not self.ready.called:
+            self.ready.callback(None)
         for count, d in list(self.waiters):
             if len([l for l in self.lines if l.startswith("got")]) >= count:
                 self.waiters.remove((count, d))
                 d.callback(None)
 
-    def processEnded(self, reason):
-        self.ended.callback(None)
-
     def connections(self, count):
         d = defer.Deferred()
         self.waiters.append((count, d))
-        self.outReceived(b"")
+        self.line_received()
         return d.addTimeout(15, reactor)
 
     def sent(self):
