@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from relay.client import (
     ClientClosed, ConnectFailed, SendRefused, connect, fetch_status)
 from tests.support.daemon import DaemonProcess
+from tests.support.poll import poll_until
 
 
 def elapse(seconds):
@@ -27,27 +28,20 @@ def elapse(seconds):
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-@defer.inlineCallbacks
 def wait_for(condition, bound=10.0, step=0.02):
     """Poll ``condition`` until true; fail after ``bound`` seconds."""
-    deadline = reactor.seconds() + bound
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not met within {}s".format(bound))
-        yield task.deferLater(reactor, step, lambda: None)
+    return poll_until(condition, bound, step)
 
 
-@defer.inlineCallbacks
 def wait_for_status(endpoint, condition, bound=10.0):
     """Poll STATUS until ``condition(status)``; return that status."""
-    deadline = reactor.seconds() + bound
-    while True:
-        status = yield fetch_status(reactor, endpoint)
-        if condition(status):
-            return status
-        if reactor.seconds() > deadline:
-            raise AssertionError("status condition not met: {}".format(status))
-        yield task.deferLater(reactor, 0.05, lambda: None)
+    last = [None]
+
+    def matches(status):
+        last[0] = status
+        return status if condition(status) else None
+    return poll_until(lambda: fetch_status(reactor, endpoint).addCallback(matches), bound,
+                      what=lambda: "status condition: {}".format(last[0]))
 
 
 class ClientDaemonTests(unittest.TestCase):
