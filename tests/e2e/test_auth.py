@@ -12,12 +12,13 @@ import socket
 import sys
 import tempfile
 
-from twisted.internet import defer, endpoints, protocol, reactor, ssl, task, utils
+from twisted.internet import defer, endpoints, protocol, reactor, ssl, utils
 from twisted.trial import unittest
 
 from relay.client import HandshakeRefused, connect
 from tests.support.daemon import (REPO, AgentConnection, DaemonProcess, connect_agent,
                                   daemon_status, hello, send)
+from tests.support.poll import poll_until
 from tests.support.tls import make_pki
 
 TOKENS = {"alice": "alice-token-8f2e", "bob": "bob-token-c41a"}
@@ -119,8 +120,7 @@ class TokenTests(unittest.TestCase):
         alice = yield connect(reactor, self.daemon.endpoint, "alice", token=TOKENS["alice"],
                               reconnect=False)
         yield alice.send("bob", "over the locked door")
-        while not got:
-            yield task.deferLater(reactor, 0.02, lambda: None)
+        yield poll_until(lambda: got, interval=0.02, what="bob's message")
         self.assertEqual(got[0].body, "over the locked door")
         status = yield daemon_status(self.daemon)
         peers = {a["name"]: a["peer"] for a in status["agents"]}
