@@ -24,6 +24,9 @@ def _pragma(txn):
 
 
 class SynchronousOptionTests(unittest.TestCase):
+    """
+    C{--synchronous} reaches the store's writer connection.
+    """
 
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())

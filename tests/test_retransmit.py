@@ -12,6 +12,9 @@ from tests.support.flow import Harness, frames_of, until
 
 
 class RetransmitUnitTests(unittest.TestCase):
+    """
+    Retransmitted SENDs are recognised per sender, id and content.
+    """
 
     @defer.inlineCallbacks
     def test_same_send_twice(self):

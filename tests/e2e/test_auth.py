@@ -64,6 +64,9 @@ def tcp(port):
 
 
 class StartupTests(unittest.TestCase):
+    """
+    Startup refuses an unauthenticated TCP listener unless told to allow it.
+    """
 
     @defer.inlineCallbacks
     def test_tcp_without_auth_refused(self):
@@ -94,6 +97,9 @@ class StartupTests(unittest.TestCase):
 
 
 class TokenTests(unittest.TestCase):
+    """
+    C{--auth} tokens over TCP and the Unix socket, from the client, the CLI and hostile peers.
+    """
 
     @defer.inlineCallbacks
     def start(self, *extra):
@@ -253,6 +259,9 @@ def _rss_kib(pid):
 
 
 class TLSTests(unittest.TestCase):
+    """
+    C{ssl:} listeners: tokens over real TLS, and client certificates naming the agent.
+    """
 
     def setUp(self):
         self.pki = make_pki(os.path.abspath(self.mktemp()), client_names=("alice", "bob"))
@@ -320,6 +329,9 @@ class TLSTests(unittest.TestCase):
 
 
 class OtherUserTests(unittest.TestCase):
+    """
+    A process of another uid cannot take over a name held by this one.
+    """
 
     @defer.inlineCallbacks
     def test_takeover_by_another_uid_refused(self):

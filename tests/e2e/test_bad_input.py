@@ -22,6 +22,9 @@ def rss_kib(pid):
 
 
 class BadInputTests(unittest.TestCase):
+    """
+    Malformed, hostile and oversized frames against the real daemon: refused, never fatal to it.
+    """
 
     @defer.inlineCallbacks
     def setUp(self):

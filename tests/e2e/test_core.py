@@ -21,6 +21,9 @@ def stored(db_path, sql, *args):
 
 
 class ConversationTests(unittest.TestCase):
+    """
+    Two agents converse through the real daemon.
+    """
 
     @defer.inlineCallbacks
     def setUp(self):

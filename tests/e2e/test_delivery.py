@@ -51,6 +51,9 @@ class _DaemonTestCase(unittest.TestCase):
 
 
 class BroadcastTests(_DaemonTestCase):
+    """
+    Broadcasts and topics through the real daemon.
+    """
 
     @defer.inlineCallbacks
     def test_broadcast_reaches_all_but_sender(self):
@@ -109,6 +112,10 @@ class BroadcastTests(_DaemonTestCase):
 
 
 class DurabilityTests(_DaemonTestCase):
+    """
+    Store and forward across restarts and SIGKILL, and redelivery of what was not ACKed.
+    """
+
     args = ["--batch-delay-ms", "10", "--no-rate-limit"]
 
     @defer.inlineCallbacks
@@ -192,6 +199,10 @@ class DurabilityTests(_DaemonTestCase):
 
 
 class TimerTests(_DaemonTestCase):
+    """
+    The ACK timeout and heartbeat timers of the real daemon.
+    """
+
     args = ["--batch-delay-ms", "10", "--ack-timeout-ms", "200", "--heartbeat-ms", "100"]
 
     @defer.inlineCallbacks
@@ -235,6 +246,9 @@ class TimerTests(_DaemonTestCase):
 
 
 class DuplicateNameTests(_DaemonTestCase):
+    """
+    A second connection under a name in use.
+    """
 
     @defer.inlineCallbacks
     def test_newer_connection_wins(self):
@@ -254,6 +268,10 @@ class DuplicateNameTests(_DaemonTestCase):
 
 
 class CrashIdTests(_DaemonTestCase):
+    """
+    Message ids are never given twice across a crash.
+    """
+
     # Nothing commits on its own: a delivered message stays uncommitted.
     args = ["--batch-delay-ms", "60000", "--batch-size", "100000"]
 
@@ -289,6 +307,10 @@ class CrashIdTests(_DaemonTestCase):
 
 
 class PausedHeartbeatTests(_DaemonTestCase):
+    """
+    The heartbeat does not close an agent the daemon itself stopped reading.
+    """
+
     # 2 messages/s after a burst of 1: the daemon stops reading a sender of
     # three for about a second, more than six 50 ms heartbeats.
     args = ["--batch-delay-ms", "10", "--heartbeat-ms", "50", "--rate-limit", "2",

@@ -16,7 +16,7 @@ import tempfile
 from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
-from tests.support.daemon import REPO, TWISTD, connect_agent, hello, send
+from tests.support.daemon import REPO, TWISTD, connect_agent, send
 from tests.support.deploy import launch
 
 

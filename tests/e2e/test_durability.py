@@ -34,6 +34,9 @@ def receipted(agent, envelopes, timeout=60.0):
 
 
 class AtomicSendTests(unittest.TestCase):
+    """
+    Big SENDs commit as units across a SIGKILL.
+    """
 
     @defer.inlineCallbacks
     def test_big_sends_survive_kill_and_resend(self):
@@ -65,6 +68,9 @@ class AtomicSendTests(unittest.TestCase):
 
 
 class SameIdTests(unittest.TestCase):
+    """
+    A SEND re-sent after a crash keeps its message id.
+    """
 
     @defer.inlineCallbacks
     def crash_before_commit(self, requires_ack):
@@ -124,6 +130,9 @@ class SameIdTests(unittest.TestCase):
 
 
 class DedupeWindowTests(unittest.TestCase):
+    """
+    The per-sender dedupe window survives other senders' traffic and a restart.
+    """
 
     @defer.inlineCallbacks
     def test_retransmit_recognised_after_12000_other_sends_and_restart(self):
@@ -160,6 +169,9 @@ class DedupeWindowTests(unittest.TestCase):
 
 
 class CopiedStoreTests(unittest.TestCase):
+    """
+    A daemon on a copied store file gives ids the original never gave.
+    """
 
     @defer.inlineCallbacks
     def test_copy_never_gives_an_id_of_the_original(self):

@@ -31,6 +31,10 @@ def bodies(agent):
 
 
 class StalledReceiverTests(unittest.TestCase):
+    """
+    A receiver that stops reading: bounded memory, nothing lost, order kept.
+    """
+
     timeout = 240
 
     @defer.inlineCallbacks
@@ -76,6 +80,10 @@ class StalledReceiverTests(unittest.TestCase):
 
 
 class BroadcastStallTests(unittest.TestCase):
+    """
+    One stalled member does not hold up a broadcast to the others.
+    """
+
     timeout = 240
 
     @defer.inlineCallbacks
@@ -116,6 +124,10 @@ class BroadcastStallTests(unittest.TestCase):
 
 
 class RateLimitTests(unittest.TestCase):
+    """
+    The throttle and reject rate-limit policies through the real daemon.
+    """
+
     timeout = 120
 
     @defer.inlineCallbacks
@@ -201,6 +213,10 @@ def resend_busy(agent, envs):
 
 
 class MutualBurstTests(unittest.TestCase):
+    """
+    Two agents bursting at each other do not deadlock.
+    """
+
     timeout = 300
 
     @defer.inlineCallbacks
@@ -281,6 +297,10 @@ class MutualBurstTests(unittest.TestCase):
 
 
 class NeverReadingTests(unittest.TestCase):
+    """
+    A socket that never reads cannot grow the daemon's memory.
+    """
+
     timeout = 120
 
     @defer.inlineCallbacks
@@ -325,6 +345,10 @@ class NeverReadingTests(unittest.TestCase):
 
 
 class HeldSendTests(unittest.TestCase):
+    """
+    SENDs held behind backpressure or the rate limit are routed or NACKed, never dropped.
+    """
+
     timeout = 120
 
     @defer.inlineCallbacks

@@ -54,6 +54,9 @@ def _run(args, cwd, env=None):
 
 
 class InstallTests(unittest.TestCase):
+    """
+    A real C{pip install .} into a fresh venv gives the plugins and scripts.
+    """
 
     timeout = 300
 

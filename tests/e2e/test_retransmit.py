@@ -23,6 +23,10 @@ def stored(db_path):
 
 
 class RetransmitEndToEndTests(unittest.TestCase):
+    """
+    A SEND re-sent after a SIGKILL is receipted and stored and delivered once.
+    """
+
     timeout = 60
 
     @defer.inlineCallbacks
