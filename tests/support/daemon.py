@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_core,tests.test_support -*-
 """
 Run the real daemon (C{twistd -n relay}) as a subprocess for end-to-end
 tests, and talk to it over real sockets.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_deploy_twistd,tests.e2e.test_deploy_activation -*-
 """
 Helpers for the deployment tests: classic (daemonizing) twistd runs whose
 exit status a test can still see.

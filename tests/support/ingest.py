@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_ingest_store -*-
 """
 Helpers for the ingest tests: a PostgreSQL database of their own, and sample
 messages.

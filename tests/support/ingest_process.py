@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_ingest_http -*-
 """
 Runs the real C{twistd -n relay-ingest} as a subprocess for the end-to-end
 tests, and a loopback TCP proxy to put between it and PostgreSQL.

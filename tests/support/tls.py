@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_auth,tests.e2e.test_auth -*-
 """
 A throwaway PKI for TLS tests: a CA, a server certificate for localhost /
 127.0.0.1, and client certificates naming agents, all written as PEM files.
