@@ -11,6 +11,7 @@ setup(
     packages=find_packages(include=["relay", "relay.*"]) + ["twisted.plugins"],
     package_data={
         "relay": ["schema/*.sql"],
+        "relay.web": ["static/*.html", "static/*.js", "static/*.css"],
         "relay.ingest": ["migrations/*.sql"],
         "twisted.plugins": ["relay_plugin.py", "relay_ingest_plugin.py"],
     },
@@ -32,7 +33,7 @@ setup(
         "prometheus_client>=0.17.0",
     ],
     extras_require={
-        "test": ["hypothesis>=6.0", "wheel>=0.40"],
+        "test": ["hypothesis>=6.0", "wheel>=0.40", "selenium>=4.10"],
     },
     entry_points={"console_scripts": ["relay = relay.cli:main"]},
 )

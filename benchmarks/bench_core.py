@@ -14,6 +14,12 @@ prints a table with the ratio against agent-relay 1.6.0's measured 565 msg/s.
     python benchmarks/bench_core.py --senders 4 --receivers 4 --messages 50000
     python benchmarks/bench_core.py --receiver-rate 2000 --open-loop \\
         --daemon-arg=--batch-delay-ms --daemon-arg=5
+    python benchmarks/bench_core.py --compare-http 2
+
+``--compare-http N`` runs the load N times without ``--http`` and N times with
+``--http`` and a dashboard open (a client reading ``/api/events``), alternating,
+in the same run, and prints the throughput ratio (issue 11: at most 10 %
+slower).
 
 Exit status: 0 when nothing was lost and every accepted message was stored,
 1 otherwise, 3 when the daemon did not start.
@@ -124,6 +130,15 @@ class Daemon:
             return None
         return None
 
+    def cpu_seconds(self):
+        """User + system CPU time the daemon used so far, or None."""
+        try:
+            with open("/proc/{}/stat".format(self.process.pid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def sample_rss(self, interval=0.1):
         """Sample VmRSS in a thread until ``stop_sampling``."""
         self._sampling = True
@@ -184,6 +199,143 @@ def stored_rows(db_path, prefix):
         db.close()
 
 
+READER = r"""
+import socket, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: bench\r\n\r\n")
+sock.settimeout(None)
+total = 0
+try:
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            break
+        total += len(data)
+except KeyboardInterrupt:
+    pass
+finally:
+    sys.stdout.write("%d\n" % (total,))
+"""
+
+
+class EventReader:
+    """
+    A dashboard's event stream: a separate process (as a browser would be)
+    reading C{/api/events} as fast as it comes.
+    """
+
+    def __init__(self, port):
+        self.process = subprocess.Popen([sys.executable, "-c", READER, str(port)],
+                                        stdout=subprocess.PIPE)
+        self.bytes = None
+
+    def close(self):
+        self.process.send_signal(signal.SIGINT)
+        out, _ = self.process.communicate(timeout=30)
+        try:
+            self.bytes = int(out.split()[0])
+        except (IndexError, ValueError):
+            self.bytes = 0
+
+
+def free_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def measure(args, daemon_arg, http=False):
+    """
+    One run of the load against a fresh daemon; with C{http}, the daemon
+    has C{--http} and an event stream reader is connected throughout.
+    Returns the load generator's result (plus stored_rows, events_read),
+    or None when the daemon did not start.
+    """
+    daemon_arg = list(daemon_arg)
+    port = None
+    if http:
+        port = free_port()
+        daemon_arg += ["--http", "tcp:{}:interface=127.0.0.1".format(port)]
+    daemon = start_daemon("bench_core", "relay-bench-", daemon_arg, args.rate_limited)
+    if daemon is None:
+        return None
+    reader = EventReader(port) if http else None
+    cpu_before = daemon.cpu_seconds()
+    try:
+        result = loadgen.run(
+            daemon.socket_path, senders=args.senders, receivers=args.receivers,
+            messages=args.messages, size=args.size, window=args.window,
+            open_loop=args.open_loop, receiver_rate=args.receiver_rate,
+            durable=args.durable, progress=None, idle_timeout=args.idle_timeout)
+        # Startup (imports: more of them with --http) is not the load's.
+        result["daemon_cpu_s"] = daemon.cpu_seconds() - cpu_before
+        if reader is not None:
+            reader.close()
+            result["event_bytes_read"] = reader.bytes
+            reader = None
+        daemon.stop()
+        result["stored_rows"] = stored_rows(daemon.db_path, result["agent_prefix"])
+        return result
+    finally:
+        if reader is not None:
+            reader.close()
+        daemon.stop()
+        shutil.rmtree(daemon.directory, True)
+
+
+def cpu_per_message(result):
+    """The daemon's CPU time during the load per message, in us."""
+    if result.get("daemon_cpu_s") is None or not result["sent"]:
+        return float("nan")
+    return result["daemon_cpu_s"] / result["sent"] * 1e6
+
+
+def compare_http(args):
+    """
+    C{--compare-http N}: N runs off and N runs on, alternating; prints the
+    best throughput of each and their ratio.
+    """
+    runs = {False: [], True: []}
+    for i in range(args.compare_http):
+        for http in (False, True):
+            try:
+                result = measure(args, args.daemon_arg, http)
+            except loadgen.LoadgenError as e:
+                sys.stderr.write("bench_core: {}\n".format(e))
+                return 3
+            if result is None:
+                return 3
+            runs[http].append(result)
+            sys.stderr.write("run {} {}: {:,.0f} msg/s, daemon CPU {:.1f} us/msg{}\n".format(
+                i + 1, "--http + SSE client" if http else "no --http", result["msgs_per_s"],
+                cpu_per_message(result),
+                ", {:,} bytes of events read".format(result["event_bytes_read"]) if http else ""))
+    best = {k: max(r["msgs_per_s"] for r in v) for k, v in runs.items()}
+    ratio = best[True] / best[False]
+    cpu = {k: min(cpu_per_message(r) for r in v) for k, v in runs.items()}
+    ok = all(r["lost"] == 0 and r["complete"] and r["stored_rows"] == r["sent"] - r["rejected"]
+             for v in runs.values() for r in v)
+    if args.json:
+        sys.stdout.write(json.dumps({"off": runs[False], "on": runs[True], "ratio": ratio},
+                                    indent=2) + "\n")
+    else:
+        sys.stdout.write("\n".join(format_table([
+            ("runs", "{} each, alternating, best of each".format(args.compare_http)),
+            ("without --http", "{:,.0f} msg/s".format(best[False])),
+            ("--http + SSE client", "{:,.0f} msg/s".format(best[True])),
+            ("ratio on/off", "{:.3f} ({:.1f} % {}; goal: at most 10 % slower) {}".format(
+                ratio, abs(1 - ratio) * 100, "slower" if ratio < 1 else "faster",
+                "met" if ratio >= 0.9 else "NOT met")),
+            ("daemon CPU per message", "{:.1f} us without, {:.1f} us with (+{:.1f} %, "
+             "least of each; less noisy than throughput on a shared machine)".format(
+                 cpu[False], cpu[True], (cpu[True] / cpu[False] - 1) * 100)),
+            ("nothing lost", "yes" if ok else "NO"),
+        ])) + "\n")
+    return 0 if ok else 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Throughput of the real relay daemon under relay/bench/loadgen.py.",
@@ -198,7 +350,12 @@ def main(argv=None):
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (db, log)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--compare-http", type=int, default=0, metavar="N",
+                        help="run N times without and N times with --http and an SSE "
+                        "client reading /api/events, alternating; report the ratio")
     args = parser.parse_args(argv)
+    if args.compare_http:
+        return compare_http(args)
 
     daemon = start_daemon("bench_core", "relay-bench-", args.daemon_arg, args.rate_limited)
     if daemon is None:

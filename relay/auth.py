@@ -108,8 +108,22 @@ def _bytes_checker(checker):
     return checker
 
 
+def is_local_listener(endpoint):
+    """
+    True for a listener only local users can reach: a Unix socket, named
+    (C{unix:PATH}) or inherited from systemd (C{systemd:domain=UNIX:...}).
+    """
+    kind, _, rest = endpoint.partition(":")
+    if kind == "unix":
+        return True
+    if kind == "systemd":
+        args = dict(part.partition("=")[::2] for part in rest.split(":"))
+        return args.get("domain", "").upper() == "UNIX"
+    return False
+
+
 def network_listeners(listen):
-    return [e for e in listen if not e.startswith("unix:")]
+    return [e for e in listen if not is_local_listener(e)]
 
 
 def check_options(options):
@@ -138,11 +152,12 @@ def load_ca(path):
     """
     The certificates of a PEM file, as pyOpenSSL X509 objects.
     """
-    from cryptography import x509
     from OpenSSL import crypto
+
+    from relay.compat import load_pem_certificates
     try:
         with open(path, "rb") as f:
-            certs = x509.load_pem_x509_certificates(f.read())
+            certs = load_pem_certificates(f.read())
     except (OSError, ValueError) as e:
         raise usage.UsageError("--tls-client-ca %s: %s" % (path, str(e) or e.__class__.__name__))
     return [crypto.X509.from_cryptography(c) for c in certs]

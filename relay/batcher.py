@@ -94,6 +94,8 @@ class Batcher:
         self._overload_listeners = []
         self._group = None
         self._deferred_cause = None
+        # fn(seconds, rows) after each commit (the store commit time histogram).
+        self.commit_listeners = []
         self.overload_bytes = 4 * max_bytes
         self.overloaded = False
         self.metrics = {
@@ -310,6 +312,8 @@ class Batcher:
         m["rows"] += batch.count
         m["bytes"] += batch.nbytes
         m["last_flush_ms"] = (self.clock.seconds() - started) * 1000.0
+        for listener in self.commit_listeners:
+            listener(self.clock.seconds() - started, batch.count)
         m["pending_rows"] = self.current.count
         self.check_overload()
         if self.on_committed is not None and batch.max_message_seq:

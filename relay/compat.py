@@ -77,3 +77,24 @@ def exit_zero_after_clean_stop(reactor):
     """
     if getattr(reactor, "_exitSignal", None) is not None:
         reactor._exitSignal = None
+
+
+def load_pem_certificates(data):
+    """
+    Every certificate of the PEM text C{data}, as cryptography objects.
+
+    cryptography 39 added C{x509.load_pem_x509_certificates}; the oldest end
+    (.ci/oldest.txt: cryptography 38.0.4, for pyOpenSSL 22.1) has only the
+    one-certificate loader, so there the PEM blocks are split here.
+
+    @raise ValueError: C{data} holds no certificate, or a bad one.
+    """
+    from cryptography import x509
+    many = getattr(x509, "load_pem_x509_certificates", None)
+    if many is not None:
+        return many(data)
+    end = b"-----END CERTIFICATE-----"
+    blocks = [block + end for block in data.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
+    if not blocks:
+        raise ValueError("no certificate found in PEM data")
+    return [x509.load_pem_x509_certificate(block) for block in blocks]

@@ -1,25 +1,20 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_frames -*-
 """
 The envelope of the wire protocol: encoding, the frames the daemon sends,
 and the checks PROTOCOL.md asks for.
 """
 
-import re
 import struct
 
 import orjson
 
-# The ttl_ms rule belongs to the sync wire (the ingest applies the same
-# one), so that nothing the daemon accepts is refused at sync.
-from relay.ingest.validate import MAX_TTL_MS, ttl_problem  # noqa: F401 (re-exported)
+# The contract itself lives in relay.wire; these names are re-exported for
+# the daemon's modules that import them from here.
+from relay.wire import (  # noqa: F401 (re-exported)
+    BROADCAST, DEFAULT_KIND, KINDS, KNOWN_FIELDS, MAX_DEPTH, MAX_TTL_MS, NAME_RE, envelope,
+    ttl_problem, valid_agent_name)
 
 _PREFIX = struct.Struct(">I")
-
-NAME_RE = re.compile(r"[A-Za-z0-9._\-@:]{1,128}\Z")
-KINDS = frozenset(("message", "action", "state", "thinking"))
-
-# Envelope fields the daemon understands; anything else is preserved.
-KNOWN_FIELDS = frozenset(("v", "type", "id", "ts", "from", "to", "topic", "payload", "payload_meta"))
 
 # How much a DELIVER can outgrow the (re-encoded) SEND it comes from, at
 # most, when the SEND left out every optional field: "v":1, (6), DELIVER
@@ -29,16 +24,12 @@ KNOWN_FIELDS = frozenset(("v", "type", "id", "ts", "from", "to", "topic", "paylo
 # (104): 441.
 DELIVER_OVERHEAD = 448
 
-# orjson writes at most 254 nested arrays or objects (the envelope counts).
-MAX_DEPTH = 254
 
-
-
-def frame(envelope):
+def frame(env):
     """
-    One length-prefixed frame holding C{envelope}.
+    One length-prefixed frame holding the envelope C{env}.
     """
-    data = orjson.dumps(envelope)
+    data = orjson.dumps(env)
     return _PREFIX.pack(len(data)) + data
 
 
@@ -58,25 +49,6 @@ def echo(value):
     return value
 
 
-def valid_agent_name(name):
-    """
-    A name an agent may register: 1-128 of letters, digits, C{._-@:}, not
-    C{*}, not starting with C{_} (reserved for the daemon).
-    """
-    return (isinstance(name, str) and NAME_RE.match(name) is not None
-            and not name.startswith("_"))
-
-
-def envelope(type_, payload=None, **fields):
-    env = {"v": 1, "type": type_}
-    env.update(fields)
-    if payload is not None:
-        env["payload"] = payload
-    return env
-
-
-
-
 def check_send(env, max_frame_bytes, size):
     """
     The reason a SEND must be refused with C{NACK INVALID}, or None.
@@ -90,14 +62,14 @@ def check_send(env, max_frame_bytes, size):
     to = env.get("to")
     if not isinstance(to, str) or not to:
         return "missing 'to': an agent name or '*'"
-    if to != "*" and not valid_agent_name(to):
+    if to != BROADCAST and not valid_agent_name(to):
         return "invalid recipient name %r" % (to[:140],)
     payload = env.get("payload")
     if not isinstance(payload, dict):
         return "missing 'payload' object"
     if not isinstance(payload.get("body"), str):
         return "payload.body must be a string"
-    kind = payload.get("kind", "message")
+    kind = payload.get("kind", DEFAULT_KIND)
     if not isinstance(kind, str) or kind not in KINDS:
         return "unknown payload.kind %r (message, action, state or thinking)" % (str(kind)[:40],)
     topic = env.get("topic")

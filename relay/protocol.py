@@ -120,6 +120,7 @@ class RelayProtocol(Int32StringReceiver):
     def error(self, code, message, fatal=False, **extra):
         payload = {"code": code, "message": message, "fatal": fatal}
         payload.update(extra)
+        self.router.errors[code] = self.router.errors.get(code, 0) + 1
         if fatal:
             self.close(envelope("ERROR", payload))
         else:
@@ -302,6 +303,7 @@ class RelayProtocol(Int32StringReceiver):
         reason = check_send(env, self.MAX_LENGTH, size)
         if reason is not None:
             self.router.counters["nacked"] += 1
+            self.router.nacks["INVALID"] += 1
             self.send_frame(envelope("NACK", {"ack_id": send_id, "code": "INVALID",
                                               "message": reason}))
             return
@@ -389,8 +391,9 @@ class RelayProtocol(Int32StringReceiver):
 
     def _busy_nack(self, env, retry_ms, message):
         self.router.counters["nacked"] += 1
+        self.router.nacks["BUSY"] += 1
         self.send_frame(envelope("NACK", {
-            "ack_id": env.get("id"), "code": "BUSY", "retry_after_ms": retry_ms,
+            "ack_id": echo(env.get("id")), "code": "BUSY", "retry_after_ms": retry_ms,
             "message": message}))
 
     def _unthrottle(self):

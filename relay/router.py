@@ -21,6 +21,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from relay.dedupe import DedupeWindow, derived_id, fingerprint
+from relay.events import EventHub
 from relay.frames import KNOWN_FIELDS, envelope, frame
 
 STATUS_PENDING = "pending"
@@ -89,6 +90,8 @@ class Router:
     @param clock: IReactorTime (seconds, callLater).
     @param store: L{relay.store.Store}.
     @param limiter: a L{relay.ratelimit.RateLimiter} or None.
+    @param events: a L{relay.events.EventHub} told what happens (default:
+        one nobody listens to).
 
     Framing limits, the heartbeat and the queue water marks belong to the
     connections (L{relay.protocol.RelayFactory}, L{relay.outbox.Outbox}).
@@ -98,8 +101,9 @@ class Router:
 
     def __init__(self, clock, store, ack_timeout=5.0, message_ttl=86400.0, limiter=None,
                  rate_policy="throttle", window=1000, dedupe_window=100000,
-                 dedupe_per_sender=1000, dedupe_age=6 * 3600.0):
+                 dedupe_per_sender=1000, dedupe_age=6 * 3600.0, events=None):
         self.clock = clock
+        self.events = events if events is not None else EventHub()
         self.store = store
         self.ack_timeout = ack_timeout
         self.message_ttl_ms = int(message_ttl * 1000)
@@ -119,6 +123,9 @@ class Router:
         self.auth_stats = None
         self.counters = {"accepted": 0, "delivered": 0, "acked": 0, "redelivered": 0,
                          "expired": 0, "nacked": 0, "busy": 0, "retransmits": 0}
+        # NACKs by code and ERROR frames by code (bad frames), for /metrics.
+        self.nacks = {"INVALID": 0, "BUSY": 0}
+        self.errors = {}
         store.batcher.add_overload_listener(self._store_overload)
         self._sweeper = task.LoopingCall(self._sweep)
         self._sweeper.clock = clock
@@ -153,6 +160,7 @@ class Router:
         if session is None:
             return
         session.closed = True
+        self.events.emit("offline", agent=session.name, session_id=session.session_id, at=self.clock.seconds())
         self._release(session)
         for topic in session.topics:
             members = self.topics.get(topic)
@@ -188,6 +196,7 @@ class Router:
                 "message": "replaced by a newer connection for agent %s" % (name,)}))
             self.connection_lost(old.conn)
         self.sessions[name] = session
+        self.events.emit("online", agent=name, session_id=session.session_id, at=session.connected_at)
         return session
 
     def welcome(self, session):
@@ -295,6 +304,8 @@ class Router:
                 expires], size, fp)
             self.counters["accepted"] += 1
             session.sent += 1
+            self.events.emit("accepted", id=mid, seq=seq, sender=sender, to=to, topic=topic,
+                             payload=payload, recipients=names, ts=now_ms)
 
             base = {"v": 1, "type": "DELIVER", "id": mid, "ts": now_ms, "from": sender}
             if extra:
@@ -378,6 +389,7 @@ class Router:
         session.inflight[delivery.id] = delivery
         session.delivered += 1
         self.counters["delivered"] += 1
+        self.events.emit("delivered", id=delivery.id, seq=delivery.seq, to=delivery.recipient, attempts=delivery.attempts, at=delivery.sent_at)
         delivery.handle = self.store.set_status(
             delivery.handle, delivery.recipient, delivery.seq, STATUS_DELIVERED,
             delivery.attempts, self.now_ms())
@@ -386,6 +398,7 @@ class Router:
         delivery = session.inflight.pop(ack_id, None)
         if delivery is not None:
             self.counters["acked"] += 1
+            self.events.emit("acked", id=ack_id, to=session.name, sent_at=delivery.sent_at, at=self.clock.seconds())
             self.store.set_status(delivery.handle, delivery.recipient, delivery.seq,
                                   STATUS_ACKED, delivery.attempts, self.now_ms())
             session.conn.outbox.acked()
@@ -394,6 +407,7 @@ class Router:
         # of the daemon): the store finds the message by its id.
         if isinstance(ack_id, str) and 0 < len(ack_id) <= 255:
             self.store.ack_by_id(session.name, ack_id, self.now_ms())
+            self.events.emit("acked", id=ack_id, to=session.name, sent_at=None, at=self.clock.seconds())
             return True
         return False
 
@@ -468,6 +482,7 @@ class Router:
             session.cursor = mseq
             if expires <= now_ms:
                 self.counters["expired"] += 1
+                self.events.emit("expired", id=mid, seq=mseq, to=session.name, at=now_ms / 1000.0)
                 self.store.set_status(None, session.name, mseq, STATUS_EXPIRED, attempts, now_ms)
                 continue
             if mid in session.inflight:
@@ -530,6 +545,7 @@ class Router:
                 if delivery.expires_at <= now_ms:
                     del inflight[delivery.id]
                     self.counters["expired"] += 1
+                    self.events.emit("expired", id=delivery.id, seq=delivery.seq, to=delivery.recipient, at=now)
                     self.store.set_status(delivery.handle, delivery.recipient, delivery.seq,
                                           STATUS_EXPIRED, delivery.attempts, now_ms)
                     outbox.acked()

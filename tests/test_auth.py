@@ -452,6 +452,18 @@ class OptionsTests(unittest.TestCase):
         o.parseOptions(list(args))
         return o
 
+    def test_local_listeners(self):
+        """
+        Unix sockets, named or inherited from systemd, are local; TCP, TLS
+        and a systemd INET socket are reachable from the network.
+        """
+        for endpoint in ("unix:/tmp/x.sock", "unix:/tmp/x.sock:mode=600",
+                         "systemd:domain=UNIX:name=relay", "systemd:domain=unix:index=0"):
+            self.assertTrue(auth.is_local_listener(endpoint), endpoint)
+        for endpoint in ("tcp:7777", "ssl:7777:privateKey=k.pem",
+                         "systemd:domain=INET:index=0", "systemd:index=0"):
+            self.assertFalse(auth.is_local_listener(endpoint), endpoint)
+
     def test_network_listener_needs_auth(self):
         """
         A listener that is not a Unix socket without C{--auth} is a usage

@@ -348,8 +348,7 @@ class DeliveryTests(unittest.TestCase):
     def test_queue_high_pauses_reading(self):
         """A queue nobody reads stops reading the socket at its high mark
         (the daemon then sees backpressure), and resumes when drained."""
-        self.h = Harness(self)
-        self.h.client._queue_high = 4
+        self.h = Harness(self, queue_high=4)
         self.h.client.start()
         self.h.accept()
         self.h.welcome()

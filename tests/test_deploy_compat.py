@@ -102,11 +102,11 @@ class OwnerTests(unittest.TestCase):
     """
 
     def owner(self, parent):
-        from relay import tap
+        from relay import startup, tap
         options = tap.Options()
         if parent is not None:
             options.parent = parent
-        return tap._twistd_owner(options)
+        return startup.twistd_owner(options)
 
     def test_no_switch(self):
         """
@@ -159,3 +159,35 @@ class ExitSignalTests(unittest.TestCase):
         """
         from twisted.internet import reactor as real
         self.assertTrue(hasattr(real, "_exitSignal"))
+
+
+class PemCertificatesTests(unittest.TestCase):
+    """relay.compat.load_pem_certificates on either cryptography."""
+
+    def _pem(self):
+        from tests.support.tls import make_pki
+        pki = make_pki(self.mktemp())
+        with open(pki.ca_cert, "rb") as f:
+            ca = f.read()
+        with open(pki.server_cert, "rb") as f:
+            server = f.read()
+        return ca, server
+
+    def test_every_certificate_loaded(self):
+        """A file of two certificates gives both, in order, on both loaders."""
+        from cryptography import x509
+        ca, server = self._pem()
+        want = [x509.load_pem_x509_certificate(ca), x509.load_pem_x509_certificate(server)]
+        self.assertEqual(compat.load_pem_certificates(ca + server), want)
+        # The fallback (cryptography < 39) gives the same.
+        if hasattr(x509, "load_pem_x509_certificates"):
+            self.patch(x509, "load_pem_x509_certificates", None)
+        self.assertEqual(compat.load_pem_certificates(ca + server), want)
+
+    def test_no_certificate(self):
+        """Text without a certificate is a ValueError, for either loader."""
+        from cryptography import x509
+        self.assertRaises(ValueError, compat.load_pem_certificates, b"nothing here")
+        if hasattr(x509, "load_pem_x509_certificates"):
+            self.patch(x509, "load_pem_x509_certificates", None)
+        self.assertRaises(ValueError, compat.load_pem_certificates, b"nothing here")

@@ -10,6 +10,8 @@ from twisted.trial import unittest
 
 from relay.sync import decide as D
 from relay.sync import poster as P
+from relay.sync.wire import encode_message
+from tests.support.sync import make_row
 
 BOOLS = (False, True)
 
@@ -102,3 +104,45 @@ class DecideTests(unittest.TestCase):
         """
         self.assertRaises(ValueError, D.decide, "teapot", D.LIVE, False, False, False, True)
         self.assertRaises(ValueError, D.decide, P.OK, "elsewhere", False, False, False, True)
+
+
+class NamedIndexTests(unittest.TestCase):
+    """
+    L{D.named_index}: which message of a batch a 400 names, the C{named}
+    fact L{D.decide} takes.
+    """
+
+    def setUp(self):
+        self.items = [encode_message(make_row(seq)) for seq in (1, 2, 3)]
+
+    def index(self, kind=P.BAD_MESSAGE, **data):
+        return D.named_index(self.items, P.Outcome(kind, data=data))
+
+    def test_by_index_or_id(self):
+        """
+        A message is named by its index, by its id, or by both when they
+        agree.
+        """
+        self.assertEqual(self.index(index=1), 1)
+        self.assertEqual(self.index(id="msg-00000003"), 2)
+        self.assertEqual(self.index(index=0, id="msg-00000001"), 0)
+
+    def test_id_wins_over_a_wrong_index(self):
+        """
+        When index and id disagree, the id decides (the index may count
+        from another batch).
+        """
+        self.assertEqual(self.index(index=0, id="msg-00000003"), 2)
+
+    def test_values_of_every_wrong_shape_name_nothing(self):
+        """
+        An index out of range, negative, a bool, a string or a float, an id
+        not in the batch or not a string, and any kind but a 400 naming a
+        message name nothing.
+        """
+        for data in ({}, {"index": 3}, {"index": -1}, {"index": True}, {"index": "1"},
+                     {"index": 1.0}, {"id": "msg-00000009"}, {"id": 2}, {"index": None},
+                     {"index": 1, "id": "msg-00000009"}):
+            self.assertIsNone(self.index(**data), data)
+        for kind in set(P.KINDS) - {P.BAD_MESSAGE}:
+            self.assertIsNone(self.index(kind, index=1), kind)

@@ -9,7 +9,7 @@ import os
 from twisted.python import usage
 from twisted.trial import unittest
 
-from relay.sync.options import SYNC_PATH, check, is_loopback, parse_size
+from relay.sync.options import SYNC_PATH, check, is_loopback
 from relay.tap import Options
 from tests.support.sync import WORKSPACE
 
@@ -183,17 +183,6 @@ class HelpersTests(unittest.TestCase):
     """
     The small parsers behind the options.
     """
-
-    def test_parse_size(self):
-        """
-        Plain bytes, decimal and binary suffixes.
-        """
-        self.assertEqual(parse_size("x", "1000"), 1000)
-        self.assertEqual(parse_size("x", "4k"), 4000)
-        self.assertEqual(parse_size("x", "512KiB"), 524288)
-        self.assertEqual(parse_size("x", "2 MiB"), 2 * 1024 * 1024)
-        self.assertRaises(usage.UsageError, parse_size, "x", "KiB")
-        self.assertRaises(usage.UsageError, parse_size, "x", "12 parsecs")
 
     def test_is_loopback(self):
         """

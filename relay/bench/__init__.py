@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_loadgen,tests.test_bench_report -*-
 """
 Load generation and reporting for ``relay bench`` and benchmarks/.
 

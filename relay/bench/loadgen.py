@@ -5,7 +5,14 @@ A load generator for a relay daemon, standard library only.
 It does not import the relay package or Twisted on purpose: it drives the daemon
 through plain non-blocking Unix sockets and one ``selectors`` loop, so it cannot
 share the daemon's bottlenecks, and this file can be copied to any machine with
-Python 3.9+ and run as ``python loadgen.py SOCKET``.
+Python 3.9+ and run as ``python loadgen.py SOCKET``. For the same reason it
+keeps its own copy of the few wire rules it needs instead of ``relay.wire``.
+
+One file, by design: it is copied whole to other machines, so it stays one
+stdlib-only module and is the one documented exception to the project's
+module-size rule (about 400 lines; see "Developer notes" in README.rst).
+Its wire constants are written out here rather than imported from
+``relay.wire`` for the same reason.
 
 Senders and receivers all run in this one process. The result's
 ``loadgen_cpu`` is this process's CPU share during the run: measured here at

@@ -34,7 +34,7 @@ exit codes: 0 nothing lost, 1 messages lost or the run did not finish,
 
 
 def register(subparsers):
-    from relay.client.commandline import add_connection_options
+    from relay.cli.connection import add_connection_options
     parser = subparsers.add_parser(
         "bench", help="load a running daemon and report throughput and latency",
         description="Load a running daemon with the stdlib load generator and report "
@@ -72,7 +72,7 @@ def _untrusted(path, endpoint, trust_uid):
 
 def main(args):
     from relay.bench import loadgen
-    from relay.client.commandline import endpoint_from_args
+    from relay.cli.connection import endpoint_from_args
 
     problem = check_load_options(args)
     if problem:

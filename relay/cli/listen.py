@@ -31,7 +31,7 @@ daemon refused, 2 bad usage, 3 the daemon could not be reached.
 
 
 def register(subparsers):
-    from relay.client.commandline import CONNECTION_HELP, add_connection_options
+    from relay.cli.connection import CONNECTION_HELP, add_connection_options
     parser = subparsers.add_parser(
         "listen", help="print the messages delivered to an agent",
         description="Connect as an agent and print each message delivered to it.",
@@ -106,7 +106,7 @@ def log_to_stderr(command, level="info"):
 
 def main(args):
     from relay.client import check_agent_name
-    from relay.client.commandline import endpoint_from_args, run_job, token_from_args
+    from relay.cli.connection import endpoint_from_args, run_job, token_from_args
 
     try:
         check_agent_name(args.agent)

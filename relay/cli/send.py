@@ -29,7 +29,8 @@ time, 2 bad usage or input, 3 the daemon could not be reached.
 
 
 def register(subparsers):
-    from relay.client.commandline import CONNECTION_HELP, add_connection_options
+    from relay import wire
+    from relay.cli.connection import CONNECTION_HELP, add_connection_options
     parser = subparsers.add_parser(
         "send", help="send a message and wait for its receipt",
         description="Send one message to an agent (or '*') and wait until the daemon "
@@ -42,8 +43,7 @@ def register(subparsers):
                         help="the recipient, or '*' to broadcast")
     parser.add_argument("body", nargs="?", metavar="BODY",
                         help="the message text; read from stdin when absent or '-'")
-    parser.add_argument("--kind", default="message",
-                        choices=["message", "action", "state", "thinking"])
+    parser.add_argument("--kind", default=wire.DEFAULT_KIND, choices=list(wire.KINDS))
     parser.add_argument("--thread", help="thread id to group related messages")
     parser.add_argument("--topic", help="topic (with --to '*': only its subscribers)")
     parser.add_argument("--data", metavar="JSON", help="a JSON object sent as payload data")
@@ -62,13 +62,14 @@ def _fail(code, message):
 
 
 def main(args):
+    from relay import wire
+    from relay.cli.connection import endpoint_from_args, run_job, token_from_args
     from relay.client import check_agent_name
-    from relay.client.commandline import endpoint_from_args, run_job, token_from_args
 
     try:
         check_agent_name(args.agent)
         args.token = token_from_args(args)
-        if args.to != "*":
+        if args.to != wire.BROADCAST:
             check_agent_name(args.to)
     except ValueError as e:
         return _fail(EXIT_USAGE, str(e))

@@ -25,7 +25,7 @@ without the STATUS extension), 2 bad usage (e.g. a bad endpoint string),
 
 
 def register(subparsers):
-    from relay.client.commandline import CONNECTION_HELP, add_connection_options
+    from relay.cli.connection import CONNECTION_HELP, add_connection_options
     parser = subparsers.add_parser(
         "status", help="show a running daemon's agents, queues and store",
         description="Show a running daemon's connected agents, queue depths, store and "
@@ -137,7 +137,7 @@ def format_status(status, endpoint, now):
 
 
 def main(args):
-    from relay.client.commandline import endpoint_from_args, run_job
+    from relay.cli.connection import endpoint_from_args, run_job
     endpoint = endpoint_from_args(args)
     code, failure = run_job(_status, args, endpoint)
     if failure is not None:

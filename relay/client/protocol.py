@@ -16,7 +16,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
-MAX_FRAME_BYTES = 1 << 20
+from relay import wire
+
+MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
 
 _counter = itertools.count(1)
 _id_prefix = "c{}{}-".format(os.getpid(), os.urandom(3).hex())
@@ -29,10 +31,8 @@ def new_id():
 
 def envelope(type_, clock, payload=None, **fields):
     """An envelope of ``type_`` stamped with ``clock.seconds()`` in ms."""
-    env = {"v": 1, "type": type_, "id": new_id(), "ts": int(clock.seconds() * 1000)}
-    env.update(fields)
-    env["payload"] = payload if payload is not None else {}
-    return env
+    return wire.envelope(type_, payload if payload is not None else {}, id=new_id(),
+                         ts=int(clock.seconds() * 1000), **fields)
 
 
 def _user(uid):
@@ -111,9 +111,9 @@ class RelayClientProtocol(Int32StringReceiver):
         if not isinstance(env, dict) or not isinstance(env.get("type"), str):
             self.log.warn("dropping a frame without a type")
             return
-        if env["type"] == "PING":
+        if env["type"] == wire.PING:
             payload = env.get("payload")
-            self.send_frame("PONG", payload if isinstance(payload, dict) else {})
+            self.send_frame(wire.PONG, payload if isinstance(payload, dict) else {})
             return
         self.owner.frame_received(self, env)
 

@@ -8,6 +8,7 @@ registered), wait for the ``STATUS_REPLY`` with the same id, say BYE.
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 
+from relay import wire
 from relay.client.errors import ConnectFailed, ProtocolViolation, describe_connect_failure
 from relay.client.protocol import RelayClientFactory, untrusted_peer
 
@@ -29,20 +30,20 @@ class _StatusRequest:
             proto.transport.abortConnection()
             self.result.errback(ConnectFailed(problem, "untrusted"))
             return
-        self.request_id = proto.send_frame("STATUS")["id"]
+        self.request_id = proto.send_frame(wire.STATUS)["id"]
 
     def frame_received(self, proto, env):
         if self.result.called:
             return
         payload = env.get("payload")
-        if env["type"] == "STATUS_REPLY" and env.get("id") == self.request_id:
+        if env["type"] == wire.STATUS_REPLY and env.get("id") == self.request_id:
             if not isinstance(payload, dict):
                 self.result.errback(ProtocolViolation("STATUS_REPLY without a payload"))
             else:
                 self.result.callback(payload)
-            proto.send_frame("BYE")
+            proto.send_frame(wire.BYE)
             proto.transport.loseConnection()
-        elif env["type"] == "ERROR":
+        elif env["type"] == wire.ERROR:
             payload = payload if isinstance(payload, dict) else {}
             self.result.errback(ProtocolViolation(
                 "the daemon does not answer STATUS: {} {}".format(

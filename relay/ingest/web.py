@@ -93,7 +93,9 @@ class IngestRequest(server.Request):
             self.content.accept()
 
     def _finished(self, reason):
-        self.content.close()
+        # Twisted's own clean-up may have closed and dropped the body first.
+        if self.content is not None:
+            self.content.close()
         if isinstance(reason, Failure) and self.auth is not None:
             # The client went away: its key lookup leaves the queue.
             self.auth.cancel()

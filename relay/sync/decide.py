@@ -80,3 +80,27 @@ def decide(kind, origin, single, named, stale, retries_left):
     if origin == SPILL:
         return PAUSE
     return RETRY if retries_left else SPILL_BATCH
+
+
+def named_index(items, outcome):
+    """
+    The index in C{items} of the message a 400 names (the C{named} fact
+    L{decide} takes), or None.
+
+    @param items: the batch, a list of L{relay.sync.wire.Item}.
+    @param outcome: its L{relay.sync.poster.Outcome}; a C{BAD_MESSAGE}
+        names a message by C{index} and/or C{id}, and an index whose item
+        has another id than the one named does not count.
+    """
+    if outcome.kind != outcomes.BAD_MESSAGE:
+        return None
+    index = outcome.data.get("index")
+    mid = outcome.data.get("id")
+    if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(items):
+        if mid is None or items[index].id == mid:
+            return index
+    if isinstance(mid, str):
+        for i, item in enumerate(items):
+            if item.id == mid:
+                return i
+    return None

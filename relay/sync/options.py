@@ -3,9 +3,11 @@
 The C{twistd relay} options that configure cloud sync, and their checks.
 
 C{relay.tap.Options} adds L{OPT_PARAMETERS} and L{OPT_FLAGS} to its own and
-calls L{check} from C{postOptions}.  L{check} turns the strings into ints,
-floats and paths in place, reads the API key and raises
-L{usage.UsageError} with a one-line message for anything wrong.
+calls L{check} from C{postOptions}.  The numbers and sizes are converted
+by the coercers of L{relay.options} (their string defaults by L{check});
+L{check} also normalises the URL, ids and paths in place, reads the API
+key and raises L{usage.UsageError} with a one-line message for anything
+wrong.
 
 The API key never comes from the command line (C{ps} shows it): it is read
 from C{--sync-key-file} or the C{RELAY_SYNC_KEY} environment variable.
@@ -17,6 +19,8 @@ import uuid
 from urllib.parse import urlsplit
 
 from twisted.python import usage
+
+from relay import options
 
 SYNC_PATH = "/api/daemons/messages/sync"
 
@@ -32,22 +36,32 @@ OPT_PARAMETERS = [
     ["daemon-id", None, None,
      "This daemon's UUID (default: generated once, kept in the store)."],
     ["sync-max-bytes", None, "16MiB",
-     "Memory bound for messages read for sync; beyond it rows wait in the store."],
-    ["sync-batch-size", None, "100", "Send a batch once it holds this many messages."],
-    ["sync-batch-delay-ms", None, "200", "Send a non-empty batch after this many ms."],
-    ["sync-batch-bytes", None, "512KiB", "Send a batch once its JSON reaches this size."],
+     "Memory bound for messages read for sync; beyond it rows wait in the store.",
+     options.size("sync-max-bytes", 1024)],
+    ["sync-batch-size", None, "100", "Send a batch once it holds this many messages.",
+     options.positive_int("sync-batch-size")],
+    ["sync-batch-delay-ms", None, "200", "Send a non-empty batch after this many ms.",
+     options.non_negative_int("sync-batch-delay-ms")],
+    ["sync-batch-bytes", None, "512KiB", "Send a batch once its JSON reaches this size.",
+     options.size("sync-batch-bytes", 1024)],
     ["sync-compress-threshold", None, "1024",
-     "Gzip request bodies larger than this many bytes."],
-    ["sync-timeout", None, "30", "Seconds before a sync POST is abandoned and retried."],
-    ["sync-retries", None, "3", "Retries of a failed batch before it is spilled to disk."],
+     "Gzip request bodies larger than this many bytes.",
+     options.non_negative_int("sync-compress-threshold")],
+    ["sync-timeout", None, "30", "Seconds before a sync POST is abandoned and retried.",
+     options.seconds("sync-timeout")],
+    ["sync-retries", None, "3", "Retries of a failed batch before it is spilled to disk.",
+     options.non_negative_int("sync-retries")],
     ["sync-retry-delay-ms", None, "1000",
-     "First retry delay in ms; doubles each retry, with jitter."],
+     "First retry delay in ms; doubles each retry, with jitter.",
+     options.positive_int("sync-retry-delay-ms")],
     ["spill-dir", None, None,
      "Directory for batches that could not be sent (default: <db>.sync-spill)."],
     ["spill-retry-interval", None, "30",
-     "Seconds between attempts to re-send spill files."],
+     "Seconds between attempts to re-send spill files.",
+     options.seconds("spill-retry-interval")],
     ["spill-max-bytes", None, "1GiB",
-     "Stop spilling above this many bytes on disk (rows then wait in the store)."],
+     "Stop spilling above this many bytes on disk; rows then wait in the store.",
+     options.size("spill-max-bytes")],
     ["sync-ca-file", None, None,
      "PEM file of the CA that signed the ingest service's certificate."],
 ]
@@ -56,52 +70,6 @@ OPT_FLAGS = [
     ["sync-insecure", None,
      "Allow plain http to a host that is not loopback (the key travels in clear)."],
 ]
-
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1024,
-    "m": 1000 ** 2, "mb": 1000 ** 2, "mib": 1024 ** 2,
-    "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3,
-}
-
-_INT_OPTIONS = [
-    # (name, minimum)
-    ("sync-batch-size", 1),
-    ("sync-batch-delay-ms", 0),
-    ("sync-compress-threshold", 0),
-    ("sync-retries", 0),
-    ("sync-retry-delay-ms", 1),
-]
-
-_SIZE_OPTIONS = [
-    ("sync-max-bytes", 1024),
-    ("sync-batch-bytes", 1024),
-    ("spill-max-bytes", 0),
-]
-
-_SECONDS_OPTIONS = [
-    ("sync-timeout", 0.001),
-    ("spill-retry-interval", 0.001),
-]
-
-
-def parse_size(name, text):
-    """
-    Parse C{"512KiB"}, C{"16MiB"}, C{"1000"}, ... into a number of bytes.
-
-    @raise usage.UsageError: when C{text} is not a size.
-    """
-    raw = str(text).strip()
-    digits = raw
-    unit = ""
-    for i, ch in enumerate(raw):
-        if not ch.isdigit():
-            digits, unit = raw[:i], raw[i:].strip().lower()
-            break
-    if not digits or unit not in _UNITS:
-        raise usage.UsageError(
-            "--{}: {!r} is not a size (use bytes, or a KiB/MiB/GiB suffix)".format(name, text))
-    return int(digits) * _UNITS[unit]
 
 
 def is_loopback(host):
@@ -114,26 +82,6 @@ def is_loopback(host):
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _int(name, value, minimum):
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise usage.UsageError("--{}: {!r} is not an integer".format(name, value))
-    if number < minimum:
-        raise usage.UsageError("--{}: must be at least {}, got {}".format(name, minimum, number))
-    return number
-
-
-def _seconds(name, value, minimum):
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise usage.UsageError("--{}: {!r} is not a number of seconds".format(name, value))
-    if not number >= minimum or number == float("inf"):
-        raise usage.UsageError("--{}: must be a positive number of seconds, got {!r}".format(name, value))
-    return number
 
 
 def _uuid(name, value):
@@ -171,16 +119,19 @@ def _read_key(config, environ):
 def check(config, environ):
     """
     Check and normalise the sync options in C{config} (a dict-like
-    C{usage.Options}), in place.
+    C{usage.Options}), in place: numbers and sizes (also their defaults)
+    become ints and floats whether sync is on or not.
 
     When C{--sync-url} is absent sync is off and nothing else is looked at.
     Otherwise this sets C{config["sync-key"]} (the API key) and
-    C{config["sync-endpoint"]} (the full URL posted to), converts numbers
-    and sizes, and fills in the default spill directory next to
+    C{config["sync-endpoint"]} (the full URL posted to) and fills in the default spill directory next to
     C{config["db"]}.
 
     @raise usage.UsageError: a one-line reason for the first bad value.
     """
+    # Numbers and sizes are converted whether sync is on or not: nothing
+    # reaches makeService as a string.
+    options.convert(config, OPT_PARAMETERS)
     url = config.get("sync-url")
     if not url:
         config["sync-url"] = None
@@ -210,15 +161,6 @@ def check(config, environ):
     config["workspace-id"] = _uuid("workspace-id", config.get("workspace-id"))
     config["daemon-id"] = _uuid("daemon-id", config.get("daemon-id"))
 
-    for name, minimum in _INT_OPTIONS:
-        config[name] = _int(name, config.get(name), minimum)
-    for name, minimum in _SIZE_OPTIONS:
-        size = parse_size(name, config.get(name))
-        if size < minimum:
-            raise usage.UsageError("--{}: must be at least {} bytes".format(name, minimum))
-        config[name] = size
-    for name, minimum in _SECONDS_OPTIONS:
-        config[name] = _seconds(name, config.get(name), minimum)
     if config["sync-batch-bytes"] > config["sync-max-bytes"]:
         raise usage.UsageError("--sync-batch-bytes ({}) must not exceed --sync-max-bytes ({})".format(
             config["sync-batch-bytes"], config["sync-max-bytes"]))

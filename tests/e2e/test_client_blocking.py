@@ -154,7 +154,7 @@ class BlockingDeliveryTests(unittest.TestCase):
             return b["queue_depth"] > 0 or b["backpressured"]
         yield wait_status(daemon, held_by_daemon)
         # One read is at most 64 KiB: 8 more frames.
-        self.assertLessEqual(len(bob._client._queue), 5 + 8)
+        self.assertLessEqual(bob._client.queued, 5 + 8)
 
         def receive_all():
             return [bob.receive(timeout=15).body.split()[0] for _ in range(300)]

@@ -65,8 +65,8 @@ class InstallTests(unittest.TestCase):
         """
         After a non-editable C{pip install .} into a fresh venv, run from a
         directory outside the source tree: C{twistd --help} lists relay,
-        C{twistd relay --help} shows its options, the schema files are
-        packaged, the code runs from the installed copy, and the C{relay}
+        C{twistd relay --help} shows its options, the schema files and the
+        dashboard's page are packaged, the code runs from the installed copy, and the C{relay}
         console script exists and answers C{--help}.
         """
         egg_info = os.path.join(REPO, "relay.egg-info")
@@ -107,6 +107,15 @@ class InstallTests(unittest.TestCase):
         self.assertEqual(len(installed), 1, installed)
         self.assertTrue(os.path.basename(plugin_file) == "relay_plugin.py", plugin_file)
         self.assertGreaterEqual(int(scripts), 1)
+
+        # The dashboard's page is package data (issue 11).
+        code, out = _run([python, "-c", "import os, relay.web.resources as r;"
+                          " print(os.path.realpath(r.STATIC)); print(*sorted(os.listdir(r.STATIC)))"],
+                         outside, env)
+        self.assertEqual(code, 0, out)
+        static, files = out.split("\n", 1)
+        self.assertTrue(static.startswith(site), static)
+        self.assertEqual(files.split(), ["app.css", "app.js", "index.html"])
 
         script = os.path.join(venv, "bin", "relay")
         self.assertTrue(os.access(script, os.X_OK), "no relay console script")

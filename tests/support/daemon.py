@@ -87,7 +87,8 @@ class DaemonProcess:
         env.update(self.env)
         self.proto = ProcessOutput()
         self.starts += 1
-        reactor.spawnProcess(self.proto, TWISTD, self.args(), env=env, path=self.directory)
+        args = self.args()
+        reactor.spawnProcess(self.proto, args[0], args, env=env, path=self.directory)
         return self._wait_ready()
 
     def _wait_ready(self):

@@ -14,14 +14,19 @@ Test support for cloud sync:
 import gzip
 
 import orjson
-from twisted.internet import defer
+from treq.testing import StubTreq
+from twisted.internet import defer, task
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import resource, server
 from zope.interface import implementer
 
 from relay.interfaces import ISyncSource
 from relay.store import connect_readonly
+from relay.sync.backoff import Backoff
 from relay.sync.options import SYNC_PATH
+from relay.sync.poster import Poster
+from relay.sync.service import SyncService
+from relay.sync.spill import SpillDir
 from tests.support.poll import poll_until
 
 WORKSPACE = "2f1c9a4e-5b7d-4c3e-9a10-8e6f2b3c4d5e"
@@ -367,3 +372,57 @@ def stored_ids(db_path):
         return {row[0] for row in conn.execute("SELECT id FROM messages")}
     finally:
         conn.close()
+
+
+#: The sync endpoint the in-memory harness posts to (nothing listens there).
+STUB_URL = "http://127.0.0.1:9/api/daemons/messages/sync"
+
+
+class SyncHarness:
+    """
+    A L{relay.sync.service.SyncService} wired to a L{task.Clock}, a
+    L{FakeSyncSource} and an L{IngestStub} served in memory by
+    C{treq.testing.StubTreq}; started at once and stopped at the test's
+    cleanup.
+    """
+
+    def __init__(self, testcase, source=None, spill_dir=None, spill_max=10 ** 9, timeout=30.0,
+                 compress=1024, **kwargs):
+        self.clock = task.Clock()
+        self.clock.advance(1700000000)
+        self.source = source if source is not None else FakeSyncSource()
+        self.stub = IngestStub(clock=self.clock)
+        self.treq = StubTreq(self.stub)
+        self.poster = Poster(self.clock, STUB_URL, KEY, timeout, compress, self.treq)
+        self.spill_dir = spill_dir or testcase.mktemp()
+        self.spill = SpillDir(self.spill_dir, spill_max, self.clock)
+        kwargs.setdefault("retries", 3)
+        kwargs.setdefault("spill_retry_interval", 30.0)
+        self.service = SyncService(
+            self.source, self.poster, self.spill, self.clock, Backoff(1.0, jitter=0.0),
+            WORKSPACE, daemon_id=DAEMON, **kwargs)
+        self.service.startService()
+        self.settle()
+        testcase.addCleanup(self.stop)
+
+    def settle(self):
+        """
+        Run everything due now (the pipeline hops through callLater(0)).
+        """
+        for _ in range(100000):
+            if not any(c.getTime() <= self.clock.seconds() for c in self.clock.getDelayedCalls()):
+                self.treq.flush()
+                if not any(c.getTime() <= self.clock.seconds() for c in self.clock.getDelayedCalls()):
+                    return
+            self.clock.advance(0)
+        raise AssertionError("pipeline never settled")
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+        self.settle()
+
+    def stop(self):
+        if self.service.running:
+            d = self.service.stopService()
+            self.settle()
+            return d

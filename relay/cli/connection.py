@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.e2e.test_cli -*-
+# -*- test-case-name: tests.test_cli_connection -*-
 """
 What the ``relay send|listen|status|bench`` commands share: the connection
 options, the endpoint they resolve to, and running one Twisted job to an exit
-code. Nothing here prints (only relay/cli/ does).
+code. Nothing here prints (the command modules beside it do).
 """
 
 import argparse

@@ -1,0 +1,97 @@
+# -*- test-case-name: tests.test_sync_cursor -*-
+"""
+The sync cursor: the highest seq the pipeline is done with, kept in the
+store's meta under C{sync_cursor}.
+
+The cursor moves to a batch's last seq once the batch is confirmed, spilled
+or dead-lettered; batches finish in seq order, so every seq at or below it
+is safe.  L{CursorWriter} writes it behind the pipeline, at most one write
+in flight: a crash before a write lands only means those messages are sent
+again, and the ingest de-duplicates them.
+"""
+
+from twisted.logger import Logger
+
+CURSOR_KEY = "sync_cursor"
+
+
+class CursorWriter:
+    """
+    The cursor in memory (L{value}) and its write-behind to the store.
+
+    @ivar value: the cursor.
+    @ivar saved: the value the store holds, as far as we know.
+    @ivar saving: the Deferred of the write in flight, or None.
+    @ivar active: while true, a write that lands behind L{value} is
+        followed by the next one; L{flush} writes the last one on stop.
+    """
+
+    log = Logger()
+
+    def __init__(self, source, on_error):
+        """
+        @param source: an L{relay.interfaces.ISyncSource}.
+        @param on_error: called with a one-line reason when a write fails.
+        """
+        self.source = source
+        self.on_error = on_error
+        self.value = 0
+        self.saved = 0
+        self.saving = None
+        self.active = True
+
+    async def load(self):
+        """
+        Read the cursor from the store.
+
+        @return: (a coroutine of) its value, 0 when there is none.
+        """
+        stored = await self.source.get_meta(CURSOR_KEY)
+        self.value = self.saved = int(stored or 0)
+        return self.value
+
+    def advance(self, seq):
+        """
+        Move the cursor to C{seq} if that is forward, and write it.
+        """
+        if seq > self.value:
+            self.value = seq
+            self.save()
+
+    def save(self):
+        """
+        Write the cursor unless a write is already in flight (its end
+        starts the next one).
+        """
+        if self.saving is not None:
+            return
+        value = self.value
+        self.saving = self.source.set_meta(CURSOR_KEY, str(value))
+
+        def saved(_):
+            self.saved = value
+
+        def failed(failure):
+            self.on_error("cursor write: {}".format(failure.getErrorMessage()))
+            self.log.failure("Could not write the sync cursor (messages may be sent twice)", failure)
+
+        def done(_):
+            self.saving = None
+            if self.active and self.saved != self.value:
+                self.save()
+
+        self.saving.addCallbacks(saved, failed)
+        self.saving.addBoth(done)
+
+    async def flush(self):
+        """
+        Stop writing behind: wait for the write in flight, then write the
+        cursor once more if the store is behind it.
+        """
+        self.active = False
+        while self.saving is not None:
+            await self.saving
+        if self.saved != self.value:
+            self.save()
+            if self.saving is not None:
+                await self.saving
