@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-# -*- test-case-name: tests.test_loadgen,tests.test_e2e_flow -*-
+# -*- test-case-name: tests.test_loadgen,tests.e2e.test_flow -*-
 """
 Flow-control benchmark: the real daemon under relay/bench/loadgen.py.
 

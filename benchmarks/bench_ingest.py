@@ -268,7 +268,7 @@ class Bench:
         import treq
         from twisted.web.client import HTTPConnectionPool
 
-        from tests.ingest_process import IngestProcess
+        from tests.support.ingest_process import IngestProcess
         self.reset()
         conn = psycopg2.connect(self.dsn)
         key = keys.create_key(conn, WS)[1]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-# -*- test-case-name: tests.test_sync_e2e -*-
+# -*- test-case-name: tests.e2e.test_sync -*-
 """
 Cloud sync benchmark: the real daemon syncing stored messages to a
 loopback HTTP server.

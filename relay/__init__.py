@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_packaging -*-
+# -*- test-case-name: tests.e2e.test_packaging -*-
 """relay: a durable message relay for AI agents, on Twisted."""
 
 __version__ = "0.1.0"

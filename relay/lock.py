@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_lock -*-
+# -*- test-case-name: tests.e2e.test_lock -*-
 """
 Stale Unix socket locks.
 

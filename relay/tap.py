@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.e2e.test_tap -*-
 """
 C{twistd relay}: its options, and L{makeService} building the store, the
 router, the listeners and the sync service from them.

@@ -9,11 +9,9 @@ router on a real L{relay.store.Store}.
 import io
 import os
 import socket
-import struct
 
-import orjson
 from twisted.cred import checkers, strcred
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -27,13 +25,9 @@ from relay.protocol import RelayFactory
 from relay.router import Router
 from relay.store import Store
 from relay.testing import ThreadlessConnectionPool, settle
+from tests.support.frames import decode_from, encode
 
 SECRET = "s3cret-token-value"
-
-
-def encode(env):
-    data = orjson.dumps(env)
-    return struct.pack(">I", len(data)) + data
 
 
 def hello(name, token=None, auth_field=None):
@@ -75,11 +69,8 @@ class Conn:
         self.proto.dataReceived(b"".join(encode(e) for e in envs))
 
     def received(self):
-        data = self.transport.value()
-        while len(data) - self._offset >= 4:
-            (n,) = struct.unpack(">I", data[self._offset:self._offset + 4])
-            self.frames.append(orjson.loads(data[self._offset + 4:self._offset + 4 + n]))
-            self._offset += 4 + n
+        frames, self._offset = decode_from(self.transport.value(), self._offset)
+        self.frames.extend(frames)
         return self.frames
 
     def types(self):
@@ -487,7 +478,7 @@ class OptionsTests(unittest.TestCase):
         self.assertIn("--listen tcp:7777", str(e))
         self.assertIn("--auth", str(e))
         self.assertIn("--allow-anonymous-tcp", str(e))
-        from tests.tls_support import make_pki
+        from tests.support.tls import make_pki
         pki = make_pki(self.mktemp())
         self.assertRaises(usage.UsageError, self.parse, "--listen", "ssl:7777:privateKey=%s:"
                           "certKey=%s" % (pki.server_key, pki.server_cert))
@@ -502,7 +493,7 @@ class OptionsTests(unittest.TestCase):
         C{--tls-client-ca} must be a readable PEM file and needs an ssl:
         listener; with it an ssl: listener needs no C{--auth}.
         """
-        from tests.tls_support import make_pki
+        from tests.support.tls import make_pki
         pki = make_pki(self.mktemp())
         o = self.parse("--listen", "ssl:0:privateKey=%s:certKey=%s" % (pki.server_key,
                                                                         pki.server_cert),
@@ -558,7 +549,7 @@ class PeerCredTests(unittest.TestCase):
         """
         CN and SANs (DNS, e-mail, URI) are the names a certificate gives.
         """
-        from tests.tls_support import make_pki
+        from tests.support.tls import make_pki
         pki = make_pki(self.mktemp(), client_names=("alice",), client_sans=("alice-2",))
         from OpenSSL import crypto
         with open(pki.client_cert["alice"], "rb") as f:

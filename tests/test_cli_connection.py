@@ -2,7 +2,7 @@
 """
 Tests for L{relay.cli.connection}: the connection options the CLI commands
 share, the endpoint they resolve to, and the token they read.  (C{run_job}
-runs the global reactor; the real commands of C{tests.test_cli} prove it.)
+runs the global reactor; the real commands of C{tests.e2e.test_cli} prove it.)
 """
 
 import argparse

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from relay.cli import main
 from relay.ingest import keys
-from tests.ingest_support import fetchAll, testDatabaseDSN, truncate
+from tests.support.ingest import fetchAll, testDatabaseDSN, truncate
 
 WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
 
@@ -98,7 +98,7 @@ class KeysCommandTests(unittest.TestCase):
         A database error (here: a role that may not create the schema) is
         one line on stderr and exit 1, not a traceback.
         """
-        from tests.ingest_support import freshDatabase
+        from tests.support.ingest import freshDatabase
         dsn = freshDatabase(self)
         # Roles are shared by the whole server: a unique name.
         role = "relay_keys_nobody_%s" % (uuid.uuid4().hex[:8],)
@@ -127,7 +127,7 @@ class KeysCommandTests(unittest.TestCase):
         """
         create works on a database that has no schema yet.
         """
-        from tests.ingest_support import freshDatabase
+        from tests.support.ingest import freshDatabase
         dsn = freshDatabase(self)
         rc, out, err = run("keys", "create", "--workspace", WS, "--postgres", dsn)
         self.assertEqual(rc, 0, err)

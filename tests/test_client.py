@@ -2,12 +2,9 @@
 """
 Unit tests for relay.client driven deterministically: a MemoryReactorClock for
 connections and time, StringTransport for the bytes. The same behaviours are
-proven against the real daemon in tests.test_client_e2e.
+proven against the real daemon in tests.e2e.test_client.
 """
 
-import struct
-
-import orjson
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -17,23 +14,14 @@ from twisted.trial import unittest
 from relay.client import (
     Client, ClientClosed, ConnectFailed, HandshakeRefused, ProtocolViolation, SendRefused,
     TooManyPending, connect, default_endpoint, fetch_status)
+from tests.support.frames import decode_from, encode
 
 
 def decode_frames(transport):
     """Every envelope written to ``transport`` since the last call."""
-    data = transport.value()
+    frames, _ = decode_from(transport.value())
     transport.clear()
-    frames = []
-    while data:
-        (length,) = struct.unpack(">I", data[:4])
-        frames.append(orjson.loads(data[4:4 + length]))
-        data = data[4 + length:]
     return frames
-
-
-def encode(env):
-    data = orjson.dumps(env)
-    return struct.pack(">I", len(data)) + data
 
 
 class Harness:

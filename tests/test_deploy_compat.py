@@ -165,7 +165,7 @@ class PemCertificatesTests(unittest.TestCase):
     """relay.compat.load_pem_certificates on either cryptography."""
 
     def _pem(self):
-        from tests.tls_support import make_pki
+        from tests.support.tls import make_pki
         pki = make_pki(self.mktemp())
         with open(pki.ca_cert, "rb") as f:
             ca = f.read()

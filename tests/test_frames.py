@@ -13,8 +13,9 @@ from twisted.trial import unittest
 
 from relay.frames import MAX_DEPTH, MAX_TTL_MS, check_send, echo
 from relay.ingest.validate import BadRequest, parse_message
-from tests.ingest_support import makeMessage
-from tests.test_protocol import Relay, send
+from tests.support.ingest import makeMessage
+from tests.support.frames import send
+from tests.support.protocol import Relay
 
 
 def nested(depth):

@@ -9,7 +9,7 @@ PostgreSQL.)
 from twisted.trial import unittest
 
 from relay.ingest import collisions as C
-from tests.ingest_support import makeRow
+from tests.support.ingest import makeRow
 
 WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
 DAEMON = "11111111-2222-4333-8444-555555555555"

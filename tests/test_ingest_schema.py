@@ -8,7 +8,7 @@ import psycopg2
 from twisted.trial import unittest
 
 from relay.ingest import schema
-from tests.ingest_support import freshDatabase
+from tests.support.ingest import freshDatabase
 
 
 class MigrationFilesTests(unittest.TestCase):

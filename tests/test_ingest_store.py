@@ -1,6 +1,6 @@
 """
 Tests for the bulk insert strategies in L{relay.ingest.inserters}, against
-the real PostgreSQL (see L{tests.ingest_support}).
+the real PostgreSQL (see L{tests.support.ingest}).
 """
 
 import json
@@ -16,7 +16,7 @@ from relay.ingest.inserters import (
     MultiRowInserter,
     UnnestInserter,
 )
-from tests.ingest_support import (
+from tests.support.ingest import (
     BASE_TS,
     fetchAll,
     makeRow,

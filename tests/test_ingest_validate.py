@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from relay.ingest.validate import MAX_MS, BadRequest, parse_batch, parse_message
-from tests.ingest_support import makeMessage
+from tests.support.ingest import makeMessage
 
 WS = uuid.UUID("6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01")
 DAEMON = "11111111-2222-4333-8444-555555555555"

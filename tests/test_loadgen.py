@@ -4,25 +4,24 @@ Tests for relay.bench.loadgen, the standard-library load generator.
 
 The accounting (loss, duplicates, order, NACK retry, receipts) is proven against
 a small scripted peer on a real Unix socket that can be told to misbehave, which
-the real daemon never does on purpose; the last test runs the load generator
-against the real daemon process.
+the real daemon never does on purpose; L{tests.e2e.test_loadgen} runs the load
+generator against the real daemon process.
 """
 
 import json
 import os
 import shutil
 import socket
-import sqlite3
 import struct
 import tempfile
 
-from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.internet import defer, protocol, reactor, threads
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.trial import unittest
 
 from relay.bench import loadgen
-from tests.daemon_support import DaemonProcess
+from tests.support.poll import poll_until
 
 
 class ScriptedPeer(Int32StringReceiver):
@@ -169,13 +168,9 @@ class ScriptedRunTests(unittest.TestCase):
         d.addCallback(lambda port: self.addCleanup(port.stopListening))
         return d
 
-    @defer.inlineCallbacks
     def wait_for(self, condition, bound=2.0):
-        """Poll ``condition`` until true or ``bound`` seconds passed."""
-        for _ in range(int(bound / 0.01)):
-            if condition():
-                return
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        """Poll ``condition`` until true; fail after ``bound`` seconds."""
+        return poll_until(condition, bound, interval=0.01)
 
     def run_loadgen(self, **kwargs):
         kwargs.setdefault("idle_timeout", 2.0)
@@ -265,40 +260,3 @@ class ScriptedRunTests(unittest.TestCase):
         self.addCleanup(sock.close)
         e = self.assertRaises(loadgen.LoadgenError, loadgen.run, path, messages=1)
         self.assertIn("refused", str(e))
-
-
-class RealDaemonTests(unittest.TestCase):
-    """The load generator against the real daemon process."""
-
-    @defer.inlineCallbacks
-    def test_many_to_many_stored(self):
-        """2 senders to 3 receivers: everything delivered once, in order, with
-        receipts, and the store holds one row per message of this run."""
-        daemon = DaemonProcess(self, extra_args=["--no-rate-limit"])
-        yield daemon.start()
-        result = yield threads.deferToThread(
-            loadgen.run, daemon.socket_path, senders=2, receivers=3, messages=3000,
-            size=100, window=200)
-        yield daemon.stop()
-        self.assertEqual((result["sent"], result["delivered"], result["receipts"]),
-                         (3000, 3000, 3000))
-        self.assertEqual((result["lost"], result["duplicates"], result["out_of_order"]),
-                         (0, 0, 0))
-        db = sqlite3.connect("file:{}?mode=ro".format(daemon.db_path), uri=True)
-        self.addCleanup(db.close)
-        (rows,) = db.execute("SELECT count(*) FROM messages WHERE sender LIKE ?",
-                             (result["agent_prefix"] + "%",)).fetchone()
-        self.assertEqual(rows, 3000)
-
-    @defer.inlineCallbacks
-    def test_slow_receiver(self):
-        """A receiver reading at 500 msg/s behind an open-loop sender still gets
-        every message; the run takes at least as long as the reader needs."""
-        daemon = DaemonProcess(self, extra_args=["--no-rate-limit"])
-        yield daemon.start()
-        result = yield threads.deferToThread(
-            loadgen.run, daemon.socket_path, messages=400, size=50, open_loop=True,
-            receiver_rate=500)
-        yield daemon.stop()
-        self.assertEqual((result["delivered"], result["lost"]), (400, 0))
-        self.assertGreater(result["elapsed_s"], 0.7)

@@ -10,6 +10,9 @@ from relay.ratelimit import RateLimiter, TokenBucket
 
 
 class TokenBucketTests(unittest.TestCase):
+    """
+    The token bucket on a L{task.Clock}.
+    """
 
     def test_burst_then_wait(self):
         """
@@ -34,6 +37,9 @@ class TokenBucketTests(unittest.TestCase):
 
 
 class RateLimiterTests(unittest.TestCase):
+    """
+    Per-agent buckets of the rate limiter.
+    """
 
     def test_per_agent(self):
         """

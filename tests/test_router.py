@@ -12,8 +12,8 @@ from twisted.trial import unittest
 
 from relay.router import Router
 from relay.testing import FakeConnection, MemoryStore
-
-from tests.test_protocol import Relay, hello, send
+from tests.support.frames import hello, send
+from tests.support.protocol import Relay
 
 
 def bodies(frames):

@@ -3,7 +3,7 @@
 Tests for L{relay.service.RelayService}: the store opens before anything
 listens, a failure to open or to bind stops startup with one line, and
 stopping flushes and closes the store.  (The real C{twistd} runs of
-C{tests.test_tap.CommandLineTests} prove the same through the process.)
+C{tests.e2e.test_tap.CommandLineTests} prove the same through the process.)
 """
 
 import os

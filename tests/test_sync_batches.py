@@ -8,7 +8,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from relay.sync.batches import MAX_PAGE, BatchQueue
-from tests.sync_support import make_row
+from tests.support.sync import make_row
 
 
 def unencodable(seq):

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from relay.sync import decide as D
 from relay.sync import poster as P
 from relay.sync.wire import encode_message
-from tests.sync_support import make_row
+from tests.support.sync import make_row
 
 BOOLS = (False, True)
 

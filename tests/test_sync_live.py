@@ -3,7 +3,7 @@
 Unit tests for L{relay.sync.live}: live batches meeting every kind of
 answer (retries and backoff, spill when retries run out, 413 splits, 400s
 naming a message or the whole batch, 401/403, a 2xx that does not count
-what was sent, a redirect), driven by L{tests.sync_support.SyncHarness}.
+what was sent, a redirect), driven by L{tests.support.sync.SyncHarness}.
 """
 
 import os
@@ -11,7 +11,7 @@ import os
 from twisted.trial import unittest
 
 from relay.sync.service import HOLDING, IDLE, UNAUTHORIZED
-from tests.sync_support import SyncHarness as Harness
+from tests.support.sync import SyncHarness as Harness
 
 class RetryTests(unittest.TestCase):
     """

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from relay.sync.options import SYNC_PATH, check, is_loopback
 from relay.tap import Options
-from tests.sync_support import WORKSPACE
+from tests.support.sync import WORKSPACE
 
 
 class OptionsTests(unittest.TestCase):
@@ -236,7 +236,7 @@ class MakeServiceTests(unittest.TestCase):
         from twisted.internet import reactor
 
         from relay.sync.service import make_sync_service
-        from tests.sync_support import FakeSyncSource
+        from tests.support.sync import FakeSyncSource
         config = self.config("--sync-url", "http://127.0.0.1:1", "--workspace-id", WORKSPACE,
                              "--sync-batch-size", "7", "--sync-batch-delay-ms", "50")
         service = make_sync_service(config, FakeSyncSource(), reactor)

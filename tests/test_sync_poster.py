@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from relay.sync import poster as P
 from relay.sync.options import SYNC_PATH
-from tests.sync_support import KEY, IngestServer, make_tls
+from tests.support.sync import KEY, IngestServer, make_tls
 
 BODY = orjson.dumps({"daemon_id": "d", "workspace_id": "w", "messages": [
     {"id": "m-{}".format(i), "body": "a status line that repeats " * 3} for i in range(20)]})

@@ -2,7 +2,7 @@
 """
 Unit tests for L{relay.sync.replay}: spill files re-sent and meeting
 refusals, files refused as a whole set aside so the ones behind go on,
-driven by L{tests.sync_support.SyncHarness}.
+driven by L{tests.support.sync.SyncHarness}.
 """
 
 import os
@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from relay.sync.service import UNAUTHORIZED
 from relay.sync.wire import encode_message
-from tests.sync_support import DAEMON, WORKSPACE, SyncHarness as Harness, make_row
+from tests.support.sync import DAEMON, WORKSPACE, SyncHarness as Harness, make_row
 
 class ReplayTests(unittest.TestCase):
     """

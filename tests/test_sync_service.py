@@ -2,7 +2,7 @@
 """
 Unit tests for L{relay.sync.service.SyncService}: the pipeline driven by a
 L{task.Clock}, an in-memory store and the ingest stub resource served in
-memory by C{treq.testing.StubTreq} (L{tests.sync_support.SyncHarness}):
+memory by C{treq.testing.StubTreq} (L{tests.support.sync.SyncHarness}):
 when batches leave, the cursor, reads racing commits, stopping, and the
 spill timer that must survive its own errors.
 """
@@ -19,7 +19,7 @@ from relay.sync.poster import Poster
 from relay.sync.service import SyncService
 from relay.sync.spill import SpillDir
 from relay.sync.wire import encode_message
-from tests.sync_support import (KEY, STUB_URL as URL, WORKSPACE, FakeSyncSource,
+from tests.support.sync import (KEY, STUB_URL as URL, WORKSPACE, FakeSyncSource,
                                 IngestStub, SyncHarness as Harness, make_row)
 
 class BatchingTests(unittest.TestCase):

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from relay.sync.spill import REJECTED, SUFFIX, TMP_PREFIX, SpillDir, UnreadableSpill
 from relay.sync.wire import encode_message
-from tests.sync_support import DAEMON, WORKSPACE, make_row
+from tests.support.sync import DAEMON, WORKSPACE, make_row
 
 
 def items(first, count):

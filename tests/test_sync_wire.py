@@ -9,7 +9,7 @@ import orjson
 from twisted.trial import unittest
 
 from relay.sync.wire import WIRE_FIELDS, batch_body, encode_message, is_urgent, maybe_compress
-from tests.sync_support import DAEMON, WORKSPACE, make_row
+from tests.support.sync import DAEMON, WORKSPACE, make_row
 
 
 class WireTests(unittest.TestCase):

@@ -2,7 +2,7 @@
 Unit tests of the HTTP side's parts (issue 11): the event hub, the SSE
 stream's bounded buffer (real twisted.web request on a StringTransport,
 task.Clock), the event-fed histograms, /healthz's store check and the
-C{--http} option checks.  The end-to-end tests are in tests.test_e2e_web.
+C{--http} option checks.  The end-to-end tests are in tests.e2e.test_web.
 """
 
 import orjson

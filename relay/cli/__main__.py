@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.e2e.test_cli -*-
 """Allow ``python -m relay.cli``."""
 import sys
 

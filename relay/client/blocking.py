@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_blocking -*-
+# -*- test-case-name: tests.e2e.test_client_blocking -*-
 """
 A blocking facade over relay.client for plain scripts that do not use Twisted.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_metrics,tests.test_ingest_http -*-
+# -*- test-case-name: tests.test_ingest_metrics,tests.e2e.test_ingest_http -*-
 """
 Prometheus metrics of the ingest service, in a private registry.
 

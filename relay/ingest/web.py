@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_web,tests.test_ingest_http -*-
+# -*- test-case-name: tests.test_ingest_web,tests.e2e.test_ingest_http -*-
 """
 The HTTP side of the ingest service.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e_web -*-
+# -*- test-case-name: tests.e2e.test_web -*-
 """
 The daemon's HTTP side (C{twistd relay --http ENDPOINT}): Prometheus
 C{/metrics}, C{/healthz}, a JSON API, Server-Sent Events and a live

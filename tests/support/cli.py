@@ -1,0 +1,58 @@
+# -*- test-case-name: tests.e2e.test_cli -*-
+"""
+Run the C{relay} command line (C{python -m relay.cli}) as a real process.
+"""
+
+import os
+import sys
+
+from twisted.internet import reactor
+
+from tests.support.daemon import REPO
+from tests.support.poll import poll_until
+from tests.support.process import ProcessOutput
+
+
+class CliOutput(ProcessOutput):
+    """
+    A command's output; its stdin gets C{stdin} (if any) and is then closed.
+    L{ended} fires with C{(stdout, stderr, exit code)}.
+    """
+
+    def __init__(self, stdin=None):
+        ProcessOutput.__init__(self, stdin, close_stdin=True)
+
+    def result(self):
+        return (self.stdout(), self.stderr(), self.exit_code)
+
+
+def spawn_cli(args, stdin=None, env=None):
+    """
+    Start C{python -m relay.cli ARGS} from this tree (C{RELAY_SOCKET} unset
+    unless C{env} sets it).
+
+    @return: the L{CliOutput}; its C{ended} fires with C{(stdout, stderr,
+        exit code)}.
+    """
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.pop("RELAY_SOCKET", None)
+    full_env.update(env or {})
+    proto = CliOutput(stdin)
+    reactor.spawnProcess(proto, sys.executable, [sys.executable, "-m", "relay.cli"] + args,
+                         env=full_env, path=REPO)
+    return proto
+
+
+def run_cli(args, stdin=None, env=None):
+    """
+    L{spawn_cli}, then fire with C{(stdout, stderr, exit code)}.
+    """
+    return spawn_cli(args, stdin, env).ended
+
+
+def wait_for(condition, bound=15.0):
+    """
+    L{poll_until} as the CLI tests call it.
+    """
+    return poll_until(condition, bound)
