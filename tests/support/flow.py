@@ -67,6 +67,18 @@ class Harness:
             env["payload_meta"] = meta
         proto.dataReceived(frame(env))
 
+    def flush(self):
+        """
+        Commit everything queued; a fired Deferred.
+        """
+        return settle(self.clock, self.store.flush())
+
+    def query(self, d):
+        """
+        Run the store read C{d} (a Deferred from the store) to its end.
+        """
+        return settle(self.clock, d)
+
 
 def until(predicate, turns=1000):
     """
