@@ -450,9 +450,25 @@ def history_seconds(db_path, thread):
     return best, len(done.stdout.splitlines())
 
 
+def history_query_seconds(db_path, thread):
+    """The same query in this process (relay.cli.history), best of 3: no startup."""
+    from relay.cli.history import open_store, query_messages
+    best = None
+    for _ in range(3):
+        started = time.monotonic()
+        db = open_store(db_path)
+        try:
+            query_messages(db, thread=thread, limit=50)
+        finally:
+            db.close()
+        took = time.monotonic() - started
+        best = took if best is None else min(best, took)
+    return best
+
+
 def curve_history(sizes, messages, out):
     rows = [("stored", "built in", "startup", "1 to 1 msg/s", "history --thread",
-             "history rows")]
+             "its query", "rows")]
     results = []
     ok = True
     for n in sizes:
@@ -463,6 +479,7 @@ def curve_history(sizes, messages, out):
             # A thread near the end of the file, as `relay history` would be asked.
             thread = "t%d" % (max(0, n - 1) // 100 // 2)
             hist_s, hist_rows = history_seconds(db, thread)
+            query_s = history_query_seconds(db, thread)
             daemon, startup = start_on(db, directory)
             try:
                 result = one_to_one(daemon.socket_path, messages)
@@ -472,11 +489,12 @@ def curve_history(sizes, messages, out):
             shutil.rmtree(directory, True)
         ok = ok and result["lost"] == 0 and result["complete"]
         results.append({"stored": n, "build_s": built, "startup_s": startup,
-                        "history_s": hist_s, "history_rows": hist_rows, "run": result})
+                        "history_s": hist_s, "query_s": query_s, "history_rows": hist_rows, "run": result})
         rows.append(("{:,}".format(n) + (" (baseline)" if n == 0 else ""),
                      "{:.1f} s".format(built), "{:.2f} s".format(startup),
                      "{:,.0f}".format(result["msgs_per_s"]),
-                     "{:.0f} ms".format(hist_s * 1000), str(hist_rows)))
+                     "{:.0f} ms".format(hist_s * 1000), "{:.1f} ms".format(query_s * 1000),
+                     str(hist_rows)))
     out.write("\nHistory: the same 1 to 1 run ({:,} messages) on stores already holding "
               "N messages\n".format(messages))
     out.write(table(rows))
@@ -494,10 +512,12 @@ def curve_history(sizes, messages, out):
                   "{:.2f} s (not the goal's size; --full)\n".format(
                       last["stored"], last["startup_s"]))
     out.write("goal: `relay history --thread T --limit 50` under 100 ms on {} rows: "
-              "{:.0f} ms (process start included; empty store: {:.0f} ms) -> {}\n".format(
+              "command {:.0f} ms (empty store: {:.0f} ms, the CLI's start), its query "
+              "{:.1f} ms -> {}\n".format(
                   "{:,}".format(last["stored"]), last["history_s"] * 1000,
-                  base["history_s"] * 1000,
-                  met(last["history_s"] < 0.1) if last["stored"] >= 5000000
+                  base["history_s"] * 1000, last["query_s"] * 1000,
+                  ("command " + met(last["history_s"] < 0.1) + ", query "
+                   + met(last["query_s"] < 0.1)) if last["stored"] >= 5000000
                   else "not the goal's size (--full)"))
     return ok, results
 
