@@ -19,6 +19,7 @@ fraction of it, and the load generator's CPU share for both runs.
     python benchmarks/bench_core.py --receiver-rate 2000 --open-loop \\
         --daemon-arg=--batch-delay-ms --daemon-arg=5
     python benchmarks/bench_core.py --compare-http 2
+    python benchmarks/bench_core.py --messages 100000 --profile docs/flame.svg
 
 ``--compare-http N`` runs the load N times without ``--http`` and N times with
 ``--http`` and a dashboard open (a client reading ``/api/events``), alternating,
@@ -344,6 +345,35 @@ def cpu_per_message(result):
     return result["daemon_cpu_s"] / result["sent"] * 1e6
 
 
+def start_profiler(daemon, args):
+    """
+    C{--profile PATH}: py-spy (next to this Python, else on PATH) records the
+    daemon while the load runs, as a flame graph SVG (or C{--profile-format}).
+    """
+    candidate = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    spy = candidate if os.path.exists(candidate) else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("bench_core: --profile needs py-spy (pip install py-spy)")
+    process = subprocess.Popen(
+        [spy, "record", "--pid", str(daemon.process.pid), "--rate", str(args.profile_rate),
+         "--format", args.profile_format, "--output", args.profile],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # py-spy attaches before the load starts
+    if process.poll() is not None:
+        raise SystemExit("bench_core: py-spy failed: {}".format(
+            process.stderr.read().decode("utf-8", "replace")))
+    return process
+
+
+def stop_profiler(process, path):
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    sys.stderr.write("profile written to {}\n".format(path))
+
+
 def loadgen_note(result):
     """The load generator's CPU share, and whether it may be the limit."""
     share = result.get("loadgen_cpu", 0.0)
@@ -409,6 +439,13 @@ def main(argv=None):
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (db, log)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="record the daemon with py-spy during the load into PATH")
+    parser.add_argument("--profile-format", default="flamegraph",
+                        choices=["flamegraph", "raw", "speedscope"],
+                        help="py-spy's output format (default flamegraph, an SVG)")
+    parser.add_argument("--profile-rate", type=int, default=250,
+                        help="py-spy samples per second (default 250)")
     parser.add_argument("--no-bare", action="store_true",
                         help="skip the baseline run against benchmarks/bare_relay.py")
     parser.add_argument("--compare-http", type=int, default=0, metavar="N",
@@ -421,6 +458,7 @@ def main(argv=None):
     daemon = start_daemon("bench_core", "relay-bench-", args.daemon_arg, args.rate_limited)
     if daemon is None:
         return 3
+    profiler = start_profiler(daemon, args) if args.profile else None
     try:
         daemon.sample_rss()
         cpu_before = daemon.cpu_seconds()
@@ -437,6 +475,8 @@ def main(argv=None):
         else:
             result["daemon_cpu_s"] = daemon.cpu_seconds() - cpu_before
         finally:
+            if profiler is not None:
+                stop_profiler(profiler, args.profile)
             daemon.stop_sampling()
             peak_kb = max([daemon.status_kb("VmHWM") or 0] + daemon.rss_samples)
             daemon.stop()
