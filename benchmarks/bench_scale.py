@@ -523,47 +523,56 @@ def curve_history(sizes, messages, out):
 
 
 def backlog_point(backlog):
-    """(seconds HELLO -> first DELIVER, RSS before, peak RSS, drained, seconds)."""
+    """A store with C{backlog} waiting for one agent: see L{backlog_point_on}."""
     directory = tempfile.mkdtemp(prefix="relay-backlog-")
     try:
         db = os.path.join(directory, "relay.sqlite")
         build_store(db, 0, backlog=backlog)
-        daemon, _ = start_on(db, directory)
-        try:
-            time.sleep(0.5)
-            before = rss_kb(daemon)
-            peak = [before]
-            agents = Agents(daemon.socket_path, ["waiting"])
-            sampling = [True]
-
-            def sample():
-                while sampling[0]:
-                    peak.append(rss_kb(daemon))
-                    time.sleep(0.05)
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            started = time.monotonic()
-            try:
-                welcome_s = agents.connect()
-                deadline = time.monotonic() + 300
-                while agents.delivered < backlog and time.monotonic() < deadline:
-                    agents._poll(0.05)
-                    if agents.first_deliver_at is None and \
-                            time.monotonic() - started > 30 and backlog:
-                        break
-                drained_s = time.monotonic() - started
-            finally:
-                sampling[0] = False
-                sampler.join()
-                agents.close()
-            first = (agents.first_deliver_at - started) if agents.first_deliver_at else None
-            return {"backlog": backlog, "welcome_s": welcome_s, "first_deliver_s": first,
-                    "rss_before_kb": before, "rss_peak_kb": max(peak),
-                    "delivered": agents.delivered, "drained_s": drained_s}
-        finally:
-            daemon.stop(timeout=300)
+        return backlog_point_on(db, directory, backlog)
     finally:
         shutil.rmtree(directory, True)
+
+
+def backlog_point_on(db, directory, backlog):
+    """
+    Start the daemon on C{db}, say HELLO as the agent C{backlog} messages
+    wait for, and drain them (ACKing each): time to WELCOME and to the first
+    DELIVER, RSS before and at its peak, how many arrived and how long it took.
+    """
+    daemon, _ = start_on(db, directory)
+    try:
+        time.sleep(0.5)
+        before = rss_kb(daemon)
+        peak = [before]
+        agents = Agents(daemon.socket_path, ["waiting"])
+        sampling = [True]
+
+        def sample():
+            while sampling[0]:
+                peak.append(rss_kb(daemon))
+                time.sleep(0.05)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.monotonic()
+        try:
+            welcome_s = agents.connect()
+            deadline = time.monotonic() + 300
+            while agents.delivered < backlog and time.monotonic() < deadline:
+                agents._poll(0.05)
+                if agents.first_deliver_at is None and \
+                        time.monotonic() - started > 30 and backlog:
+                    break
+            drained_s = time.monotonic() - started
+        finally:
+            sampling[0] = False
+            sampler.join()
+            agents.close()
+        first = (agents.first_deliver_at - started) if agents.first_deliver_at else None
+        return {"backlog": backlog, "welcome_s": welcome_s, "first_deliver_s": first,
+                "rss_before_kb": before, "rss_peak_kb": max(peak),
+                "delivered": agents.delivered, "drained_s": drained_s}
+    finally:
+        daemon.stop(timeout=300)
 
 
 def curve_backlog(backlog, out):
