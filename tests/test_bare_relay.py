@@ -111,3 +111,31 @@ class ScaleOnDaemonTests(unittest.TestCase):
             self.assertEqual(r["delivered"], 40)
             self.assertIsNotNone(r["first_deliver_s"])
         return d.addCallback(check)
+
+
+class ProfileSummaryTests(unittest.TestCase):
+    """benchmarks/profile_summary.py on py-spy's raw (collapsed) stacks."""
+
+    def test_per_thread_shares_with_lines_merged(self):
+        """
+        Samples are split by thread (reactor, writer), one function's lines
+        are merged into one row, and shares are of that thread's samples.
+        """
+        import profile_summary
+        raw = [
+            "<module> (twistd:8);ReactorBase.mainLoop (twisted/internet/base.py:697);"
+            "Router.send (relay/router.py:319) 3\n",
+            "<module> (twistd:8);ReactorBase.mainLoop (twisted/internet/base.py:697);"
+            "Router.send (relay/router.py:332);frame (relay/frames.py:32) 1\n",
+            "Thread.run (threading.py:982);ThreadWorker.work (t/_threadworker.py:75);"
+            "_write_rows (relay/store.py:601) 4\n",
+            "garbage without a count\n",
+        ]
+        counts = profile_summary.summarise(raw)
+        reactor = counts["reactor"]
+        self.assertEqual(reactor["total"], 4)
+        self.assertEqual(reactor["self"]["Router.send (relay/router.py)"], 3)
+        self.assertEqual(reactor["incl"]["Router.send (relay/router.py)"], 4)
+        self.assertEqual(reactor["self"]["frame (relay/frames.py)"], 1)
+        self.assertEqual(counts["writer"]["total"], 4)
+        self.assertEqual(counts["writer"]["self"]["_write_rows (relay/store.py)"], 4)
