@@ -34,6 +34,8 @@ setup(
     ],
     extras_require={
         "test": ["hypothesis>=6.0", "wheel>=0.40", "selenium>=4.10"],
+        # bench_core.py --profile (py-spy) and the flame graph's PNG (cairosvg).
+        "profile": ["py-spy>=0.3", "cairosvg>=2.5"],
     },
     entry_points={"console_scripts": ["relay = relay.cli:main"]},
 )

@@ -9,12 +9,17 @@ PYTHONPATH), runs the load generator against its socket (defaults: 1 sender,
 RSS from /proc/PID/status meanwhile, stops the daemon with SIGTERM (the store
 flushes), checks in the SQLite file that every accepted message was stored, and
 prints a table with the ratio against agent-relay 1.6.0's measured 565 msg/s.
+Then, in the same run, the same load against the bare Twisted relay of
+benchmarks/bare_relay.py (no store, no receipts behind its ACKs, no flow
+control; ``--no-bare`` skips it): relay's throughput is printed as a
+fraction of it, and the load generator's CPU share for both runs.
 
     python benchmarks/bench_core.py
     python benchmarks/bench_core.py --senders 4 --receivers 4 --messages 50000
     python benchmarks/bench_core.py --receiver-rate 2000 --open-loop \\
         --daemon-arg=--batch-delay-ms --daemon-arg=5
     python benchmarks/bench_core.py --compare-http 2
+    python benchmarks/bench_core.py --messages 100000 --profile docs/flame.svg
 
 ``--compare-http N`` runs the load N times without ``--http`` and N times with
 ``--http`` and a dashboard open (a client reading ``/api/events``), alternating,
@@ -79,12 +84,7 @@ class Daemon:
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"]
                                     if env.get("PYTHONPATH") else "")
-        command = twistd_command() + [
-            "-n", "--pidfile", os.path.join(self.directory, "twistd.pid"),
-            "--logfile", self.log_path, "relay",
-            "--listen", "unix:{}:mode=600".format(self.socket_path),
-            "--db", self.db_path] + self.extra_args
-        self.process = subprocess.Popen(command, env=env, cwd=self.directory,
+        self.process = subprocess.Popen(self.command(), env=env, cwd=self.directory,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -96,6 +96,13 @@ class Daemon:
             time.sleep(0.05)
         raise RuntimeError("the daemon's socket did not accept within {}s: {}".format(
             timeout, self.log_tail()))
+
+    def command(self):
+        return twistd_command() + [
+            "-n", "--pidfile", os.path.join(self.directory, "twistd.pid"),
+            "--logfile", self.log_path, "relay",
+            "--listen", "unix:{}:mode=600".format(self.socket_path),
+            "--db", self.db_path] + self.extra_args
 
     def _accepts(self):
         sock = socket.socket(socket.AF_UNIX)
@@ -165,6 +172,52 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class BareRelay(Daemon):
+    """
+    The baseline: benchmarks/bare_relay.py as its own process, on a socket
+    like the daemon's (no store: C{db_path} is never written).
+    """
+
+    def command(self):
+        return [sys.executable, os.path.join(ROOT, "benchmarks", "bare_relay.py"),
+                "--listen", "unix:{}:mode=600".format(self.socket_path)]
+
+
+def start_bare(bench, prefix="relay-bare-"):
+    """Start the bare relay baseline, or print one line and return None."""
+    bare = BareRelay(tempfile.mkdtemp(prefix=prefix), [])
+    try:
+        bare.start()
+    except RuntimeError as e:
+        sys.stderr.write("{}: bare relay: {}\n".format(bench, e))
+        bare.stop()
+        shutil.rmtree(bare.directory, True)
+        return None
+    return bare
+
+
+def measure_bare(args):
+    """
+    The same load as C{args} against the bare relay, in the same run;
+    returns the load generator's result (plus daemon_cpu_s), or None.
+    """
+    bare = start_bare("bench_core")
+    if bare is None:
+        return None
+    try:
+        cpu_before = bare.cpu_seconds()
+        result = loadgen.run(
+            bare.socket_path, senders=args.senders, receivers=args.receivers,
+            messages=args.messages, size=args.size, window=args.window,
+            open_loop=args.open_loop, receiver_rate=args.receiver_rate,
+            durable=args.durable, progress=None, idle_timeout=args.idle_timeout)
+        result["daemon_cpu_s"] = bare.cpu_seconds() - cpu_before
+        return result
+    finally:
+        bare.stop()
+        shutil.rmtree(bare.directory, True)
 
 
 def start_daemon(bench, prefix, daemon_arg, rate_limited):
@@ -292,6 +345,42 @@ def cpu_per_message(result):
     return result["daemon_cpu_s"] / result["sent"] * 1e6
 
 
+def start_profiler(daemon, args):
+    """
+    C{--profile PATH}: py-spy (next to this Python, else on PATH) records the
+    daemon while the load runs, as a flame graph SVG (or C{--profile-format}).
+    """
+    candidate = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    spy = candidate if os.path.exists(candidate) else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("bench_core: --profile needs py-spy (pip install py-spy)")
+    process = subprocess.Popen(
+        [spy, "record", "--pid", str(daemon.process.pid), "--rate", str(args.profile_rate),
+         "--format", args.profile_format, "--output", args.profile],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # py-spy attaches before the load starts
+    if process.poll() is not None:
+        raise SystemExit("bench_core: py-spy failed: {}".format(
+            process.stderr.read().decode("utf-8", "replace")))
+    return process
+
+
+def stop_profiler(process, path):
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    sys.stderr.write("profile written to {}\n".format(path))
+
+
+def loadgen_note(result):
+    """The load generator's CPU share, and whether it may be the limit."""
+    share = result.get("loadgen_cpu", 0.0)
+    return "{:.0%} of one core ({})".format(
+        share, "it may be the limit" if share >= 0.9 else "not the limit")
+
+
 def compare_http(args):
     """
     C{--compare-http N}: N runs off and N runs on, alternating; prints the
@@ -350,6 +439,15 @@ def main(argv=None):
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (db, log)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="record the daemon with py-spy during the load into PATH")
+    parser.add_argument("--profile-format", default="flamegraph",
+                        choices=["flamegraph", "raw", "speedscope"],
+                        help="py-spy's output format (default flamegraph, an SVG)")
+    parser.add_argument("--profile-rate", type=int, default=250,
+                        help="py-spy samples per second (default 250)")
+    parser.add_argument("--no-bare", action="store_true",
+                        help="skip the baseline run against benchmarks/bare_relay.py")
     parser.add_argument("--compare-http", type=int, default=0, metavar="N",
                         help="run N times without and N times with --http and an SSE "
                         "client reading /api/events, alternating; report the ratio")
@@ -360,8 +458,10 @@ def main(argv=None):
     daemon = start_daemon("bench_core", "relay-bench-", args.daemon_arg, args.rate_limited)
     if daemon is None:
         return 3
+    profiler = start_profiler(daemon, args) if args.profile else None
     try:
         daemon.sample_rss()
+        cpu_before = daemon.cpu_seconds()
         try:
             result = loadgen.run(
                 daemon.socket_path, senders=args.senders, receivers=args.receivers,
@@ -372,7 +472,11 @@ def main(argv=None):
         except loadgen.LoadgenError as e:
             sys.stderr.write("bench_core: {}\n{}\n".format(e, daemon.log_tail()))
             return 3
+        else:
+            result["daemon_cpu_s"] = daemon.cpu_seconds() - cpu_before
         finally:
+            if profiler is not None:
+                stop_profiler(profiler, args.profile)
             daemon.stop_sampling()
             peak_kb = max([daemon.status_kb("VmHWM") or 0] + daemon.rss_samples)
             daemon.stop()
@@ -384,8 +488,17 @@ def main(argv=None):
         else:
             shutil.rmtree(daemon.directory, True)
 
+    bare = None
+    if not args.no_bare:
+        try:
+            bare = measure_bare(args)
+        except loadgen.LoadgenError as e:
+            sys.stderr.write("bench_core: bare relay: {}\n".format(e))
     accepted = result["sent"] - result["rejected"]
     result["stored_rows"] = rows
+    if bare is not None:
+        result["bare"] = bare
+        result["fraction_of_bare"] = result["msgs_per_s"] / bare["msgs_per_s"]
     result["peak_rss_kb"] = peak_kb
     result["baseline_msgs_per_s"] = BASELINE_MSGS_PER_S
     result["ratio_vs_baseline"] = result["msgs_per_s"] / BASELINE_MSGS_PER_S
@@ -405,7 +518,19 @@ def main(argv=None):
         ("ratio", "{:.1f}x baseline; goal {:,.0f} msg/s {}".format(
             result["ratio_vs_baseline"], GOAL_MSGS_PER_S,
             "met" if result["msgs_per_s"] >= GOAL_MSGS_PER_S else "NOT met")),
+        ("daemon CPU per message", "{:.1f} us".format(cpu_per_message(result))),
+        ("load generator CPU", loadgen_note(result)),
     ]
+    if bare is not None:
+        rows_table += [
+            ("bare Twisted relay", "{:,.0f} msg/s, p50 {:.2f} ms, {:.1f} us CPU per message, "
+             "lost {} (benchmarks/bare_relay.py, same load, same run)".format(
+                 bare["msgs_per_s"], bare["p50_ms"] or 0.0, cpu_per_message(bare),
+                 bare["lost"])),
+            ("bare: load generator CPU", loadgen_note(bare)),
+            ("relay / bare relay", "{:.2f} of the bare relay's throughput".format(
+                result["fraction_of_bare"])),
+        ]
     out.write("\n".join(format_table(rows_table)) + "\n")
     for error in result["errors"]:
         out.write("note: {}\n".format(error))

@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from relay import compat
+from relay.fdlimit import raise_fd_limit
 from relay.lock import break_stale_lock, lock_path
 from relay.startup import StartupError, check_socket_path, private_store, reason
 
@@ -38,6 +39,7 @@ class RelayService(service.MultiService):
     def privilegedStartService(self):
         # Listeners bind here; a bind failure must stop startup with a
         # clear message and a non-zero exit, not leave a deaf daemon.
+        raise_fd_limit()  # one socket per agent: 10,000 agents need 10,000 fds
         for child in self:
             path = getattr(child, "relay_socket_path", None)
             if path is not None:

@@ -134,6 +134,44 @@ class FrameBufferTests(unittest.TestCase):
         self.assertRaises(loadgen.LoadgenError, frames.next_frame)
 
 
+class PreEncodedFramesTests(unittest.TestCase):
+    """
+    The pre-encoded SEND and ACK frames decode to exactly the envelopes the
+    load generator used to build as dicts.
+    """
+
+    def test_send_template_matches_the_envelope(self):
+        """
+        A filled SEND template, with and without receipts and with names and
+        a body holding JSON's special characters and %, is the same JSON
+        object as the dict-built envelope.
+        """
+        for durable in (True, False):
+            body = 'x"\\%s%d\u00e9\n'
+            template = loadgen.send_template("lg1-s0-", "lg1-s0", 'r"%1', body, 3, durable)
+            data = template % (b"17.2", 1234, 17, 5.25)
+            expected = {
+                "v": 1, "type": "SEND", "id": "lg1-s0-17.2", "ts": 1234,
+                "from": "lg1-s0", "to": 'r"%1',
+                "payload": {"kind": "message", "body": body,
+                            "data": {"lg": [3, 17, 5.25]}}}
+            if durable:
+                expected["payload_meta"] = {"requires_ack": True}
+            self.assertEqual(json.loads(data), expected)
+
+    def test_ack_matches_the_envelope(self):
+        """
+        encode_ack gives the frame of the dict-built ACK, for a string id with
+        quotes, a missing seq, and an id that is not a string.
+        """
+        for deliver_id, seq in (('m"1\\', 4), ("m2", None), (7, 1)):
+            frames = loadgen.FrameBuffer()
+            frames.feed(loadgen.encode_ack(deliver_id, seq, 99))
+            self.assertEqual(frames.next_frame(), {
+                "v": 1, "type": "ACK", "id": "ack-" + str(deliver_id), "ts": 99,
+                "payload": {"ack_id": deliver_id, "seq": seq}})
+
+
 class HelpersTests(unittest.TestCase):
     """Endpoint parsing and percentiles."""
 
