@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-# -*- test-case-name: tests.test_bare_relay -*-
+# -*- test-case-name: tests.e2e.test_bare_relay -*-
 """
 The baseline of bench_core.py and bench_scale.py (issue 14): a bare Twisted
 relay, the least a relay on this stack can do per message.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-# -*- test-case-name: tests.test_bare_relay -*-
+# -*- test-case-name: tests.e2e.test_bare_relay -*-
 """
 Cost as the work grows (issue 14): one table per curve, each with a baseline
 measured in the same run, each figure named with the goal it is measured

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-# -*- test-case-name: tests.test_bare_relay -*-
+# -*- test-case-name: tests.e2e.test_bare_relay -*-
 """
 Summarise a py-spy ``--format raw`` profile (collapsed stacks) of the daemon,
 as written by ``bench_core.py --profile PATH --profile-format raw``: for the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fdlimit -*-
+# -*- test-case-name: tests.test_fdlimit,tests.e2e.test_fdlimit -*-
 """
 Raise the daemon's file-descriptor limit at startup, the way long-running
 Twisted daemons do (Synapse's C{change_resource_limit}, for one): the soft

@@ -17,7 +17,7 @@ from twisted.internet import threads
 from twisted.trial import unittest
 
 from relay.bench import loadgen
-from tests.daemon_support import REPO
+from tests.support.daemon import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import bench_core  # noqa: E402
