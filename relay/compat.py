@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_deploy_compat -*-
+# -*- test-case-name: tests.test_compat -*-
 """
 The differences between the oldest and the newest Twisted that relay
 supports (setup.py's bounds, both run by C{.ci/run}), each in one place with

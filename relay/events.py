@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.test_events -*-
 """
 What happens in the daemon, for whoever watches (the HTTP dashboard's
 Server-Sent Events, the Prometheus histograms).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.test_peercred,tests.test_auth -*-
 """
 The operating-system identity of a Unix socket peer (C{SO_PEERCRED}: the
 pid, uid and gid of the process that connected), read by the daemon for

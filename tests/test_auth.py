@@ -8,7 +8,6 @@ router on a real L{relay.store.Store}.
 
 import io
 import os
-import socket
 
 from twisted.cred import checkers, strcred
 from twisted.internet import defer, task
@@ -20,7 +19,7 @@ from twisted.python import failure, usage
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from relay import auth, peercred, tap
+from relay import auth, tap
 from relay.protocol import RelayFactory
 from relay.router import Router
 from relay.store import Store
@@ -522,37 +521,3 @@ class OptionsTests(unittest.TestCase):
         An unknown checker type is a usage error.
         """
         self.assertRaises(usage.UsageError, self.parse, "--auth", "nonsense:x")
-
-
-class PeerCredTests(unittest.TestCase):
-
-    def test_socketpair(self):
-        """
-        C{SO_PEERCRED} of a real Unix socket gives this process's pid, uid
-        and gid; a TCP peer has none.
-        """
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.addCleanup(a.close)
-        self.addCleanup(b.close)
-
-        class T:
-            def getPeer(self):
-                return UNIXAddress(None)
-
-            def getHandle(self):
-                return a
-        self.assertEqual(peercred.peer_credentials(T()),
-                         {"pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid()})
-        self.assertIsNone(peercred.peer_credentials(StringTransport()))
-
-    def test_certificate_names(self):
-        """
-        CN and SANs (DNS, e-mail, URI) are the names a certificate gives.
-        """
-        from tests.support.tls import make_pki
-        pki = make_pki(self.mktemp(), client_names=("alice",), client_sans=("alice-2",))
-        from OpenSSL import crypto
-        with open(pki.client_cert["alice"], "rb") as f:
-            cert = crypto.load_certificate(crypto.FILETYPE_PEM, f.read())
-        self.assertEqual(auth.certificate_names(cert), {"alice", "alice-2"})
-        self.assertEqual(auth.certificate_names(None), set())

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_cli -*-
+# -*- test-case-name: tests.test_cli,tests.e2e.test_cli -*-
 """
 The ``relay`` command: one sub-command per module in this package.
 

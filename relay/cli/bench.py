@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_cli -*-
+# -*- test-case-name: tests.e2e.test_cli_bench,tests.e2e.test_cli -*-
 """
 ``relay bench``: load a running daemon with relay/bench/loadgen.py and print the
 results (a progress bar on a terminal, plain lines otherwise, then a table).

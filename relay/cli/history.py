@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_cli -*-
+# -*- test-case-name: tests.e2e.test_cli_history,tests.e2e.test_cli -*-
 """
 ``relay history``: read messages from the daemon's SQLite store, read-only.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_cli -*-
+# -*- test-case-name: tests.e2e.test_cli_listen,tests.e2e.test_cli -*-
 """
 ``relay listen``: connect as an agent and print every delivery, ACKing each
 after it is printed.

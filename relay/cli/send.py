@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_cli -*-
+# -*- test-case-name: tests.e2e.test_cli_send,tests.e2e.test_cli -*-
 """
 ``relay send``: send one message and wait for the daemon's receipt.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_cli -*-
+# -*- test-case-name: tests.test_cli_status,tests.e2e.test_cli -*-
 """
 ``relay status``: ask a running daemon for its state (the STATUS extension):
 connected agents with their queues, store and batch metrics, rate limiting,

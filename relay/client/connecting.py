@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_client_connecting,tests.test_client -*-
 """
 The connecting half of L{relay.client.Client}: one attempt at a time on
 the injected reactor, each bounded by C{timeout}; the HELLO (with the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_client_errors,tests.test_client -*-
 """
 The errors relay.client raises or fails Deferreds with. Each one's ``str()`` is
 a one-line sentence fit to show a user.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_client_message,tests.test_client -*-
 """
 A message as an agent receives it (one DELIVER frame).
 """

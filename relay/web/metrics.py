@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.test_web_metrics,tests.e2e.test_web -*-
 """
 C{GET /metrics}: the daemon in the Prometheus text format, in a registry of
 its own (never the process-global one).

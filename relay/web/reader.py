@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_web -*-
+# -*- test-case-name: tests.test_web_reader,tests.e2e.test_web -*-
 """
 Reads for the HTTP API, on a read-only SQLite connection of their own in a
 thread of their own: the writer (L{relay.store.Store}'s pool) never waits

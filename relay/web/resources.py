@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_web -*-
+# -*- test-case-name: tests.test_web_resources,tests.e2e.test_web -*-
 """
 The daemon's HTTP routes (C{--http}).
 

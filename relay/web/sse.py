@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.test_web_sse,tests.e2e.test_web -*-
 """
 C{GET /api/events}: the router's events (L{relay.events}) as Server-Sent
 Events, so the dashboard is live without polling.

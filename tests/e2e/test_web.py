@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from tests.support.daemon import connect_agent, send, wait_status
 from tests.support.poll import poll_until
 from tests.support.sync import KEY, WORKSPACE, IngestServer, wait_until
+from tests.support.sse import event
 from tests.support.web import TwistDaemon, WebDaemon, basic, get, get_json
 
 
@@ -282,17 +283,6 @@ class RouteTests(unittest.TestCase):
         self.assertLess(kinds.index("delivered"), kinds.index("acked"))
         acked = [d for k, d in events if k == "acked"][0]
         self.assertEqual((acked["id"], acked["to"]), (accepted[0]["id"], "bob"))
-
-
-def event(item):
-    """
-    (kind, fields) of one item of a batch record (an accepted event is a
-    list of ACCEPTED_FIELDS values).
-    """
-    from relay.web.sse import ACCEPTED_FIELDS
-    if item[0] == "accepted":
-        return "accepted", dict(zip(ACCEPTED_FIELDS, item[1:]))
-    return item[0], item[1]
 
 
 class SSEReader:

@@ -56,3 +56,8 @@ def wait_for(condition, bound=15.0):
     L{poll_until} as the CLI tests call it.
     """
     return poll_until(condition, bound)
+
+
+# A message text that would rewrite a terminal printed raw: escape
+# sequences (ESC, OSC with BEL, a C1 CSI), a bidi override, CR, NUL, TAB.
+HOSTILE = "hi\x1b[2J\x1b]0;pwned\x07\x9b5A\u202eevil\rover\x00\ttab"

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_compat -*-
 """
 L{relay.compat}: the ingest site behaves the same on the oldest and the
 newest supported Twisted (C{.ci/run} runs this module on both).
