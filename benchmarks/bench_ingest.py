@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_store -*-
+# -*- test-case-name: tests.e2e.test_ingest_store -*-
 """
 Benchmark of the ingest service's bulk insert strategies against the local
 PostgreSQL, with C{psql \\copy} of the same rows as the ceiling.

@@ -2,7 +2,7 @@
 """
 Tests for L{relay.ingest.collisions}, the I/O-free part: which skipped rows
 are duplicates and which are collisions, and the statements asked for.
-(The strategies' tests in tests.test_ingest_store run it against the real
+(The strategies' tests in tests.e2e.test_ingest_store run it against the real
 PostgreSQL.)
 """
 

@@ -3,7 +3,7 @@ Tests for L{relay.ingest.db} that need no database: DSN keepalives and
 which failures mean "PostgreSQL is unavailable".  The pools against a real
 PostgreSQL (outages, hangs, reconnection) are tested end to end in
 L{tests.test_ingest_http}, and the inserters on them in
-L{tests.test_ingest_store}.
+L{tests.e2e.test_ingest_store}.
 """
 
 import psycopg2

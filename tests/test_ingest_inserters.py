@@ -1,7 +1,7 @@
 """
 Unit tests of L{relay.ingest.inserters} that need no database: the choice
 by batch size and the COPY text encoding.  The strategies themselves are
-tested against the real PostgreSQL in L{tests.test_ingest_store}.
+tested against the real PostgreSQL in L{tests.e2e.test_ingest_store}.
 """
 
 from twisted.trial import unittest

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_db,tests.test_ingest_store,tests.e2e.test_ingest_http -*-
+# -*- test-case-name: tests.test_ingest_db,tests.e2e.test_ingest_store,tests.e2e.test_ingest_http -*-
 """
 Connections to PostgreSQL.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_inserters,tests.test_ingest_store -*-
+# -*- test-case-name: tests.test_ingest_inserters,tests.e2e.test_ingest_store -*-
 """
 The bulk insert strategies, behind one interface, L{IBulkInserter}.
 

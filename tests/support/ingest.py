@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ingest_store -*-
+# -*- test-case-name: tests.e2e.test_ingest_store -*-
 """
 Helpers for the ingest tests: a PostgreSQL database of their own, and sample
 messages.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_ingest_store -*-
 """
 Tests for the bulk insert strategies in L{relay.ingest.inserters}, against
 the real PostgreSQL (see L{tests.support.ingest}).
