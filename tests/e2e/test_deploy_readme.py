@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -125,7 +126,10 @@ class FreshInstallTests(unittest.TestCase):
         answers HELLO with WELCOME, and stops on SIGTERM with status 0.
         """
         (command,), = literal_blocks("Install and run")[:1]
-        work = os.path.abspath(self.mktemp())
+        # The copy lives outside /tmp, which the command gets a private one
+        # of: a checkout under /tmp (CI clones there) would vanish under it.
+        work = tempfile.mkdtemp(prefix="relay-fresh-install-", dir="/var/tmp")
+        self.addCleanup(shutil.rmtree, work, True)
         source = os.path.join(work, "src")
         shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
             ".git", "_trial_temp*", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
