@@ -3,7 +3,6 @@
 Unit tests of C{relay status}'s output (L{relay.cli.status}).
 """
 
-
 from twisted.trial import unittest
 
 from relay.cli.history import parse_since

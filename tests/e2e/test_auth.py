@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from relay.client import HandshakeRefused, connect
 from tests.support.daemon import (REPO, AgentConnection, DaemonProcess, connect_agent,
-                                  daemon_status, hello, send)
+                                  daemon_status, hello, rss_kib, send)
 from tests.support.poll import poll_until
 from tests.support.tls import make_pki
 
@@ -210,7 +210,7 @@ class TokenTests(unittest.TestCase):
         alice = yield connect_agent(self.daemon, "alice", auth={"token": TOKENS["alice"]})
         alice.send_many(before)
         yield alice.wait_type("ACK", 50)
-        rss0 = _rss_kib(self.daemon.pid)
+        rss0 = rss_kib(self.daemon.pid)
 
         one = yield connect_agent(tcp(self.port))
         one.write_raw(b"".join(
@@ -236,7 +236,7 @@ class TokenTests(unittest.TestCase):
         self.assertEqual({f["payload"]["body"] for f in bob.of_type("DELIVER")},
                          {"before-%d" % i for i in range(50)}
                          | {"during-%d" % i for i in range(50)})
-        rss1 = _rss_kib(self.daemon.pid)
+        rss1 = rss_kib(self.daemon.pid)
         self.assertLess(rss1 - rss0, 32 * 1024, (rss0, rss1))
         status = yield daemon_status(self.daemon)
         self.assertEqual(sorted(a["name"] for a in status["agents"]), ["alice", "bob"])
@@ -248,14 +248,6 @@ class TokenTests(unittest.TestCase):
 def _enc(env):
     from tests.support.daemon import encode
     return encode(env)
-
-
-def _rss_kib(pid):
-    with open("/proc/%d/status" % (pid,)) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 class TLSTests(unittest.TestCase):

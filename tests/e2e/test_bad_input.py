@@ -10,15 +10,7 @@ import struct
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.support.daemon import DaemonProcess, connect_agent, encode, hello, send
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % (pid,)) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % (pid,))
+from tests.support.daemon import DaemonProcess, connect_agent, encode, hello, rss_kib, send
 
 
 class BadInputTests(unittest.TestCase):

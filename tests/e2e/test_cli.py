@@ -14,21 +14,11 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from relay.client import fetch_status
-from tests.support.cli import HOSTILE, run_cli, spawn_cli, wait_for
-from tests.support.daemon import DaemonProcess
+from tests.support.cli import DaemonMixin, HOSTILE, run_cli, spawn_cli, wait_for
 
 
-class CommandTests(unittest.TestCase):
+class CommandTests(DaemonMixin, unittest.TestCase):
     """The commands against one running daemon."""
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.daemon = DaemonProcess(self)
-        yield self.daemon.start()
-        self.sock = ["--socket", self.daemon.socket_path]
-
-    def tearDown(self):
-        return self.daemon.stop()
 
     @defer.inlineCallbacks
     def test_send_then_listen_json(self):
@@ -153,7 +143,6 @@ class CommandTests(unittest.TestCase):
         _, err, code = yield run_cli(["send", "--as", "alice", "--to", "bob", "four"]
                                      + self.sock)
         self.assertEqual(code, 0, err)
-
 
 
 class ErrorTests(unittest.TestCase):

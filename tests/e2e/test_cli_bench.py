@@ -9,21 +9,11 @@ import json
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.support.cli import run_cli
-from tests.support.daemon import DaemonProcess
+from tests.support.cli import DaemonMixin, run_cli
 
 
-class BenchCommandTests(unittest.TestCase):
+class BenchCommandTests(DaemonMixin, unittest.TestCase):
     """relay bench against one running daemon."""
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.daemon = DaemonProcess(self)
-        yield self.daemon.start()
-        self.sock = ["--socket", self.daemon.socket_path]
-
-    def tearDown(self):
-        return self.daemon.stop()
 
     @defer.inlineCallbacks
     def test_bench(self):

@@ -3,7 +3,6 @@
 End-to-end tests of C{relay send} (L{relay.cli.send}) against the real daemon.
 """
 
-
 from twisted.internet import defer
 from twisted.trial import unittest
 

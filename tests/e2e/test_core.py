@@ -4,20 +4,10 @@ End-to-end tests of the daemon core through the real C{twistd -n relay}
 process, over real Unix sockets, with a real SQLite file.
 """
 
-import sqlite3
-
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.support.daemon import DaemonProcess, connect_agent, send, wait_status
-
-
-def stored(db_path, sql, *args):
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+from tests.support.daemon import DaemonProcess, connect_agent, send, stored, wait_status
 
 
 class ConversationTests(unittest.TestCase):

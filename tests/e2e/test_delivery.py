@@ -7,20 +7,10 @@ redelivery on reconnect and after the ack timeout, heartbeat, duplicate
 names.
 """
 
-import sqlite3
-
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from tests.support.daemon import DaemonProcess, connect_agent, send
-
-
-def stored(db_path, sql, *args):
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+from tests.support.daemon import DaemonProcess, connect_agent, send, stored
 
 
 def bodies(frames):

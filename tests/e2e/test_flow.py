@@ -10,16 +10,8 @@ import sqlite3
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.support.daemon import (DaemonProcess, connect_agent, daemon_status, send,
-                                  wait_status)
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % (pid,)) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % (pid,))
+from tests.support.daemon import (DaemonProcess, connect_agent, daemon_status, rss_kib,
+                                  send, wait_status)
 
 
 def pause(seconds):

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from tests.support.daemon import connect_agent, send, wait_status
+from tests.support.daemon import connect_agent, rss_kib, send, wait_status
 from tests.support.poll import poll_until
 from tests.support.sync import KEY, WORKSPACE, IngestServer, wait_until
 from tests.support.sse import event
@@ -341,14 +341,6 @@ class SSEReader:
 
     def close(self):
         self.sock.close()
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % (pid,)) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % (pid,))
 
 
 class StuckClientTests(unittest.TestCase):

@@ -6,7 +6,7 @@ Run the C{relay} command line (C{python -m relay.cli}) as a real process.
 import os
 import sys
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 
 from tests.support.daemon import REPO
 from tests.support.poll import poll_until
@@ -61,3 +61,21 @@ def wait_for(condition, bound=15.0):
 # A message text that would rewrite a terminal printed raw: escape
 # sequences (ESC, OSC with BEL, a C1 CSI), a bidi override, CR, NUL, TAB.
 HOSTILE = "hi\x1b[2J\x1b]0;pwned\x07\x9b5A\u202eevil\rover\x00\ttab"
+
+
+class DaemonMixin:
+    """
+    For a TestCase whose tests each run the CLI against one fresh real
+    daemon: C{self.daemon}, and C{self.sock}, the arguments that point a
+    command at it.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from tests.support.daemon import DaemonProcess
+        self.daemon = DaemonProcess(self)
+        yield self.daemon.start()
+        self.sock = ["--socket", self.daemon.socket_path]
+
+    def tearDown(self):
+        return self.daemon.stop()

@@ -284,3 +284,27 @@ def send_receipted(daemon, name, envelopes, timeout=30.0):
     yield agent.wait_type("ACK", len(envelopes), timeout=timeout)
     agent.transport.loseConnection()
     yield agent.closed
+
+
+def rss_kib(pid):
+    """
+    The resident memory of process C{pid} in KiB (C{VmRSS} of /proc).
+    """
+    with open("/proc/%d/status" % (pid,)) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % (pid,))
+
+
+def stored(db_path, sql, *args):
+    """
+    The rows of C{sql} on the store file at C{db_path} (a connection of its
+    own, closed afterwards).
+    """
+    import sqlite3
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
