@@ -13,7 +13,7 @@ from twisted.python import failure, usage
 from twisted.trial import unittest
 from twisted.web import server
 
-from relay.events import EventHub
+from relay.events import FIELDS, EventHub
 from relay.router import Router
 from relay.status import StatusReporter
 from relay.store import Store
@@ -110,12 +110,14 @@ def records(data):
 def event(item):
     """
     (kind, fields) of one item of a batch record (an accepted event is a
-    list of ACCEPTED_FIELDS values).
+    list of ACCEPTED_FIELDS values, another [kind, [values in FIELDS order]]).
     """
+    from relay.events import FIELDS
     from relay.web.sse import ACCEPTED_FIELDS
     if item[0] == "accepted":
         return "accepted", dict(zip(ACCEPTED_FIELDS, item[1:]))
-    return item[0], item[1]
+    assert len(item[1]) == len(FIELDS[item[0]]), item
+    return item[0], dict(zip(FIELDS[item[0]], item[1]))
 
 
 class SSETests(unittest.TestCase):
@@ -213,7 +215,8 @@ class SSETests(unittest.TestCase):
         An accepted event carries at most 2000 characters of the body.
         """
         stream = EventStream(task.Clock(), EventHub())
-        stream._accepted("accepted", accepted(1, "y" * 5000))
+        fields = accepted(1, "y" * 5000)
+        stream._accepted("accepted", tuple(fields[f] for f in FIELDS["accepted"]))
         data = encode_events(stream.gathered)
         ((kind, record),) = records(data)
         self.assertEqual(record["body"], "y" * 2000)
