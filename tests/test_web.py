@@ -57,6 +57,28 @@ class EventHubTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
 
 
+    def test_positional_and_named(self):
+        """
+        post() takes the fields positionally in FIELDS order: a positional
+        subscriber gets that tuple, a named one a dictionary of FIELDS'
+        names; emit() with named fields gives a positional subscriber the
+        tuple in FIELDS order, None for a field not given.
+        """
+        hub = EventHub()
+        seen = []
+        hub.subscribe(lambda k, v: seen.append(("pos", k, v)), ("acked",), positional=True)
+        hub.subscribe(lambda k, f: seen.append(("named", k, f)), ("acked",))
+        hub.post("acked", "m-1", "bob", 1.5, 2.0)
+        hub.emit("acked", at=3.0, id="m-2", to="carol")
+        hub.post("online", "bob", "s-1", 1.0)
+        self.assertEqual(FIELDS["acked"], ("id", "to", "sent_at", "at"))
+        self.assertEqual(seen, [
+            ("pos", "acked", ("m-1", "bob", 1.5, 2.0)),
+            ("named", "acked", {"id": "m-1", "to": "bob", "sent_at": 1.5, "at": 2.0}),
+            ("pos", "acked", ("m-2", "carol", None, 3.0)),
+            ("named", "acked", {"at": 3.0, "id": "m-2", "to": "carol"})])
+
+
 class SSEHarness:
     """
     A real twisted.web Site with C{/api/events}, one HTTP connection over a
@@ -209,6 +231,28 @@ class SSETests(unittest.TestCase):
         self.assertEqual(got[0], ("resync", {}))
         self.assertEqual(got[-1][0], "acked")
         self.assertLessEqual(len(got), 1 + 5 + 1)
+
+    def test_gathered_untracked_by_gc(self):
+        """
+        What waits for the next flush is bytes in one buffer, nothing the
+        garbage collector tracks (a tuple per event, surviving young
+        collections until the flush, was most of a dashboard's cost per
+        message); the batch record is still the JSON list of the events.
+        """
+        import gc
+        h = SSEHarness()
+        h.received()
+        for n in range(50):
+            h.hub.emit("accepted", **accepted(n))
+            h.hub.emit("delivered", id="m-%d" % n, seq=n, to="bob", attempts=1, at=2.0)
+        self.assertEqual(h.stream.gathered_count, 100)
+        self.assertFalse(gc.is_tracked(h.stream.gathered))
+        h.clock.advance(0.05)
+        got = records(h.received())
+        self.assertEqual(len(got), 100)
+        self.assertEqual(got[1], ("delivered", {"id": "m-0", "seq": 0, "to": "bob",
+                                                "attempts": 1, "at": 2.0}))
+        self.assertEqual(h.stream.gathered_count, 0)
 
     def test_long_body_cut(self):
         """
