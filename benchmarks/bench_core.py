@@ -253,7 +253,10 @@ def stored_rows(db_path, prefix):
 
 
 READER = r"""
-import socket, sys
+import signal, socket, sys
+# A shell's background job starts with SIGINT ignored, and Python then
+# never raises KeyboardInterrupt: close() would wait for ever.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
 sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: bench\r\n\r\n")
 sock.settimeout(None)

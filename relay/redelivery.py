@@ -69,8 +69,8 @@ class Redelivery:
                 if delivery.expires_at <= now_ms:
                     del inflight[delivery.id]
                     self.counters["expired"] += 1
-                    self.events.emit("expired", id=delivery.id, seq=delivery.seq,
-                                     to=delivery.recipient, at=now)
+                    self.events.post("expired", delivery.id, delivery.seq,
+                                     delivery.recipient, now)
                     self.store.set_status(delivery.handle, delivery.recipient, delivery.seq,
                                           STATUS_EXPIRED, delivery.attempts, now_ms)
                     outbox.acked()

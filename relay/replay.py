@@ -65,7 +65,7 @@ class Replay:
             session.cursor = mseq
             if expires <= now_ms:
                 self.counters["expired"] += 1
-                self.events.emit("expired", id=mid, seq=mseq, to=session.name, at=now_ms / 1000.0)
+                self.events.post("expired", mid, mseq, session.name, now_ms / 1000.0)
                 self.store.set_status(None, session.name, mseq, STATUS_EXPIRED, attempts, now_ms)
                 continue
             if mid in session.inflight:

@@ -131,7 +131,7 @@ class Router(SendPolicy):
         if session is None:
             return
         session.closed = True
-        self.events.emit("offline", agent=session.name, session_id=session.session_id, at=self.clock.seconds())
+        self.events.post("offline", session.name, session.session_id, self.clock.seconds())
         self._release(session)
         for topic in session.topics:
             members = self.topics.get(topic)
@@ -167,7 +167,7 @@ class Router(SendPolicy):
                 "message": "replaced by a newer connection for agent %s" % (name,)}))
             self.connection_lost(old.conn)
         self.sessions[name] = session
-        self.events.emit("online", agent=name, session_id=session.session_id, at=session.connected_at)
+        self.events.post("online", name, session.session_id, session.connected_at)
         return session
 
     def welcome(self, session):
@@ -257,8 +257,7 @@ class Router(SendPolicy):
                 expires], size, fp)
             self.counters["accepted"] += 1
             session.sent += 1
-            self.events.emit("accepted", id=mid, seq=seq, sender=sender, to=to, topic=topic,
-                             payload=payload, recipients=names, ts=now_ms)
+            self.events.post("accepted", mid, seq, sender, to, topic, payload, names, now_ms)
 
             base = deliver_base(mid, now_ms, sender, topic, payload, meta, extra)
             stream = topic if topic is not None else "default"
@@ -328,7 +327,8 @@ class Router(SendPolicy):
         session.inflight[delivery.id] = delivery
         session.delivered += 1
         self.counters["delivered"] += 1
-        self.events.emit("delivered", id=delivery.id, seq=delivery.seq, to=delivery.recipient, attempts=delivery.attempts, at=delivery.sent_at)
+        self.events.post("delivered", delivery.id, delivery.seq, delivery.recipient,
+                         delivery.attempts, delivery.sent_at)
         delivery.handle = self.store.set_status(
             delivery.handle, delivery.recipient, delivery.seq, STATUS_DELIVERED,
             delivery.attempts, self.now_ms())
@@ -337,7 +337,7 @@ class Router(SendPolicy):
         delivery = session.inflight.pop(ack_id, None)
         if delivery is not None:
             self.counters["acked"] += 1
-            self.events.emit("acked", id=ack_id, to=session.name, sent_at=delivery.sent_at, at=self.clock.seconds())
+            self.events.post("acked", ack_id, session.name, delivery.sent_at, self.clock.seconds())
             self.store.set_status(delivery.handle, delivery.recipient, delivery.seq,
                                   STATUS_ACKED, delivery.attempts, self.now_ms())
             session.conn.outbox.acked()
@@ -346,7 +346,7 @@ class Router(SendPolicy):
         # of the daemon): the store finds the message by its id.
         if isinstance(ack_id, str) and 0 < len(ack_id) <= 255:
             self.store.ack_by_id(session.name, ack_id, self.now_ms())
-            self.events.emit("acked", id=ack_id, to=session.name, sent_at=None, at=self.clock.seconds())
+            self.events.post("acked", ack_id, session.name, None, self.clock.seconds())
             return True
         return False
 

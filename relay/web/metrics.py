@@ -191,30 +191,34 @@ class Metrics:
         # messages (seqs only grow: the one ACCEPT_MEMORY back is dropped).
         self._accepted = {}
         store.add_batch_listener(self._committed)
-        events.subscribe(self._accepted_event, ("accepted",))
-        events.subscribe(self._delivered_event, ("delivered",))
-        events.subscribe(self._acked_event, ("acked",))
+        # Positional: these run at three events per message (relay.events.FIELDS).
+        events.subscribe(self._accepted_event, ("accepted",), positional=True)
+        events.subscribe(self._delivered_event, ("delivered",), positional=True)
+        events.subscribe(self._acked_event, ("acked",), positional=True)
 
     def _committed(self, seconds, rows):
         self.commit_seconds.observe(seconds)
 
-    def _accepted_event(self, kind, fields):
-        seq = fields["seq"]
+    def _accepted_event(self, kind, values):
+        # id, seq, sender, to, topic, payload, recipients, ts
+        seq = values[1]
         accepted = self._accepted
-        accepted[seq] = fields["ts"] / 1000.0
+        accepted[seq] = values[7] / 1000.0
         accepted.pop(seq - ACCEPT_MEMORY, None)
 
-    def _delivered_event(self, kind, fields):
-        if fields["attempts"] == 1:
-            at = self._accepted.get(fields["seq"])
+    def _delivered_event(self, kind, values):
+        # id, seq, to, attempts, at
+        if values[3] == 1:
+            at = self._accepted.get(values[1])
             if at is not None:
-                delay = fields["at"] - at
+                delay = values[4] - at
                 self.send_to_deliver.observe(delay if delay > 0.0 else 0.0)
 
-    def _acked_event(self, kind, fields):
-        sent_at = fields["sent_at"]
+    def _acked_event(self, kind, values):
+        # id, to, sent_at, at
+        sent_at = values[2]
         if sent_at:
-            delay = fields["at"] - sent_at
+            delay = values[3] - sent_at
             self.deliver_to_ack.observe(delay if delay > 0.0 else 0.0)
 
     def render(self):

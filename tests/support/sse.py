@@ -35,9 +35,11 @@ def records(data):
 def event(item):
     """
     (kind, fields) of one item of a batch record (an accepted event is a
-    list of ACCEPTED_FIELDS values).
+    list of ACCEPTED_FIELDS values, another [kind, [values in FIELDS order]]).
     """
+    from relay.events import FIELDS
     from relay.web.sse import ACCEPTED_FIELDS
     if item[0] == "accepted":
         return "accepted", dict(zip(ACCEPTED_FIELDS, item[1:]))
-    return item[0], item[1]
+    assert len(item[1]) == len(FIELDS[item[0]]), item
+    return item[0], dict(zip(FIELDS[item[0]], item[1]))

@@ -6,6 +6,14 @@
 const MAX_MESSAGES = 500;
 const RATE_SECONDS = 300;
 const STATUS_ORDER = {pending: 0, delivered: 1, acked: 2, expired: 2};
+// The fields of the events other than "accepted", as relay/events.py's FIELDS.
+const EVENT_FIELDS = {
+  online: ["agent", "session_id", "at"],
+  offline: ["agent", "session_id", "at"],
+  delivered: ["id", "seq", "to", "attempts", "at"],
+  acked: ["id", "to", "sent_at", "at"],
+  expired: ["id", "seq", "to", "at"],
+};
 
 const state = {
   messages: new Map(),   // id -> {id, from, to, thread, topic, kind, body, ts, deliveries}
@@ -225,15 +233,19 @@ function connect() {
   const live = document.getElementById("live");
   const source = new EventSource("/api/events");
   source.addEventListener("hello", () => { live.textContent = "live"; live.className = "badge"; });
-  // Events come gathered: one "batch" record holds [[kind, fields], ...].
+  // Events come gathered: one "batch" record holds [event, ...], each
+  // ["accepted", id, seq, from, to, topic, thread, kind, body, recipients, ts]
+  // or [kind, [values in EVENT_FIELDS[kind] order]].
   source.addEventListener("batch", e => {
     for (const item of JSON.parse(e.data)) {
       if (item[0] === "accepted") {
-        // ["accepted", id, seq, from, to, topic, thread, kind, body, recipients, ts]
         const [, id, seq, from, to, topic, thread, kind, body, recipients, ts] = item;
         onEvent("accepted", {id, seq, from, to, topic, thread, kind, body, recipients, ts});
       } else {
-        onEvent(item[0], item[1]);
+        const names = EVENT_FIELDS[item[0]] || [];
+        const data = {};
+        names.forEach((name, i) => { data[name] = item[1][i]; });
+        onEvent(item[0], data);
       }
     }
   });
