@@ -180,6 +180,11 @@ def _incremental_vacuum_on(conn, log, path):
 def _load_state(txn, conn):
     txn.execute("SELECT max(seq) FROM messages")
     seq = txn.fetchone()[0] or 0
+    # Retention may have deleted the newest messages: never give their
+    # seqs again (the sync cursor is past them).
+    txn.execute("SELECT value FROM meta WHERE key = 'retired_seq'")
+    row = txn.fetchone()
+    seq = max(seq, int(row[0]) if row else 0)
     # Each run draws a fresh random id prefix; the run number only makes ids
     # easier to read.  Messages are delivered live before their batch
     # commits, and a crash loses those, so seqs are given again after a
