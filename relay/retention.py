@@ -33,6 +33,9 @@ from relay.storesql import STATUS_DELIVERED, STATUS_PENDING
 # newest messages were all deleted does not give their seqs out again.
 RETIRED_KEY = "retired_seq"
 
+# Seconds between looks at a busy writer (a commit takes milliseconds).
+IDLE_POLL = 0.002
+
 _OPEN = "('%s', '%s')" % (STATUS_PENDING, STATUS_DELIVERED)
 
 
@@ -164,8 +167,8 @@ class Retention(service.Service):
         """
         self.metrics["retention_passes"] += 1
         now_ms = int(self.clock.seconds() * 1000)
-        # retention 0 keeps messages for ever; a cutoff of 0 deletes none.
-        cutoff = now_ms - int(self.retention * 1000) if self.retention else 0
+        # retention 0 keeps messages for ever: no ts is below this cutoff.
+        cutoff = now_ms - int(self.retention * 1000) if self.retention else -2 ** 63
         dead_cutoff = (None if self.dead_retention is None
                        else now_ms - int(self.dead_retention * 1000))
         top = yield self._max_seq()
@@ -194,4 +197,4 @@ class Retention(service.Service):
         # Between flushes: never queue a step ahead of a batch that is
         # being written (one reactor turn at a time until it is done).
         while self.store.writer_busy():
-            yield task.deferLater(self.clock, 0.001, lambda: None)
+            yield task.deferLater(self.clock, IDLE_POLL, lambda: None)
