@@ -44,6 +44,26 @@ class ReplayTests(unittest.TestCase):
         self.assertEqual(h.spill.files, 0)
         self.assertEqual(os.listdir(h.spill_dir), [])
 
+    def test_spilled_is_not_confirmed_until_replayed(self):
+        """
+        A spilled batch moves the cursor but not sync_confirmed (store
+        retention deletes nothing above it); live batches confirmed while
+        the spill file waits do not move it either; once the replay removes
+        the last file it catches up with the cursor.
+        """
+        h = self.spilled()
+        self.assertEqual(h.source.cursor, 6)
+        self.assertEqual(int(h.source.meta.get("sync_confirmed") or 0), 0)
+        h.source.add(6)
+        h.settle()
+        self.assertEqual(h.source.cursor, 12)
+        self.assertEqual(int(h.source.meta.get("sync_confirmed") or 0), 0)
+        h.advance(30.0)
+        h.advance(0)
+        self.assertEqual(h.spill.files, 0)
+        self.assertEqual(h.source.meta.get("sync_confirmed"), "12")
+        self.assertEqual(h.service.confirmed, 12)
+
     def test_413_splits_spill_file(self):
         """
         A spill file refused as too large is rewritten as two halves (the
