@@ -305,7 +305,8 @@ class HistoryIndexTests(_RetentionCase):
         seq = self.message(store, ["acked"])
         conn = sqlite3.connect(self.path)
         self.addCleanup(conn.close)
-        for kw in (dict(sender="a"), dict(recipient="b"), dict(thread="t"), dict(topic="x")):
+        for kw in (dict(sender="a"), dict(recipient="b"), dict(thread="t"), dict(topic="x"),
+                   dict(recipient="b", sender="a")):
             sql, params = messages_sql(limit=50, **kw)
             plan = "\n".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
             self.assertNotIn("SCAN m", plan, kw)
@@ -313,6 +314,6 @@ class HistoryIndexTests(_RetentionCase):
             self.assertNotIn("SCAN deliveries", plan, kw)
         conn.row_factory = sqlite3.Row
         for kw in (dict(sender="alice"), dict(recipient="r0"), dict(recipient="bob"), dict(thread="th1"),
-                   dict(topic="t1"), dict(since_ms=0)):
+                   dict(topic="t1"), dict(since_ms=0), dict(recipient="r0", sender="alice")):
             self.assertEqual([m["seq"] for m in query_messages(conn, **kw)], [seq], kw)
         self.assertEqual(query_messages(conn, recipient="nobody"), [])

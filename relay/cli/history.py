@@ -116,10 +116,19 @@ def messages_sql(sender=None, recipient=None, thread=None, topic=None, since_ms=
         params.append(sender)
     if recipient is not None:
         # A UNION of two index lookups (messages_recipient, the deliveries
-        # key), not an OR with EXISTS, which scans every message.
-        where.append("m.seq IN (SELECT seq FROM messages WHERE recipient = ? "
-                     "UNION SELECT message_seq FROM deliveries WHERE recipient = ?)")
-        params.extend([recipient, recipient])
+        # key), not an OR with EXISTS, which scans every message; alone, each
+        # side needs only its newest `limit` seqs.
+        only = sender is None and thread is None and topic is None and since_ms is None
+        if only:
+            where.append("m.seq IN (SELECT seq FROM (SELECT seq FROM messages WHERE recipient = ?"
+                         " ORDER BY seq DESC LIMIT ?) UNION SELECT message_seq FROM"
+                         " (SELECT message_seq FROM deliveries WHERE recipient = ?"
+                         " ORDER BY message_seq DESC LIMIT ?))")
+            params.extend([recipient, limit, recipient, limit])
+        else:
+            where.append("m.seq IN (SELECT seq FROM messages WHERE recipient = ? "
+                         "UNION SELECT message_seq FROM deliveries WHERE recipient = ?)")
+            params.extend([recipient, recipient])
     if thread is not None:
         where.append("m.thread = ?")
         params.append(thread)
