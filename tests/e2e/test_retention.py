@@ -7,11 +7,12 @@ unacked and pending ones stay, also across a restart.
 
 import sqlite3
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.support.daemon import DaemonProcess, connect_agent, send
+from tests.support.daemon import DaemonProcess, connect_agent, send, wait_status
 from tests.support.poll import poll_until
+from tests.support.sync import KEY, WORKSPACE, IngestServer
 
 
 def stored(db_path):
@@ -81,3 +82,51 @@ class RetentionTests(unittest.TestCase):
         self.assertEqual(offline.of_type("DELIVER")[0]["payload"]["body"], "pending")
         for agent in (rx, tx, offline):
             agent.transport.loseConnection()
+
+
+class SyncDownTests(unittest.TestCase):
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_spilled_messages_stay_until_the_ingest_has_them(self):
+        """
+        With the ingest down, acked messages older than --retention 2s go
+        to spill files (the sync cursor moves past them) but stay in the
+        store, also across a restart; once the ingest is back and the spill
+        files are re-sent, they go.
+        """
+        server = IngestServer(reactor).start()
+        self.addCleanup(server.stop)
+        yield server.refuse()
+        daemon = DaemonProcess(self, [
+            "--retention", "2s", "--sync-url", server.url, "--workspace-id", WORKSPACE,
+            "--sync-batch-delay-ms", "20", "--sync-retry-delay-ms", "100",
+            "--sync-retries", "1", "--spill-retry-interval", "1", "--sync-timeout", "5"],
+            env={"RELAY_SYNC_KEY": KEY})
+        self.addCleanup(daemon.kill)
+        yield daemon.start()
+        rx = yield connect_agent(daemon, "rx")
+        tx = yield connect_agent(daemon, "tx")
+        tx.send_many([send("rx", "acked-%d" % i, requires_ack=True) for i in range(5)])
+        yield tx.wait_type("ACK", 5)
+        yield rx.wait_type("DELIVER", 5)
+        yield poll_until(lambda: stored(daemon.db_path).get("acked-4") == ["acked"])
+        yield wait_status(daemon, lambda s: s["sync"]["spills_written"] > 0
+                          and s["sync"]["cursor"] >= 5, timeout=30)
+        # Past the retention, several passes (every 0.5 s): nothing goes.
+        yield task.deferLater(reactor, 4.0, lambda: None)
+        self.assertEqual(len(stored(daemon.db_path)), 5)
+        for agent in (rx, tx):
+            agent.transport.loseConnection()
+        yield daemon.stop()
+        yield daemon.start()
+        yield task.deferLater(reactor, 3.0, lambda: None)
+        self.assertEqual(len(stored(daemon.db_path)), 5)
+        conn = sqlite3.connect(daemon.db_path)
+        ids = {r[0] for r in conn.execute("SELECT id FROM messages")}
+        conn.close()
+        server.start()
+        yield poll_until(lambda: not stored(daemon.db_path), timeout=30,
+                         what=lambda: "synced messages gone: %r" % (stored(daemon.db_path),))
+        self.assertLessEqual(ids, server.stub.unique)
