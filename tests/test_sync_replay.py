@@ -151,6 +151,23 @@ class SpillRejectTests(unittest.TestCase):
         self.assertEqual(os.listdir(h.spill.rejected_path), [first])
         self.assertEqual(h.spill.files, 0)
 
+    def test_rejected_file_holds_the_confirmed_mark(self):
+        """
+        Messages of a file set aside in rejected/ were never taken by the
+        ingest: sync_confirmed (what store retention may delete up to)
+        stays below them while that file is there, whatever is confirmed
+        after.
+        """
+        h = Harness(self, batch_size=2, batch_delay=0.0, spill_retry_interval=30.0)
+        self.write(h, [1, 2])
+        h.stub.script = [(400, {"error": "the body must hold a messages list"}, {})]
+        h.advance(30.0)
+        self.assertEqual(h.spill.rejected, 1)
+        h.source.add(4)
+        h.settle()
+        self.assertGreaterEqual(h.source.cursor, 4)
+        self.assertEqual(int(h.source.meta.get("sync_confirmed") or 0), 0)
+
     def test_stale_workspace_file_is_set_aside(self):
         """
         A 403 "not the key's workspace" for a file written for another

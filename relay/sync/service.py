@@ -365,11 +365,13 @@ class SyncService(service.Service):
         Move the cursor to C{seq}: everything at or below it is done with.
         With no spill file waiting, everything at or below the cursor is
         confirmed too (a batch just spilled is in a file; once the last
-        file is re-sent, or moved to rejected/, the confirmed mark catches
-        up: the replay calls this again).
+        file is re-sent the confirmed mark catches up: the replay calls this
+        again).  While C{rejected/} holds a file it stays where it is.
         """
         self._cursor.advance(seq)
-        if not self.spill.files:
+        # A file in rejected/ holds messages the ingest never took: the
+        # store keeps everything after the mark until it is dealt with.
+        if not (self.spill.files or self.spill.rejected):
             self._confirmed.advance(self._cursor.value)
 
     @property
