@@ -225,6 +225,12 @@ class Batcher:
         self._soon = None
         self._kick("receipt")
 
+    def busy(self):
+        """
+        Whether a batch is being written (its transaction is in flight).
+        """
+        return self._inflight is not None
+
     def pending_rows(self):
         n = self.current.count
         if self._inflight is not None:

@@ -121,6 +121,31 @@ def seconds(name, minimum=0.001):
     return coerce
 
 
+_DURATIONS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(name):
+    """
+    A coercer to a number of seconds (a C{float}, 0 or more) from C{"30d"},
+    C{"12h"}, C{"15m"}, C{"90s"}, C{"2w"} or a plain number of seconds;
+    C{"0"} is 0.
+    """
+    def coerce(value):
+        if value.__class__ in (int, float):
+            raw = value
+            n, unit = _finite(name, value, "a duration"), 1
+        else:
+            raw = str(value).strip().lower()
+            unit = _DURATIONS.get(raw[-1:], None) if raw else None
+            n = _finite(name, raw[:-1] if unit else raw, "a duration (e.g. 30d, 12h, 90s)")
+            unit = unit or 1
+        if n < 0:
+            raise usage.UsageError("--%s must not be negative, not %r" % (name, raw))
+        return n * unit
+    coerce.coerceDoc = "A duration: 30d, 12h, 15m, 90s, 2w or seconds; 0 keeps everything."
+    return coerce
+
+
 def parse_size(name, text):
     """
     Parse C{"512KiB"}, C{"16MiB"}, C{"4k"}, C{"1000"}, ... into a number of

@@ -382,6 +382,29 @@ class Store:
             for listener in self._commit_listeners:
                 listener(max_seq)
 
+    # -- retention (relay.retention) -----------------------------------------
+
+    def retire(self, after_seq, max_seq, cutoff_ms, dead_cutoff_ms, scan):
+        """
+        One retention step on the writer (L{relay.retention.retire}).
+        """
+        from relay.retention import retire
+        return self.pool.runInteraction(retire, after_seq, max_seq, cutoff_ms, dead_cutoff_ms,
+                                        scan)
+
+    def vacuum_step(self, pages):
+        """
+        Free at most C{pages} pages on the writer; fires with those still free.
+        """
+        from relay.retention import vacuum_step
+        return self.pool.runWithConnection(vacuum_step, pages)
+
+    def writer_busy(self):
+        """
+        Whether a batch is being written now.
+        """
+        return self.batcher.busy()
+
     # -- reading -------------------------------------------------------------
 
     def read_open_deliveries(self, recipient, after_seq, limit):

@@ -94,6 +94,9 @@ D_UPDATED = 5
 # fsyncs only at checkpoints, so a receipt survives a process crash only.
 SYNCHRONOUS = ("full", "normal")
 
+# PRAGMA auto_vacuum's value for INCREMENTAL.
+AUTO_VACUUM_INCREMENTAL = 2
+
 
 def _open_connection(conn, synchronous="full"):
     conn.execute("PRAGMA journal_mode=WAL")
@@ -154,11 +157,34 @@ def upgrade(conn, log, path):
         log.info("store {path}: schema upgraded from {old} to {new}",
                  path=path, old=current, new=version)
         current = version
+    _incremental_vacuum_on(conn, log, path)
+
+
+def _incremental_vacuum_on(conn, log, path):
+    """
+    Make freed pages go back to the file system in steps (retention runs
+    C{PRAGMA incremental_vacuum}).  A file made before schema 4 has
+    auto_vacuum off, and switching it needs one VACUUM, which rewrites the
+    whole file (it needs as much free disk again, and takes about a second
+    per 100 MB): it runs here, once, at startup, before anything listens.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == AUTO_VACUUM_INCREMENTAL:
+        return
+    if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'messages'").fetchone()[0]:
+        log.info("store {path}: switching to auto_vacuum=INCREMENTAL (one VACUUM, once)",
+                 path=path)
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    conn.execute("VACUUM")
 
 
 def _load_state(txn, conn):
     txn.execute("SELECT max(seq) FROM messages")
     seq = txn.fetchone()[0] or 0
+    # Retention may have deleted the newest messages: never give their
+    # seqs again (the sync cursor is past them).
+    txn.execute("SELECT value FROM meta WHERE key = 'retired_seq'")
+    row = txn.fetchone()
+    seq = max(seq, int(row[0]) if row else 0)
     # Each run draws a fresh random id prefix; the run number only makes ids
     # easier to read.  Messages are delivered live before their batch
     # commits, and a crash loses those, so seqs are given again after a

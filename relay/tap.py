@@ -93,6 +93,13 @@ class Options(compat.ExitOnUsageError, usage.Options, strcred.AuthOptionMixin):
          "power loss); normal: fsync at checkpoints only (a receipt survives a crash of "
          "the daemon, not of the machine).",
          options.choice("synchronous", ("full", "normal"))],
+        ["retention", None, "30d",
+         "Delete a message this long after it was accepted, once every delivery of it is "
+         "acked or expired (and, with sync on, the ingest confirmed it); 0 keeps everything.",
+         options.duration("retention")],
+        ["dead-letter-retention", None, "0",
+         "Delete dead letters and quarantined rows this long after they were recorded "
+         "(0, the default: never).", options.duration("dead-letter-retention")],
     ]
 
     compData = usage.Completions(optActions={"db": usage.CompleteFiles("*.sqlite")})
@@ -121,6 +128,8 @@ class Options(compat.ExitOnUsageError, usage.Options, strcred.AuthOptionMixin):
         self["http"].append(endpoint)
 
     def postOptions(self):
+        options.convert(self, [p for p in self.optParameters
+                               if p[0] in ("retention", "dead-letter-retention")])
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         self["listen"] = [unix_defaults(e) for e in self["listen"]]
@@ -208,6 +217,11 @@ def makeService(config, reactor=None):
         listener.setServiceParent(top)
     if sync_service is not None:
         sync_service.setServiceParent(top)
+    if config["retention"] or config["dead-letter-retention"]:
+        from relay.retention import Retention
+        Retention(reactor, store, config["retention"],
+                  dead_retention=config["dead-letter-retention"] or None,
+                  sync=sync_service is not None).setServiceParent(top)
     if config.get("http"):
         from relay.web import add_http
         add_http(top, config, store, router, router.events, reactor, status)

@@ -77,6 +77,27 @@ class CoercerTests(unittest.TestCase):
         self.assertRefused(coerce, "soon", "seconds")
         self.assertRefused(coerce, "inf", "finite")
 
+    def test_duration(self):
+        """
+        Durations take s, m, h, d and w suffixes or plain seconds; 0 is 0
+        (keep everything); negative, unknown units, infinity and text are
+        refused naming the option.
+        """
+        coerce = options.duration("opt")
+        self.assertEqual(coerce("30d"), 30 * 86400.0)
+        self.assertEqual(coerce("12h"), 43200.0)
+        self.assertEqual(coerce("90s"), 90.0)
+        self.assertEqual(coerce("15m"), 900.0)
+        self.assertEqual(coerce("2w"), 14 * 86400.0)
+        self.assertEqual(coerce("1.5"), 1.5)
+        self.assertEqual(coerce("0"), 0.0)
+        self.assertEqual(coerce(60), 60.0)
+        self.assertRefused(coerce, "-1d", "negative")
+        self.assertRefused(coerce, "3y", "duration")
+        self.assertRefused(coerce, "", "duration")
+        self.assertRefused(coerce, "forever", "duration")
+        self.assertRefused(coerce, "infd", "finite")
+
     def test_parse_size(self):
         """
         Plain bytes, decimal and binary suffixes.

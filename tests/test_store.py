@@ -54,7 +54,7 @@ class OpenTests(_StoreTestCase):
         """
         store = self.open()
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
-                         [("3",)])
+                         [("4",)])
         self.assertEqual(self.rows("PRAGMA journal_mode"), [("wal",)])
         self.assertTrue(store.id_prefix)
         self.assertEqual(store.message_id(7), "%s-7" % (store.id_prefix,))
@@ -119,7 +119,7 @@ class OpenTests(_StoreTestCase):
                          [(0,)])
         store = self.open()
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
-                         [("3",)])
+                         [("4",)])
         self.assertEqual(self.rows("SELECT count(*) FROM quarantine"), [(0,)])
         self.assertEqual(self.rows("SELECT id FROM messages"), [("old-1",)])
         self.assertEqual(store.last_seq(), 1)
@@ -520,7 +520,7 @@ class ExpiryTests(_StoreTestCase):
     def test_query_plan_uses_indexes(self):
         """
         The expiry statement reads messages through the expiry index and
-        the rowid range, and deliveries through the open-by-message index:
+        the rowid range, and deliveries through the (message_seq, status) index:
         no full scan of either table.
         """
         from relay.store import SQL
@@ -532,7 +532,7 @@ class ExpiryTests(_StoreTestCase):
         text = "\n".join(plan)
         self.assertNotIn("SCAN messages", text)
         self.assertNotIn("SCAN deliveries", text)
-        self.assertIn("deliveries_open_by_message", text)
+        self.assertIn("deliveries_by_message", text)
         self.assertIn("INTEGER PRIMARY KEY (rowid>?)", text)
         self.assertIn("messages_expires (expires_at>? AND expires_at<?)", text)
 
@@ -602,7 +602,7 @@ class DedupeLoadTests(_StoreTestCase):
         conn.close()
         store = self.open()
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
-                         [("3",)])
+                         [("4",)])
         self.assertEqual(store.recent_sends,
                          [("alice", "s1", "old-1", fingerprint("bob", "t", b'{"body":"kept"}'),
                            now_ms)])

@@ -44,6 +44,26 @@ class ReplayTests(unittest.TestCase):
         self.assertEqual(h.spill.files, 0)
         self.assertEqual(os.listdir(h.spill_dir), [])
 
+    def test_spilled_is_not_confirmed_until_replayed(self):
+        """
+        A spilled batch moves the cursor but not sync_confirmed (store
+        retention deletes nothing above it); live batches confirmed while
+        the spill file waits do not move it either; once the replay removes
+        the last file it catches up with the cursor.
+        """
+        h = self.spilled()
+        self.assertEqual(h.source.cursor, 6)
+        self.assertEqual(int(h.source.meta.get("sync_confirmed") or 0), 0)
+        h.source.add(6)
+        h.settle()
+        self.assertEqual(h.source.cursor, 12)
+        self.assertEqual(int(h.source.meta.get("sync_confirmed") or 0), 0)
+        h.advance(30.0)
+        h.advance(0)
+        self.assertEqual(h.spill.files, 0)
+        self.assertEqual(h.source.meta.get("sync_confirmed"), "12")
+        self.assertEqual(h.service.confirmed, 12)
+
     def test_413_splits_spill_file(self):
         """
         A spill file refused as too large is rewritten as two halves (the
@@ -130,6 +150,23 @@ class SpillRejectTests(unittest.TestCase):
         self.assertEqual(h.stub.unique, {"msg-00000003", "msg-00000004"})
         self.assertEqual(os.listdir(h.spill.rejected_path), [first])
         self.assertEqual(h.spill.files, 0)
+
+    def test_rejected_file_holds_the_confirmed_mark(self):
+        """
+        Messages of a file set aside in rejected/ were never taken by the
+        ingest: sync_confirmed (what store retention may delete up to)
+        stays below them while that file is there, whatever is confirmed
+        after.
+        """
+        h = Harness(self, batch_size=2, batch_delay=0.0, spill_retry_interval=30.0)
+        self.write(h, [1, 2])
+        h.stub.script = [(400, {"error": "the body must hold a messages list"}, {})]
+        h.advance(30.0)
+        self.assertEqual(h.spill.rejected, 1)
+        h.source.add(4)
+        h.settle()
+        self.assertGreaterEqual(h.source.cursor, 4)
+        self.assertEqual(int(h.source.meta.get("sync_confirmed") or 0), 0)
 
     def test_stale_workspace_file_is_set_aside(self):
         """

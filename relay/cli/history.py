@@ -88,14 +88,47 @@ def open_store(path):
 def query_messages(db, sender=None, recipient=None, thread=None, topic=None,
                    since_ms=None, limit=50):
     """The matching messages (dicts), oldest first, at most ``limit`` latest."""
+    sql, params = messages_sql(sender, recipient, thread, topic, since_ms, limit)
+    rows = db.execute(sql, params).fetchall()
+    out = []
+    for row in reversed(rows):
+        item = dict(row)
+        # Decoded here, not with json_extract, which cuts text at a NUL.
+        payload = json.loads(item.pop("payload"))
+        item["body"] = payload.get("body")
+        item["data"] = payload.get("data")
+        for key in ("payload_meta", "deliveries"):
+            if item[key] is not None:
+                item[key] = json.loads(item[key])
+        item["time"] = _iso(item["ts"])
+        out.append(item)
+    return out
+
+
+def messages_sql(sender=None, recipient=None, thread=None, topic=None, since_ms=None, limit=50):
+    """
+    The query of L{query_messages} and its parameters; every filter is
+    served by an index (schema 4).
+    """
     where, params = [], []
     if sender is not None:
         where.append("m.sender = ?")
         params.append(sender)
     if recipient is not None:
-        where.append("(m.recipient = ? OR EXISTS (SELECT 1 FROM deliveries d2 "
-                     "WHERE d2.message_seq = m.seq AND d2.recipient = ?))")
-        params.extend([recipient, recipient])
+        # A UNION of two index lookups (messages_recipient, the deliveries
+        # key), not an OR with EXISTS, which scans every message; alone, each
+        # side needs only its newest `limit` seqs.
+        only = sender is None and thread is None and topic is None and since_ms is None
+        if only:
+            where.append("m.seq IN (SELECT seq FROM (SELECT seq FROM messages WHERE recipient = ?"
+                         " ORDER BY seq DESC LIMIT ?) UNION SELECT message_seq FROM"
+                         " (SELECT message_seq FROM deliveries WHERE recipient = ?"
+                         " ORDER BY message_seq DESC LIMIT ?))")
+            params.extend([recipient, limit, recipient, limit])
+        else:
+            where.append("m.seq IN (SELECT seq FROM messages WHERE recipient = ? "
+                         "UNION SELECT message_seq FROM deliveries WHERE recipient = ?)")
+            params.extend([recipient, recipient])
     if thread is not None:
         where.append("m.thread = ?")
         params.append(thread)
@@ -112,20 +145,7 @@ def query_messages(db, sender=None, recipient=None, thread=None, topic=None,
            "FROM messages m{} ORDER BY m.seq DESC LIMIT ?").format(
                " WHERE " + " AND ".join(where) if where else "")
     params.append(limit)
-    rows = db.execute(sql, params).fetchall()
-    out = []
-    for row in reversed(rows):
-        item = dict(row)
-        # Decoded here, not with json_extract, which cuts text at a NUL.
-        payload = json.loads(item.pop("payload"))
-        item["body"] = payload.get("body")
-        item["data"] = payload.get("data")
-        for key in ("payload_meta", "deliveries"):
-            if item[key] is not None:
-                item[key] = json.loads(item[key])
-        item["time"] = _iso(item["ts"])
-        out.append(item)
-    return out
+    return sql, params
 
 
 def query_dead_letters(db, limit=50):

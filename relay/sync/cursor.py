@@ -14,6 +14,12 @@ from twisted.logger import Logger
 
 CURSOR_KEY = "sync_cursor"
 
+# The highest seq at or below which every message is confirmed by the
+# ingest (or dead-lettered): the cursor, except while spill files wait
+# (spilled is not confirmed).  Store retention (relay.retention) deletes
+# nothing above it.
+CONFIRMED_KEY = "sync_confirmed"
+
 
 class CursorWriter:
     """
@@ -28,11 +34,13 @@ class CursorWriter:
 
     log = Logger()
 
-    def __init__(self, source, on_error):
+    def __init__(self, source, on_error, key=CURSOR_KEY):
         """
         @param source: an L{relay.interfaces.ISyncSource}.
         @param on_error: called with a one-line reason when a write fails.
+        @param key: the meta key (L{CURSOR_KEY}, or L{CONFIRMED_KEY}).
         """
+        self.key = key
         self.source = source
         self.on_error = on_error
         self.value = 0
@@ -46,7 +54,7 @@ class CursorWriter:
 
         @return: (a coroutine of) its value, 0 when there is none.
         """
-        stored = await self.source.get_meta(CURSOR_KEY)
+        stored = await self.source.get_meta(self.key)
         self.value = self.saved = int(stored or 0)
         return self.value
 
@@ -66,7 +74,7 @@ class CursorWriter:
         if self.saving is not None:
             return
         value = self.value
-        self.saving = self.source.set_meta(CURSOR_KEY, str(value))
+        self.saving = self.source.set_meta(self.key, str(value))
 
         def saved(_):
             self.saved = value

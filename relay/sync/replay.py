@@ -117,6 +117,7 @@ class SpillReplay:
             return
         self.spill.remove(name)
         self.log.info("Re-sent spill file {name} ({n} messages)", name=name, n=len(items))
+        pipeline.advance(pipeline.cursor)  # the last file gone: all is confirmed
 
     def rejected_file(self, name, reason):
         """

@@ -20,7 +20,7 @@ from relay.interfaces import ISyncSource
 from relay.sync import poster as outcomes
 from relay.sync.backoff import Backoff
 from relay.sync.batches import BatchQueue
-from relay.sync.cursor import CursorWriter
+from relay.sync.cursor import CONFIRMED_KEY, CursorWriter
 from relay.sync.live import LiveBatches
 from relay.sync.replay import SpillReplay
 from relay.sync.spill import SpillDir
@@ -82,6 +82,7 @@ class SyncService(service.Service):
         self.replay = SpillReplay(self, spill)
         self.live = LiveBatches(self)
         self._cursor = CursorWriter(self.source, self._cursor_failed)
+        self._confirmed = CursorWriter(self.source, self._cursor_failed, key=CONFIRMED_KEY)
         self._known_max = 0
         self._reading = False
         self._active = None
@@ -115,6 +116,8 @@ class SyncService(service.Service):
         if self.daemon_id is None:
             self.daemon_id = await self._stable_id(DAEMON_ID_KEY)
         self.queue.read_pos = await self._cursor.load()
+        await self._confirmed.load()
+        self.advance(self.cursor)
         # last_seq() is a plain int in the interface; accept a Deferred too.
         self._known_max = max(self._known_max, await defer.maybeDeferred(self.source.last_seq))
         self.counters.dead_letters = await self.source.dead_letter_count()
@@ -154,6 +157,7 @@ class SyncService(service.Service):
         self.state = STOPPED
         self._ready = False
         self._cursor.active = False
+        self._confirmed.active = False
         for call in (self._delay_call, self._retry_read_call):
             if call is not None and call.active():
                 call.cancel()
@@ -169,6 +173,7 @@ class SyncService(service.Service):
         if self._active is not None:
             await self._active
         await self._cursor.flush()
+        await self._confirmed.flush()
         await self.poster.close()
         self.log.info("Sync stopped at seq {cursor}", cursor=self.cursor)
 
@@ -358,8 +363,23 @@ class SyncService(service.Service):
     def advance(self, seq):
         """
         Move the cursor to C{seq}: everything at or below it is done with.
+        With no spill file waiting, everything at or below the cursor is
+        confirmed too (a batch just spilled is in a file; once the last
+        file is re-sent the confirmed mark catches up: the replay calls this
+        again).  While C{rejected/} holds a file it stays where it is.
         """
         self._cursor.advance(seq)
+        # A file in rejected/ holds messages the ingest never took: the
+        # store keeps everything after the mark until it is dealt with.
+        if not (self.spill.files or self.spill.rejected):
+            self._confirmed.advance(self._cursor.value)
+
+    @property
+    def confirmed(self):
+        """
+        The highest seq at or below which the ingest confirmed everything.
+        """
+        return self._confirmed.value
 
     # -- status ----------------------------------------------------------
 

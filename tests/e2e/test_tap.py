@@ -113,8 +113,8 @@ class MakeServiceTests(unittest.TestCase):
 
     def test_service_tree(self):
         """
-        makeService builds a RelayService holding one listener per --listen,
-        with the store on --db and the router configured from the options.
+        makeService builds a RelayService holding one listener per --listen
+        and the retention service (30 days by default), with the store on --db and the router configured from the options.
         """
         o = tap.Options()
         db = os.path.abspath(self.mktemp())
@@ -123,7 +123,10 @@ class MakeServiceTests(unittest.TestCase):
                         "--no-rate-limit"])
         top = tap.makeService(o)
         self.assertIsInstance(top, tap.RelayService)
-        self.assertEqual(len(list(top)), 2)
+        listeners = [c for c in top if hasattr(c, "relay_endpoint")]
+        self.assertEqual(len(listeners), 2)
+        self.assertEqual([c.retention for c in top if c.name == "retention"], [30 * 86400.0])
+        self.assertEqual(len(list(top)), 3)
         self.assertEqual(top.store.path, db)
         factory = list(top)[0].factory
         self.assertEqual(factory.heartbeat, 1.5)

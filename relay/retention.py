@@ -1,0 +1,200 @@
+# -*- test-case-name: tests.test_retention -*-
+"""
+A store that stays bounded (issue 14): L{Retention} deletes old messages
+that are finished with, with their delivery rows, in small steps on the
+store's writer, and gives the freed pages back to the file system
+(C{PRAGMA incremental_vacuum}, schema 4 sets C{auto_vacuum=INCREMENTAL}).
+
+A message is deleted only when all of these hold:
+  - it was accepted longer ago than C{--retention};
+  - none of its deliveries is pending or delivered (each is acked or
+    expired, as committed: a status change still in the open batch does
+    not count);
+  - with sync on, its seq is at or below C{sync_confirmed} in meta (the
+    ingest confirmed it; a spilled batch is not confirmed);
+  - it is not a dead letter, or its dead letter is older than
+    C{--dead-letter-retention} (default: never).
+Quarantined rows go after C{--dead-letter-retention} too.
+
+Each step scans at most C{scan} messages in seq order, from where the last
+step stopped, deletes the eligible ones in one short transaction, then
+frees at most C{pages} pages in another: a group commit waits at most one
+step.  A step starts only while no batch is being written.
+"""
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from relay.loops import GuardedLoop
+from relay.storesql import STATUS_DELIVERED, STATUS_PENDING
+
+# meta: the highest seq retention ever deleted, so that a store whose
+# newest messages were all deleted does not give their seqs out again.
+RETIRED_KEY = "retired_seq"
+
+# Seconds between looks at a busy writer (a commit takes milliseconds).
+IDLE_POLL = 0.002
+
+_OPEN = "('%s', '%s')" % (STATUS_PENDING, STATUS_DELIVERED)
+
+
+def _placeholders(n):
+    return ",".join("?" * n)
+
+
+def retire(txn, after_seq, max_seq, cutoff_ms, dead_cutoff_ms, scan):
+    """
+    One retention step, in the writer's transaction: look at the messages
+    with seq in (C{after_seq}, C{max_seq}] (at most C{scan}, oldest first),
+    and delete the eligible ones (see the module docstring) with their
+    delivery and dead-letter rows.  C{dead_cutoff_ms} None keeps dead
+    letters and quarantine for ever.
+
+    @return: (deleted count, the seq to go on after, whether the scan
+        reached the end of what is old enough).
+    """
+    txn.execute("SELECT seq, ts FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (after_seq, max_seq, scan))
+    rows = txn.fetchall()
+    scanned = []
+    end = len(rows) < scan
+    for seq, ts in rows:
+        if ts >= cutoff_ms:
+            # Seqs follow acceptance time: the rest is younger.
+            end = True
+            break
+        scanned.append(seq)
+    deleted = 0
+    if scanned:
+        marks = _placeholders(len(scanned))
+        txn.execute(
+            "SELECT m.seq FROM messages m WHERE m.seq IN (%s)"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq"
+            " AND d.status IN %s)"
+            " AND NOT EXISTS (SELECT 1 FROM dead_letters x WHERE x.message_seq = m.seq"
+            " AND (? IS NULL OR x.ts >= ?))" % (marks, _OPEN),
+            scanned + [dead_cutoff_ms, dead_cutoff_ms])
+        gone = [r[0] for r in txn.fetchall()]
+        if gone:
+            marks = _placeholders(len(gone))
+            txn.execute("DELETE FROM deliveries WHERE message_seq IN (%s)" % marks, gone)
+            txn.execute("DELETE FROM dead_letters WHERE message_seq IN (%s)" % marks, gone)
+            txn.execute("DELETE FROM messages WHERE seq IN (%s)" % marks, gone)
+            txn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                " SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                (RETIRED_KEY, str(max(gone))))
+            deleted = len(gone)
+    if dead_cutoff_ms is not None:
+        txn.execute("DELETE FROM quarantine WHERE id IN"
+                    " (SELECT id FROM quarantine WHERE ts < ? ORDER BY id LIMIT ?)",
+                    (dead_cutoff_ms, scan))
+        deleted += txn.rowcount
+    return deleted, (scanned[-1] if scanned else after_seq), end
+
+
+def vacuum_step(conn, pages):
+    """
+    Give at most C{pages} free pages back to the file system, in a
+    transaction of its own (C{executescript}: the sqlite3 module steps a
+    pragma once per C{execute}, which frees one page).
+
+    @return: the pages still free.
+    """
+    conn.executescript("PRAGMA incremental_vacuum(%d)" % (int(pages),))
+    return conn.execute("PRAGMA freelist_count").fetchone()[0]
+
+
+class Retention(service.Service):
+    """
+    @param store: the L{relay.store.Store} (open before this starts).
+    @param retention: seconds a finished message is kept (0: for ever).
+    @param dead_retention: seconds dead letters and quarantine are kept
+        (None: for ever).
+    @param sync: whether sync is on (then C{sync_confirmed} bounds it).
+    @param interval: seconds between passes (at most 60).
+    @param scan: messages looked at per step; C{pages}: pages freed per step.
+    @param steps: steps per pass at most (the next pass goes on).
+    @ivar metrics: deleted rows, steps, pages freed (STATUS, tests).
+    """
+
+    log = Logger()
+    name = "retention"
+
+    def __init__(self, clock, store, retention, dead_retention=None, sync=False, interval=None,
+                 scan=200, pages=256, steps=100):
+        self.clock = clock
+        self.store = store
+        self.retention = retention
+        self.dead_retention = dead_retention
+        self.sync = sync
+        if interval is None:
+            interval = min(60.0, max(0.5, retention / 4.0)) if retention else 60.0
+        self.interval = interval
+        self.scan = scan
+        self.pages = pages
+        self.steps = steps
+        self.after = 0
+        self.metrics = {"retention_deleted": 0, "retention_steps": 0, "retention_passes": 0,
+                        "free_pages": 0}
+        self.loop = GuardedLoop(clock, self.run_pass, "retention")
+
+    def startService(self):
+        service.Service.startService(self)
+        if self.retention or self.dead_retention is not None:
+            self.loop.start(self.interval, now=False)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self.loop.stop()
+        # A pass in flight holds the loop's Deferred; the store waits for
+        # its step (the pool is closed after the batcher drains).
+
+    @defer.inlineCallbacks
+    def _max_seq(self):
+        top = self.store.last_seq()
+        if self.sync:
+            confirmed = yield self.store.get_meta("sync_confirmed")
+            top = min(top, int(confirmed or 0))
+        return top
+
+    @defer.inlineCallbacks
+    def run_pass(self):
+        """
+        Steps until the scan reaches messages too young to go, or
+        C{steps} steps; then frees pages in steps while any are free.
+        """
+        self.metrics["retention_passes"] += 1
+        now_ms = int(self.clock.seconds() * 1000)
+        # retention 0 keeps messages for ever: no ts is below this cutoff.
+        cutoff = now_ms - int(self.retention * 1000) if self.retention else -2 ** 63
+        dead_cutoff = (None if self.dead_retention is None
+                       else now_ms - int(self.dead_retention * 1000))
+        top = yield self._max_seq()
+        for _ in range(self.steps):
+            if not self.running or not self.store.is_open():
+                return
+            yield self._writer_idle()
+            deleted, self.after, end = yield self.store.retire(
+                self.after, top, cutoff, dead_cutoff, self.scan)
+            self.metrics["retention_steps"] += 1
+            self.metrics["retention_deleted"] += deleted
+            if end:
+                self.after = 0
+                break
+        for _ in range(self.steps):
+            if not self.running or not self.store.is_open():
+                return
+            yield self._writer_idle()
+            free = yield self.store.vacuum_step(self.pages)
+            self.metrics["free_pages"] = free
+            if not free:
+                break
+
+    @defer.inlineCallbacks
+    def _writer_idle(self):
+        # Between flushes: never queue a step ahead of a batch that is
+        # being written (one reactor turn at a time until it is done).
+        while self.store.writer_busy():
+            yield task.deferLater(self.clock, IDLE_POLL, lambda: None)
