@@ -15,7 +15,6 @@ fetch C{/api/status} and the messages afresh: memory stays bounded and the
 daemon never waits for a browser.
 """
 
-import orjson
 from orjson import dumps
 from twisted.internet import task
 from twisted.logger import Logger
