@@ -9,7 +9,6 @@ in L{relay.storesql}.
 import functools
 import os
 import sqlite3
-from collections import OrderedDict
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
@@ -17,6 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relay.batcher import Batcher
+from relay.streams import StreamSeqs
 from relay.interfaces import IMessageStore, ISyncSource
 from relay.storesql import (
     D_ATTEMPTS, D_STATUS, D_UPDATED, ROW_ERRORS, SCHEMA_DIR, SQL, STATEMENTS, STATUS_ACKED,
@@ -68,14 +68,7 @@ class Store:
         self._seq = 0
         self._committed_seq = 0
         self.id_prefix = None
-        # Stream seqs: the newest ones used (an LRU of at most stream_cache),
-        # and every one handed to a batch that has not committed yet (those
-        # must never be read back from the file, which does not have them).
-        self.stream_cache = stream_cache
-        self._streams = OrderedDict()
-        self._uncommitted_streams = {}
-        self._reader = None
-        self.stream_reads = 0
+        self.streams = StreamSeqs(path, stream_cache)
         self.recent_sends_limit = recent_sends
         self.recent_per_sender = recent_per_sender
         self.recent_age = recent_age
@@ -106,12 +99,7 @@ class Store:
                                                   self.recent_per_sender, since_ms)
             finally:
                 conn.close()
-            # Reads stream seqs the LRU no longer holds, in the reactor
-            # thread: a primary-key lookup; WAL readers never block the
-            # writer thread nor wait for it.
-            self._reader = sqlite3.connect(self.path, isolation_level=None,
-                                           check_same_thread=False)
-            self._reader.execute("PRAGMA busy_timeout=10000")
+            self.streams.open()
         except sqlite3.Error as e:
             raise StoreError("cannot open store %s: %s" % (self.path, e))
         self._committed_seq = self._seq
@@ -132,9 +120,7 @@ class Store:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self.streams.close()
 
     # -- writing -------------------------------------------------------------
 
@@ -202,34 +188,21 @@ class Store:
         return self.last_stream_seq(key) + 1
 
     def last_stream_seq(self, key):
-        seq = self._uncommitted_streams.get(key)
-        if seq is not None:
-            return seq
-        cache = self._streams
-        seq = cache.get(key)
-        if seq is not None:
-            cache.move_to_end(key)
-            return seq
-        self.stream_reads += 1
-        rows = self._reader.execute(
-            "SELECT last_seq FROM streams WHERE recipient = ? AND topic = ? AND sender = ?",
-            key).fetchall()
-        seq = rows[0][0] if rows else 0
-        self._cache_stream(key, seq)
-        return seq
+        return self.streams.last(key)
 
-    def _cache_stream(self, key, seq):
-        cache = self._streams
-        cache[key] = seq
-        cache.move_to_end(key)
-        while len(cache) > self.stream_cache:
-            cache.popitem(last=False)
+    @property
+    def stream_cache(self):
+        return self.streams.limit
+
+    @stream_cache.setter
+    def stream_cache(self, limit):
+        self.streams.limit = limit
 
     def stream_state_size(self):
         """
         How many streams the store holds in memory (STATUS, tests).
         """
-        return len(self._streams) + len(self._uncommitted_streams)
+        return self.streams.size()
 
     def add_delivery(self, recipient, message_seq, stream_key, stream_seq, status, now_ms):
         """
@@ -240,9 +213,7 @@ class Store:
         row = [recipient, message_seq, stream_seq, status, 0, now_ms]
         batch = self.batcher.current
         self.batcher.note(stream_key, stream_seq)
-        if stream_seq > self._uncommitted_streams.get(stream_key, 0):
-            self._uncommitted_streams[stream_key] = stream_seq
-        self._cache_stream(stream_key, max(stream_seq, self._streams.get(stream_key, 0)))
+        self.streams.given(stream_key, stream_seq)
         self.batcher.add("delivery", row, 48)
         return batch, row
 
@@ -341,12 +312,7 @@ class Store:
         return d
 
     def _batch_committed(self, result, batch):
-        uncommitted = self._uncommitted_streams
-        for key, seq in batch.highs.items():
-            if uncommitted.get(key) == seq:
-                del uncommitted[key]
-                if key in self._streams:
-                    self._streams[key] = max(self._streams[key], seq)
+        self.streams.committed(batch.highs)
         return result
 
     def _isolate(self, failure, batch, rows):

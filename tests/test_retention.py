@@ -281,14 +281,18 @@ class StepTests(_RetentionCase):
         """
         store = self.open()
         self.fill(store, 400)
-        store._reader.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint = sqlite3.connect(self.path)
+        checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint.close()
         before = os.path.getsize(self.path)
         r = self.retention(store, pages=20)
         self.run_pass(r)
         self.assertEqual(self.seqs(), [])
         self.assertEqual(r.metrics["free_pages"], 0)
         self.assertEqual(self.rows("PRAGMA auto_vacuum"), [(2,)])
-        store._reader.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint = sqlite3.connect(self.path)
+        checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        checkpoint.close()
         self.assertLess(os.path.getsize(self.path), before / 4)
 
 

@@ -690,12 +690,12 @@ class StreamStateTests(_StoreTestCase):
                 # Not yet committed, and soon out of the LRU: must not be
                 # read back from the file as 0.
                 self.assertEqual(store.next_stream_seq(first), 2)
-        self.assertLessEqual(len(store._streams), 1000)
+        self.assertLessEqual(store.streams.cached(), 1000)
         yield store.batcher.flush()
         self.assertEqual(store.stream_state_size(), 1000)
-        reads = store.stream_reads
+        reads = store.streams.reads
         self.assertEqual(store.next_stream_seq(first), 2)
-        self.assertEqual(store.stream_reads, reads + 1)
+        self.assertEqual(store.streams.reads, reads + 1)
         seq2, _ = self.message(store)
         store.add_delivery("name-0", seq2, first, 2, "pending", 1000)
         yield store.batcher.flush()
