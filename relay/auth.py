@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_auth -*-
+# -*- test-case-name: tests.test_auth,tests.e2e.test_auth -*-
 """
 Who may speak as which agent.
 
@@ -37,6 +37,7 @@ from twisted.python import usage
 from zope.interface import Interface, implementer
 
 from relay.peercred import is_unix, peer_credentials
+from relay.tls import certificate_names, load_ca
 
 # Longest token accepted, in characters: anything longer is refused before
 # a checker sees it.
@@ -146,55 +147,6 @@ def check_options(options):
             "--listen %s is reachable from the network and anyone reaching it could speak "
             "as any agent: give --auth (see --help-auth), or --allow-anonymous-tcp"
             % (endpoint.split(":")[0] + ":" + endpoint.split(":")[1],))
-
-
-def load_ca(path):
-    """
-    The certificates of a PEM file, as pyOpenSSL X509 objects.
-    """
-    from OpenSSL import crypto
-
-    from relay.compat import load_pem_certificates
-    try:
-        with open(path, "rb") as f:
-            certs = load_pem_certificates(f.read())
-    except (OSError, ValueError) as e:
-        raise usage.UsageError("--tls-client-ca %s: %s" % (path, str(e) or e.__class__.__name__))
-    return [crypto.X509.from_cryptography(c) for c in certs]
-
-
-def require_client_certificates(endpoint, ca_certs):
-    """
-    Make the C{ssl:} server endpoint C{endpoint} (from strports) require a
-    client certificate signed by one of C{ca_certs}.  Strports has no
-    option for it, so the endpoint's context factory is rebuilt with the
-    same key and certificate.
-    """
-    from twisted.internet import ssl
-    old = endpoint._sslContextFactory
-    endpoint._sslContextFactory = ssl.CertificateOptions(
-        privateKey=old.privateKey, certificate=old.certificate,
-        extraCertChain=old.extraCertChain, verify=True, caCerts=ca_certs,
-        requireCertificate=True)
-
-
-def certificate_names(cert):
-    """
-    The CNs and the DNS, e-mail and URI SANs of a pyOpenSSL certificate.
-    """
-    if cert is None:
-        return set()
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-    c = cert.to_cryptography()
-    names = {a.value for a in c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
-    try:
-        san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return names
-    for kind in (x509.DNSName, x509.RFC822Name, x509.UniformResourceIdentifier):
-        names.update(san.get_values_for_type(kind))
-    return names
 
 
 def make_portal(options):

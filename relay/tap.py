@@ -212,7 +212,7 @@ def makeService(config, reactor=None):
         listener.relay_endpoint = endpoint
         listener.relay_socket_path = unix_address(endpoint)[0]
         if endpoint.startswith("ssl:") and config.get("tls-client-ca-certs"):
-            from relay.auth import require_client_certificates
+            from relay.tls import require_client_certificates
             require_client_certificates(listener.endpoint, config["tls-client-ca-certs"])
         listener.setServiceParent(top)
     if sync_service is not None:

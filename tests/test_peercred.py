@@ -10,7 +10,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from relay import auth, peercred
+from relay import peercred
 
 SECRET = "s3cret-token-value"
 
@@ -35,15 +35,3 @@ class PeerCredTests(unittest.TestCase):
         self.assertEqual(peercred.peer_credentials(T()),
                          {"pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid()})
         self.assertIsNone(peercred.peer_credentials(StringTransport()))
-
-    def test_certificate_names(self):
-        """
-        CN and SANs (DNS, e-mail, URI) are the names a certificate gives.
-        """
-        from tests.support.tls import make_pki
-        pki = make_pki(self.mktemp(), client_names=("alice",), client_sans=("alice-2",))
-        from OpenSSL import crypto
-        with open(pki.client_cert["alice"], "rb") as f:
-            cert = crypto.load_certificate(crypto.FILETYPE_PEM, f.read())
-        self.assertEqual(auth.certificate_names(cert), {"alice", "alice-2"})
-        self.assertEqual(auth.certificate_names(None), set())

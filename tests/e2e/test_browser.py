@@ -53,23 +53,30 @@ def start_browser(profile):
 
 def wait_text(driver, css, predicate, timeout=10.0):
     """
-    Poll (in a thread) until an element matching C{css} has text for which
-    C{predicate(text)} holds; returns (text, seconds waited).
+    Poll (in a thread, through selenium's own bounded wait) until an
+    element matching C{css} has text for which C{predicate(text)} holds;
+    returns (text, seconds waited).
     """
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
     started = time.monotonic()
-    last = None
-    while time.monotonic() - started < timeout:
-        try:
-            for element in driver.find_elements(By.CSS_SELECTOR, css):
-                last = element.text
-                if predicate(last):
-                    return last, time.monotonic() - started
-        except StaleElementReferenceException:
-            pass
-        time.sleep(0.02)  # a browser poll in a worker thread, not the reactor
-    raise AssertionError("%s never matched in %ss (last text %r)" % (css, timeout, last))
+    last = [None]
+
+    def matched(driver):
+        for element in driver.find_elements(By.CSS_SELECTOR, css):
+            last[0] = element.text
+            if predicate(last[0]):
+                return (last[0],)  # truthy even for an empty text
+        return False
+
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.02,
+                         ignored_exceptions=(StaleElementReferenceException,))
+    try:
+        (text,) = wait.until(matched)
+    except TimeoutException:
+        raise AssertionError("%s never matched in %ss (last text %r)" % (css, timeout, last[0]))
+    return text, time.monotonic() - started
 
 
 class DashboardTests(unittest.TestCase):
