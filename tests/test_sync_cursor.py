@@ -8,7 +8,8 @@ are Deferreds the test fires.
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from relay.sync.cursor import CURSOR_KEY, CursorWriter
+from relay.sync.cursor import CONFIRMED_KEY, CURSOR_KEY, CursorWriter, SyncMarks
+from tests.support.sync import FakeSyncSource
 
 
 class SlowMeta:
@@ -120,3 +121,52 @@ class CursorWriterTests(unittest.TestCase):
         self.assertEqual([v for _, _, v in self.store.pending], ["9"])
         self.store.land()
         self.successResultOf(d)
+
+
+class _Spill:
+    files = 0
+    rejected = 0
+
+
+class SyncMarksTests(unittest.TestCase):
+    """
+    The confirmed mark follows the cursor only while nothing is spilled
+    or rejected.
+    """
+
+    def setUp(self):
+        self.source = FakeSyncSource()
+        self.spill = _Spill()
+        self.marks = SyncMarks(self.source, lambda reason: None, self.spill)
+
+    def test_follows_while_nothing_spilled(self):
+        """With no spill file both marks move, and both are written."""
+        self.marks.advance(5)
+        self.assertEqual((self.marks.cursor.value, self.marks.confirmed.value), (5, 5))
+        self.assertEqual((self.source.meta[CURSOR_KEY], self.source.meta[CONFIRMED_KEY]),
+                         ("5", "5"))
+
+    def test_held_by_spill_and_rejected_files(self):
+        """
+        A waiting spill file or a rejected one holds the confirmed mark; it
+        catches up on the next advance once none is left.
+        """
+        self.marks.advance(3)
+        self.spill.files = 1
+        self.marks.advance(7)
+        self.assertEqual((self.marks.cursor.value, self.marks.confirmed.value), (7, 3))
+        self.spill.files, self.spill.rejected = 0, 1
+        self.marks.advance(7)
+        self.assertEqual(self.marks.confirmed.value, 3)
+        self.spill.rejected = 0
+        self.marks.advance(7)
+        self.assertEqual(self.marks.confirmed.value, 7)
+
+    @defer.inlineCallbacks
+    def test_load(self):
+        """load() reads both marks and returns the cursor."""
+        self.source.meta.update({CURSOR_KEY: "9", CONFIRMED_KEY: "4"})
+        self.spill.files = 1
+        cursor = yield defer.ensureDeferred(self.marks.load())
+        self.assertEqual((cursor, self.marks.confirmed.value), (9, 4))
+

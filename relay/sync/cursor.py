@@ -103,3 +103,51 @@ class CursorWriter:
             self.save()
             if self.saving is not None:
                 await self.saving
+
+
+class SyncMarks:
+    """
+    The two marks the pipeline keeps in the store's meta: the cursor (done
+    with: confirmed, spilled or dead-lettered) and the confirmed mark (the
+    ingest has it), which follows the cursor only while no spill file waits
+    and C{rejected/} is empty: a spilled batch is in a file, not confirmed,
+    and store retention deletes nothing above the confirmed mark.
+
+    @param spill: the L{relay.sync.spill.SpillDir} whose C{files} and
+        C{rejected} hold the confirmed mark back.
+    """
+
+    def __init__(self, source, on_error, spill):
+        self.spill = spill
+        self.cursor = CursorWriter(source, on_error)
+        self.confirmed = CursorWriter(source, on_error, key=CONFIRMED_KEY)
+
+    async def load(self):
+        """
+        Read both marks; returns (a coroutine of) the cursor.
+        """
+        await self.confirmed.load()
+        cursor = await self.cursor.load()
+        self.advance(cursor)
+        return cursor
+
+    def advance(self, seq):
+        """
+        Move the cursor to C{seq}, and the confirmed mark with it when no
+        spill file waits (the replay calls this again once the last file
+        is re-sent, so the confirmed mark catches up).
+        """
+        self.cursor.advance(seq)
+        if not (self.spill.files or self.spill.rejected):
+            self.confirmed.advance(self.cursor.value)
+
+    def stop(self):
+        """
+        Stop writing behind (L{flush} writes the last values).
+        """
+        self.cursor.active = False
+        self.confirmed.active = False
+
+    async def flush(self):
+        await self.cursor.flush()
+        await self.confirmed.flush()

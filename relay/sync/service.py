@@ -20,7 +20,7 @@ from relay.interfaces import ISyncSource
 from relay.sync import poster as outcomes
 from relay.sync.backoff import Backoff
 from relay.sync.batches import BatchQueue
-from relay.sync.cursor import CONFIRMED_KEY, CursorWriter
+from relay.sync.cursor import SyncMarks
 from relay.sync.live import LiveBatches
 from relay.sync.replay import SpillReplay
 from relay.sync.spill import SpillDir
@@ -81,8 +81,7 @@ class SyncService(service.Service):
         self.queue = BatchQueue(clock)
         self.replay = SpillReplay(self, spill)
         self.live = LiveBatches(self)
-        self._cursor = CursorWriter(self.source, self._cursor_failed)
-        self._confirmed = CursorWriter(self.source, self._cursor_failed, key=CONFIRMED_KEY)
+        self.marks = SyncMarks(self.source, self._cursor_failed, self.spill)
         self._known_max = 0
         self._reading = False
         self._active = None
@@ -99,7 +98,7 @@ class SyncService(service.Service):
         """
         The highest seq confirmed, spilled or dead-lettered.
         """
-        return self._cursor.value
+        return self.marks.cursor.value
 
     def _cursor_failed(self, reason):
         self.counters.last_error = reason
@@ -115,9 +114,7 @@ class SyncService(service.Service):
     async def _start(self):
         if self.daemon_id is None:
             self.daemon_id = await self._stable_id(DAEMON_ID_KEY)
-        self.queue.read_pos = await self._cursor.load()
-        await self._confirmed.load()
-        self.advance(self.cursor)
+        self.queue.read_pos = await self.marks.load()
         # last_seq() is a plain int in the interface; accept a Deferred too.
         self._known_max = max(self._known_max, await defer.maybeDeferred(self.source.last_seq))
         self.counters.dead_letters = await self.source.dead_letter_count()
@@ -156,8 +153,7 @@ class SyncService(service.Service):
         service.Service.stopService(self)
         self.state = STOPPED
         self._ready = False
-        self._cursor.active = False
-        self._confirmed.active = False
+        self.marks.stop()
         for call in (self._delay_call, self._retry_read_call):
             if call is not None and call.active():
                 call.cancel()
@@ -172,8 +168,7 @@ class SyncService(service.Service):
             await self._started
         if self._active is not None:
             await self._active
-        await self._cursor.flush()
-        await self._confirmed.flush()
+        await self.marks.flush()
         await self.poster.close()
         self.log.info("Sync stopped at seq {cursor}", cursor=self.cursor)
 
@@ -362,24 +357,17 @@ class SyncService(service.Service):
 
     def advance(self, seq):
         """
-        Move the cursor to C{seq}: everything at or below it is done with.
-        With no spill file waiting, everything at or below the cursor is
-        confirmed too (a batch just spilled is in a file; once the last
-        file is re-sent the confirmed mark catches up: the replay calls this
-        again).  While C{rejected/} holds a file it stays where it is.
+        Move the cursor to C{seq} (and the confirmed mark with it when
+        nothing is spilled: L{SyncMarks.advance}).
         """
-        self._cursor.advance(seq)
-        # A file in rejected/ holds messages the ingest never took: the
-        # store keeps everything after the mark until it is dealt with.
-        if not (self.spill.files or self.spill.rejected):
-            self._confirmed.advance(self._cursor.value)
+        self.marks.advance(seq)
 
     @property
     def confirmed(self):
         """
         The highest seq at or below which the ingest confirmed everything.
         """
-        return self._confirmed.value
+        return self.marks.confirmed.value
 
     # -- status ----------------------------------------------------------
 
