@@ -138,3 +138,31 @@ class KeysCommandTests(unittest.TestCase):
             c.execute("SELECT count(*) FROM api_keys")
             self.assertEqual(c.fetchone()[0], 1)
         conn.close()
+
+    def test_create_bound_to_a_daemon(self):
+        """
+        create --daemon binds the key to that daemon (stored with it, shown
+        by list); a key without --daemon is listed unbound; a bad --daemon
+        is a usage error that stores nothing.
+        """
+        daemon = "11111111-2222-4333-8444-555555555555"
+        rc, out, err = run("keys", "create", "--workspace", WS, "--daemon", daemon,
+                           "--postgres", self.dsn)
+        self.assertEqual(rc, 0, err)
+        self.assertIn(daemon, out)
+        key_id = keys.parse_key(out.splitlines()[-1])
+        free_id = keys.parse_key(run("keys", "create", "--workspace", WS, "--postgres",
+                                     self.dsn)[1].splitlines()[-1])
+        self.assertEqual(fetchAll(self.dsn, "SELECT daemon_id::text FROM api_keys"
+                                  " WHERE key_id = %s", (key_id,)), [(daemon,)])
+        rc, out, _ = run("keys", "list", "--postgres", self.dsn)
+        self.assertIn("DAEMON", out.splitlines()[0])
+        bound = [l for l in out.splitlines() if l.startswith(key_id)][0]
+        self.assertEqual(bound.split()[2], daemon)
+        free = [l for l in out.splitlines() if l.startswith(free_id)][0]
+        self.assertEqual(free.split()[2], "-")
+        rc, _, err = run("keys", "create", "--workspace", WS, "--daemon", "nope",
+                         "--postgres", self.dsn)
+        self.assertEqual(rc, 2)
+        self.assertIn("--daemon", err)
+        self.assertEqual(fetchAll(self.dsn, "SELECT count(*) FROM api_keys"), [(2,)])

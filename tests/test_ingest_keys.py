@@ -11,6 +11,7 @@ from twisted.trial import unittest
 from relay.ingest import keys
 
 WS = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
+DAEMON = "11111111-2222-4333-8444-555555555555"
 
 
 class KeyFormatTests(unittest.TestCase):
@@ -50,3 +51,21 @@ class KeyFormatTests(unittest.TestCase):
         self.assertIsNone(keys.check_key(key, None))
         self.assertEqual(keys.check_key(key, (memoryview(h), uuid.UUID(WS), False)),
                          uuid.UUID(WS))
+
+    def test_grant_binding(self):
+        """
+        A key's grant carries the daemon it is bound to (or None), and
+        allows only that daemon; an unbound key allows any.
+        """
+        _, key = keys.generate_key()
+        h = keys.hash_key(key)
+        daemon = uuid.UUID(DAEMON)
+        bound = keys.check_grant(key, (h, WS, False, DAEMON))
+        self.assertEqual(bound, keys.Grant(uuid.UUID(WS), daemon))
+        self.assertTrue(bound.allows(daemon))
+        self.assertFalse(bound.allows(uuid.UUID(WS)))
+        free = keys.check_grant(key, (h, WS, False, None))
+        self.assertEqual(free, keys.Grant(uuid.UUID(WS), None))
+        self.assertTrue(free.allows(daemon))
+        self.assertIsNone(keys.check_grant(key, (h, WS, True, DAEMON)))
+        self.assertEqual(keys.check_key(key, (h, WS, False, DAEMON)), uuid.UUID(WS))

@@ -94,8 +94,37 @@ class MigrateTests(unittest.TestCase):
         self.assertIn("(workspace_id, message_ts)", indexes["agent_messages_workspace_ts"])
         key_columns = {r[0] for r in self.query(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'")}
-        self.assertEqual(key_columns,
-                         {"key_id", "key_hash", "workspace_id", "created_at", "revoked_at"})
+        self.assertEqual(key_columns, {"key_id", "key_hash", "workspace_id", "created_at",
+                                       "revoked_at", "daemon_id"})
+
+    def test_federation_tables(self):
+        """
+        Migration 3 makes the federation tables; a handed-over message is
+        stored once per (message, recipient, target daemon), a routed row
+        (no target) included, confirmed or not.
+        """
+        schema.migrate(self.conn)
+        tables = {r[0] for r in self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'fed_%%'")}
+        self.assertEqual(tables, {"fed_directory", "fed_daemons", "fed_inbound"})
+        insert = ("INSERT INTO fed_inbound (workspace_id, message_id, recipient, target_daemon,"
+                  " origin_daemon, message) VALUES (%s, 'm', 'bob', %s, %s, '{}')"
+                  " ON CONFLICT DO NOTHING RETURNING seq")
+        ws = "6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01"
+        d = "11111111-2222-4333-8444-555555555555"
+
+        def run(sql, params=()):
+            with self.conn.cursor() as c:
+                c.execute(sql, params)
+                rows = c.fetchall() if c.description else None
+            self.conn.commit()
+            return rows
+
+        for target in (None, d):
+            self.assertEqual(len(run(insert, (ws, target, d))), 1)
+            run("UPDATE fed_inbound SET confirmed_at = now()")
+            self.assertEqual(run(insert, (ws, target, d)), [])
+        self.assertEqual(run("SELECT count(*) FROM fed_inbound"), [(2,)])
 
     def test_upgrade(self):
         """

@@ -188,6 +188,16 @@ class ParseBatchTests(unittest.TestCase):
                               body([], workspace=str(uuid.uuid4())), WS)
         self.assertEqual(e.status, 403)
 
+    def test_key_bound_to_another_daemon(self):
+        """
+        A key bound to a daemon may sync for that daemon only: another
+        daemon_id is 403 naming the field; an unbound key takes any.
+        """
+        parse_batch(body([]), WS, uuid.UUID(DAEMON))
+        parse_batch(body([]), WS, None)
+        e = self.assertRaises(BadRequest, parse_batch, body([]), WS, uuid.uuid4())
+        self.assertEqual((e.status, e.field), (403, "daemon_id"))
+
     def test_envelope(self):
         """
         A body that is not an object, has no messages list, or has a bad

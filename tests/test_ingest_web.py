@@ -30,6 +30,7 @@ from relay.ingest.web import (
 )
 
 WS = uuid.UUID("6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01")
+DAEMON = uuid.UUID("11111111-2222-4333-8444-555555555555")
 
 
 class _Echo(Resource):
@@ -152,7 +153,8 @@ class AuthenticateTests(unittest.TestCase):
             revoked_id: (keys.hash_key(revoked), str(WS), True),
         })
         self.assertEqual(
-            self.successResultOf(self.run_auth(service, b"Bearer " + key.encode())), WS)
+            self.successResultOf(self.run_auth(service, b"Bearer " + key.encode())),
+            keys.Grant(WS, None))
         self.assertEqual(service.queries, [(key_id,)])
         for other in (revoked, keys.generate_key()[1]):
             f = self.failureResultOf(self.run_auth(service, b"bearer " + other.encode()),
@@ -182,11 +184,13 @@ class KeyCheckTests(unittest.TestCase):
         check = KeyCheck(d)
         early = check.wait()
         self.assertNoResult(early)
-        d.callback(WS)
+        d.callback(keys.Grant(WS, DAEMON))
         self.successResultOf(early)
         self.successResultOf(check.wait())
+        self.assertEqual(check.workspace, WS)
         self.assertEqual(
-            self.successResultOf(defer.Deferred.fromCoroutine(check.result())), WS)
+            self.successResultOf(defer.Deferred.fromCoroutine(check.result())),
+            keys.Grant(WS, DAEMON))
 
     def test_errors(self):
         """
@@ -213,7 +217,7 @@ class KeyCheckTests(unittest.TestCase):
         check.cancel()
         self.assertEqual(len(cancelled), 1)
         self.assertIsInstance(check.error, Unavailable)
-        done = KeyCheck(defer.succeed(WS))
+        done = KeyCheck(defer.succeed(keys.Grant(WS)))
         done.cancel()
         self.assertEqual(done.workspace, WS)
 

@@ -2,12 +2,13 @@
 """
 C{relay keys}: manage the API keys of the ingest service.
 
-  relay keys create --workspace UUID [--postgres DSN]
+  relay keys create --workspace UUID [--daemon UUID] [--postgres DSN]
   relay keys list [--workspace UUID] [--postgres DSN]
   relay keys revoke KEY_ID [--postgres DSN]
 
 C{create} prints the new key once, alone on the last line of its output, so
-scripts can take it with C{tail -1}; only its SHA-256 hash is stored.
+scripts can take it with C{tail -1}; only its SHA-256 hash is stored.  A
+key created with C{--daemon} speaks only for that daemon.
 """
 
 import argparse
@@ -65,14 +66,14 @@ def _database_errors(command):
     return run
 
 
-def _workspace(value):
+def _workspace(value, option="--workspace"):
     """
     C{value} as a L{uuid.UUID}, or L{None} after printing why not.
     """
     try:
         return uuid.UUID(value)
     except ValueError:
-        fail("keys", EXIT_USAGE, "--workspace must be a UUID, not %r" % (value,))
+        fail("keys", EXIT_USAGE, "%s must be a UUID, not %r" % (option, value))
         return None
 
 
@@ -87,14 +88,22 @@ def create(args):
     workspace = _workspace(args.workspace)
     if workspace is None:
         return EXIT_USAGE
+    daemon = None
+    if args.daemon is not None:
+        daemon = _workspace(args.daemon, "--daemon")
+        if daemon is None:
+            return EXIT_USAGE
     conn = _connect(args)
     if conn is None:
         return EXIT_UNREACHABLE
     try:
-        key_id, key = create_key(conn, workspace)
+        key_id, key = create_key(conn, workspace, daemon)
     finally:
         conn.close()
-    print("Created key %s for workspace %s." % (key_id, workspace))
+    if daemon is None:
+        print("Created key %s for workspace %s." % (key_id, workspace))
+    else:
+        print("Created key %s for daemon %s of workspace %s." % (key_id, daemon, workspace))
     print("It is shown only this once; store it now. The key:")
     print(key)
     return EXIT_OK
@@ -121,10 +130,11 @@ def list_(args):
         rows = list_keys(conn, workspace)
     finally:
         conn.close()
-    print("%-16s  %-36s  %-25s  %s" % ("KEY ID", "WORKSPACE", "CREATED", "REVOKED"))
-    for key_id, ws, created, revoked in rows:
-        print("%-16s  %-36s  %-25s  %s" % (
-            key_id, ws, created.isoformat(timespec="seconds"),
+    print("%-16s  %-36s  %-36s  %-25s  %s" % (
+        "KEY ID", "WORKSPACE", "DAEMON", "CREATED", "REVOKED"))
+    for key_id, ws, created, revoked, daemon in rows:
+        print("%-16s  %-36s  %-36s  %-25s  %s" % (
+            key_id, ws, daemon or "-", created.isoformat(timespec="seconds"),
             revoked.isoformat(timespec="seconds") if revoked else "-"))
     return EXIT_OK
 
@@ -156,6 +166,8 @@ def revoke(args):
 EPILOG = """\
 examples:
   relay keys create --workspace 6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01 | tail -1 > key
+  relay keys create --workspace 6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01 \
+      --daemon 11111111-2222-4333-8444-555555555555 | tail -1 > daemon.key
   relay keys list --workspace 6f1d1c2e-8d8e-4a53-9a4b-0d5b3f3d6a01
   relay keys revoke 529e31eb017ae03e
 
@@ -185,10 +197,12 @@ def register(subparsers):
     p = sub.add_parser("create", help="create a key; prints it once, on the last line")
     p.add_argument("--workspace", required=True, metavar="UUID",
                    help="the workspace whose daemons will use the key")
+    p.add_argument("--daemon", metavar="UUID", default=None,
+                   help="bind the key to this daemon id: it may speak for no other daemon")
     common(p)
     p.set_defaults(func=create)
 
-    p = sub.add_parser("list", help="list keys (ids, workspaces, revocation)")
+    p = sub.add_parser("list", help="list keys (ids, workspaces, daemons, revocation)")
     p.add_argument("--workspace", metavar="UUID", default=None,
                    help="only the keys of this workspace")
     common(p)

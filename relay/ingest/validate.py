@@ -222,14 +222,17 @@ def parse_message(i, m):
             broadcast, urgent, data, meta, ts, expires)
 
 
-def parse_batch(body, key_workspace):
+def parse_batch(body, key_workspace, key_daemon=None):
     """
     Validate a decoded sync body against the workspace of the caller's key.
 
     @param body: the value C{orjson.loads} returned.
     @param key_workspace: the L{uuid.UUID} the API key belongs to.
+    @param key_daemon: the L{uuid.UUID} of the daemon the key is bound to,
+        or L{None} when it is not bound.
     @raise BadRequest: 400 for a malformed body or message, 403 when the
-        body claims another workspace than the key's.
+        body claims another workspace than the key's, or another daemon
+        than the one the key is bound to.
     """
     if body.__class__ is not dict:
         raise BadRequest(400, "the body must be a JSON object")
@@ -241,5 +244,8 @@ def parse_batch(body, key_workspace):
     if workspace != key_workspace:
         raise BadRequest(403, "this key does not belong to workspace %s" % (workspace,),
                          field="workspace_id")
+    if key_daemon is not None and daemon != key_daemon:
+        raise BadRequest(403, "this key is bound to another daemon than %s" % (daemon,),
+                         field="daemon_id")
     rows = [parse_message(i, m) for i, m in enumerate(messages)]
     return Batch(daemon_id=str(daemon), workspace_id=str(workspace), rows=rows)

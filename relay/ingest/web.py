@@ -109,6 +109,8 @@ class KeyCheck:
     failure behind).
 
     @ivar workspace: the key's workspace (L{uuid.UUID}) once it is good.
+    @ivar grant: the key's L{keys.Grant} (workspace and daemon binding)
+        once it is good.
     @ivar error: the exception (L{BadRequest} or L{Unavailable}) once it is not.
     """
 
@@ -118,6 +120,7 @@ class KeyCheck:
         """
         self.done = False
         self.workspace = None
+        self.grant = None
         self.error = None
         self._waiters = []
         self._d = d
@@ -130,8 +133,9 @@ class KeyCheck:
         if not self.done:
             self._d.cancel()
 
-    def _good(self, workspace):
-        self.workspace = workspace
+    def _good(self, grant):
+        self.grant = grant
+        self.workspace = grant.workspace
         self._fire()
 
     def _bad(self, failure):
@@ -162,12 +166,12 @@ class KeyCheck:
 
     async def result(self):
         """
-        The workspace, or raise the check's error.
+        The key's L{keys.Grant}, or raise the check's error.
         """
         await self.wait()
         if self.error is not None:
             raise self.error
-        return self.workspace
+        return self.grant
 
 
 class IngestSite(server.Site):
@@ -228,7 +232,8 @@ async def authenticate(service, header):
     @param service: the L{relay.ingest.tap.IngestService} (its C{ready},
         C{tx_pool}, C{db_timeout} and C{reactor}).
     @param header: the header's value (L{bytes}), or L{None}.
-    @return: the key's workspace (L{uuid.UUID}).
+    @return: the key's L{keys.Grant}: its workspace and the daemon it is
+        bound to, if any.
     @raise BadRequest: 401 for a missing, malformed, unknown or revoked key.
     @raise Unavailable: PostgreSQL cannot say now.
     """
@@ -253,10 +258,23 @@ async def authenticate(service, header):
         if is_unavailable(f):
             raise Unavailable()
         raise
-    workspace = keys.check_key(key, rows[0] if rows else None)
-    if workspace is None:
+    grant = keys.check_grant(key, rows[0] if rows else None)
+    if grant is None:
         raise BadRequest(401, "invalid or revoked API key")
-    return workspace
+    return grant
+
+
+async def request_grant(service, request):
+    """
+    The L{keys.Grant} of C{request}'s key: the check started at header time
+    (L{IngestRequest.auth}), or a check made now.
+
+    @raise BadRequest: as L{authenticate}.
+    @raise Unavailable: as L{authenticate}.
+    """
+    if request.auth is not None:
+        return await request.auth.result()
+    return await authenticate(service, request.getHeader(b"Authorization"))
 
 
 class SyncResource(Resource):
@@ -289,16 +307,13 @@ class SyncResource(Resource):
     async def _sync(self, request):
         service = self.service
         try:
-            if request.auth is not None:
-                workspace = await request.auth.result()
-            else:
-                workspace = await authenticate(service, request.getHeader(b"Authorization"))
+            grant = await request_grant(service, request)
             raw = request.content.body()
             try:
                 decoded = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
                 raise BadRequest(400, "the body is not valid JSON: %s" % (e,))
-            batch = parse_batch(decoded, workspace)
+            batch = parse_batch(decoded, grant.workspace, grant.daemon)
             del raw, decoded
             if not service.ready:
                 raise Unavailable()

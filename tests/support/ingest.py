@@ -104,7 +104,8 @@ def truncate(dsn):
     """
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cursor:
-        cursor.execute("TRUNCATE agent_messages, api_keys RESTART IDENTITY")
+        cursor.execute("TRUNCATE agent_messages, api_keys, fed_directory, fed_daemons,"
+                       " fed_inbound RESTART IDENTITY")
     conn.commit()
     conn.close()
 
