@@ -128,7 +128,7 @@ class _Detector(reconnection.DeadConnectionDetector):
             self._reconnecting.cancel()
 
 
-class _Connection(txpostgres.Connection):
+class Connection(txpostgres.Connection):
     """
     A txpostgres connection whose idle socket, when the server goes away,
     reports the loss as the reason for disconnection instead of raising
@@ -178,7 +178,7 @@ class TxPostgresPool:
         self._all = []
         for _ in range(size):
             detector = _Detector(reactor)
-            conn = _Connection(reactor=reactor, detector=detector)
+            conn = Connection(reactor=reactor, detector=detector)
             self._all.append(conn)
             self._idle.append(conn)
         if max_waiting is None:

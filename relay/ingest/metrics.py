@@ -55,6 +55,32 @@ class IngestMetrics:
             ["strategy"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
 
+        self.federation_requests = Counter(
+            "relay_ingest_federation_requests", "Federation requests by route and HTTP status.",
+            ["route", "status"], registry=self.registry,
+        )
+        self.federation_stored = Counter(
+            "relay_ingest_federation_stored", "Federation rows handed over and newly stored "
+            "(a broadcast is one row per target daemon).", registry=self.registry,
+        )
+        self.federation_duplicates = Counter(
+            "relay_ingest_federation_duplicates", "Federation rows handed over again (already "
+            "stored, confirmed or not).", registry=self.registry,
+        )
+        self.federation_confirmed = Counter(
+            "relay_ingest_federation_confirmed", "Federation rows confirmed by their home daemon.",
+            registry=self.registry,
+        )
+        self.federation_polls = Counter(
+            "relay_ingest_federation_polls", "Polls answered: at_once (something was there), "
+            "woken (after a wait, by a change), timeout (the wait ran out).",
+            ["outcome"], registry=self.registry,
+        )
+        self.federation_waiting = Gauge(
+            "relay_ingest_federation_waiting", "Polls held now, waiting for a change.",
+            registry=self.registry,
+        )
+
     def render(self):
         """
         @return: the registry in the Prometheus text format (L{bytes}).

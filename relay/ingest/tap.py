@@ -33,7 +33,9 @@ class Options(compat.ExitOnUsageError, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Receive message sync batches from relay daemons on "
-        "POST /api/daemons/messages/sync and store them in PostgreSQL. "
+        "POST /api/daemons/messages/sync and store them in PostgreSQL; "
+        "relay messages between the federated daemons of a workspace on "
+        "POST /api/federation/presence, /handover and /poll. "
         "Also serves GET /healthz and GET /metrics."
     )
 
@@ -108,6 +110,10 @@ class IngestService(service.Service):
     @ivar tx_pool: the L{db.TxPostgresPool} (key lookups, small batches).
     @ivar thread_pool: the blocking pool (migrations, COPY).
     @ivar inserter: the L{relay.ingest.inserters.ThresholdInserter}.
+    @ivar waiters: the L{relay.ingest.notify.Waiters} of held federation
+        polls.
+    @ivar listener: the L{relay.ingest.notify.NotifyListener} that wakes
+        them (one LISTEN connection).
     @ivar db_timeout: seconds to wait for PostgreSQL before answering 503.
     @ivar migration_retry_delay: seconds between attempts to prepare the
         schema while PostgreSQL does not answer.
@@ -133,12 +139,18 @@ class IngestService(service.Service):
         self._refused = 0
         self.inserter = None
         self._retry = None
+        from relay.ingest.notify import Waiters
+        self.waiters = Waiters(reactor, on_change=metrics.federation_waiting.set)
+        self.listener = None
 
     def startService(self):
         from relay.ingest import inserters
+        from relay.ingest.notify import NotifyListener
         service.Service.startService(self)
         c = self.config
         dsn = db.with_keepalives(c["postgres"])
+        self.listener = NotifyListener(dsn, self.reactor, self.waiters)
+        self.listener.start()
         self.tx_pool = db.TxPostgresPool(dsn, c["pool-size"], self.reactor,
                                         max_waiting=c["max-waiting"], on_change=self._queue_changed)
         self.thread_pool = db.thread_pool(dsn, c["pool-size"], self.reactor)
@@ -188,8 +200,12 @@ class IngestService(service.Service):
         self.ready = False
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if self.listener is not None:
+            self.listener.stop()
         if self.tx_pool is not None:
             self.tx_pool.close()
+        # Held polls answer now (503: the pool is closed).
+        self.waiters.wake_all()
         if self.thread_pool is not None:
             self.thread_pool.close()
 

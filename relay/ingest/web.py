@@ -5,7 +5,8 @@ The HTTP side of the ingest service.
 L{IngestRequest} never buffers more than the configured limits (its body is
 a L{relay.ingest.body.BoundedBody}) and checks the API key as soon as the
 headers are in.  L{SyncResource} answers
-C{POST /api/daemons/messages/sync}; L{HealthResource} C{GET /healthz}.
+C{POST /api/daemons/messages/sync}; L{HealthResource} C{GET /healthz}; the
+federation routes are in L{relay.ingest.federation}.
 """
 
 
@@ -80,6 +81,10 @@ class IngestRequest(server.Request):
         self.content.on_hold_full = pause
 
         def checked(_):
+            if self.content is None:
+                # Answered (a 404, a GET) and cleaned up before the key
+                # check ended: nothing is left to accept or refuse.
+                return
             self.content.on_hold_full = None
             self._checked()
             if paused and not self._disconnected:
@@ -204,10 +209,11 @@ class IngestSite(server.Site):
         self.budget = MemoryBudget(max_buffered_bytes) if max_buffered_bytes else None
 
 
-def _respond(request, status, body, retry_after=False):
+def respond(request, status, body, retry_after=False):
     """
-    Answer C{request} with C{status} and C{body} as JSON (and a
-    C{Retry-After} header if asked), unless its client is gone.
+    Answer C{request} with C{status} and C{body} (a value to encode as
+    JSON, or L{bytes} of JSON already encoded), and a C{Retry-After} header
+    if asked, unless its client is gone.
     """
     if request._disconnected:
         return
@@ -215,7 +221,7 @@ def _respond(request, status, body, retry_after=False):
     request.setHeader(b"Content-Type", b"application/json")
     if retry_after:
         request.setHeader(b"Retry-After", str(RETRY_AFTER_SECONDS).encode("ascii"))
-    request.write(orjson.dumps(body))
+    request.write(body if isinstance(body, bytes) else orjson.dumps(body))
     request.finish()
 
 
@@ -302,7 +308,7 @@ class SyncResource(Resource):
 
     def _answer(self, request, status, body, retry_after=False):
         self.service.metrics.requests.labels(str(status)).inc()
-        _respond(request, status, body, retry_after)
+        respond(request, status, body, retry_after)
 
     async def _sync(self, request):
         service = self.service
@@ -372,14 +378,14 @@ class HealthResource(Resource):
     def render_GET(self, request):
         service = self.service
         if not service.ready:
-            _respond(request, 503, {"status": "unavailable", "error": "schema not ready"},
+            respond(request, 503, {"status": "unavailable", "error": "schema not ready"},
                      retry_after=True)
             return server.NOT_DONE_YET
         d = with_deadline(service.tx_pool.runQuery("SELECT 1"),
                          min(service.db_timeout, 5.0), service.reactor)
         d.addCallbacks(
-            lambda _: _respond(request, 200, {"status": "ok"}),
-            lambda f: _respond(request, 503, {"status": "unavailable",
+            lambda _: respond(request, 200, {"status": "ok"}),
+            lambda f: respond(request, 503, {"status": "unavailable",
                                               "error": f.getErrorMessage()},
                                retry_after=True),
         )
@@ -388,8 +394,10 @@ class HealthResource(Resource):
 
 def build_root(service, metrics_resource):
     """
-    The resource tree: /api/daemons/messages/sync, /healthz, /metrics.
+    The resource tree: /api/daemons/messages/sync, /api/federation/
+    (L{relay.ingest.federation}), /healthz, /metrics.
     """
+    from relay.ingest.federation import build_federation
     root = Resource()
     api = Resource()
     daemons = Resource()
@@ -398,6 +406,7 @@ def build_root(service, metrics_resource):
     api.putChild(b"daemons", daemons)
     daemons.putChild(b"messages", messages)
     messages.putChild(b"sync", SyncResource(service))
+    api.putChild(b"federation", build_federation(service))
     root.putChild(b"healthz", HealthResource(service))
     root.putChild(b"metrics", metrics_resource)
     return root

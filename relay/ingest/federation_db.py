@@ -1,0 +1,247 @@
+# -*- test-case-name: tests.test_ingest_federation,tests.e2e.test_ingest_federation -*-
+"""
+The SQL of federation: the directory, the daemons of a workspace and the
+inbound queue (migration C{0003_federation.sql}).
+
+Each function runs one transaction on a L{relay.ingest.db.TxPostgresPool}
+(C{runInteraction}) and returns its Deferred.  A transaction that changes
+C{fed_inbound} or C{fed_directory} sends C{NOTIFY relay_federation} with the
+workspace id as payload (L{CHANNEL}), delivered to every listener once it
+commits (L{relay.ingest.notify}).  Workspace and daemon ids are given as
+text.
+"""
+
+import attr
+from twisted.internet.defer import Deferred
+
+#: The NOTIFY channel; the payload is the workspace id.
+CHANNEL = "relay_federation"
+
+#: The most directory entries one poll answers with.
+DIRECTORY_PAGE = 1000
+
+_SEEN_SQL = (
+    "INSERT INTO fed_daemons (workspace_id, daemon_id) VALUES (%s::uuid, %s::uuid)"
+    " ON CONFLICT (workspace_id, daemon_id) DO UPDATE SET last_seen = now()"
+)
+
+_NOTIFY_SQL = "SELECT pg_notify('" + CHANNEL + "', %s)"
+
+_CLAIM_COLUMNS = "name, home_daemon::text, online, version"
+
+# The latest HELLO anywhere wins: the name's home is the daemon that says so.
+_ONLINE_SQL = (
+    "INSERT INTO fed_directory (workspace_id, name, home_daemon, online, since, version)"
+    " VALUES (%s::uuid, %s, %s::uuid, true, now(), nextval('fed_directory_version'))"
+    " ON CONFLICT (workspace_id, name) DO UPDATE SET home_daemon = EXCLUDED.home_daemon,"
+    " online = true, since = now(), version = EXCLUDED.version"
+    " RETURNING " + _CLAIM_COLUMNS
+)
+
+# Only the home says a name is offline: a name taken by another daemon
+# meanwhile stays as it is.
+_OFFLINE_SQL = (
+    "UPDATE fed_directory SET online = false, since = now(),"
+    " version = nextval('fed_directory_version')"
+    " WHERE workspace_id = %s::uuid AND name = %s AND home_daemon = %s::uuid"
+    " RETURNING " + _CLAIM_COLUMNS
+)
+
+_CLAIM_SQL = (
+    "SELECT " + _CLAIM_COLUMNS + " FROM fed_directory WHERE workspace_id = %s::uuid AND name = %s"
+)
+
+# One row per item addressed to a name (routed by the directory when
+# fetched), one per other daemon of the workspace for a broadcast; stored
+# in the order of the items, once (a row already there, confirmed or not,
+# is a duplicate).
+_HANDOVER_SQL = """
+WITH items AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(recipients)s::text[], %(messages)s::text[])
+        WITH ORDINALITY AS t(message_id, recipient, message, n)
+), targets AS (
+    SELECT n, message_id, recipient, NULL::uuid AS target_daemon, message
+        FROM items WHERE recipient <> '*'
+    UNION ALL
+    SELECT i.n, i.message_id, i.recipient, d.daemon_id, i.message
+        FROM items i JOIN fed_daemons d
+            ON d.workspace_id = %(workspace)s::uuid AND d.daemon_id <> %(daemon)s::uuid
+        WHERE i.recipient = '*'
+), stored AS (
+    INSERT INTO fed_inbound (workspace_id, message_id, recipient, target_daemon,
+                             origin_daemon, message)
+    SELECT %(workspace)s::uuid, message_id, recipient, target_daemon, %(daemon)s::uuid, message
+        FROM targets ORDER BY n, target_daemon
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM targets), (SELECT count(*) FROM stored)
+"""
+
+# A daemon confirms what it fetched: rows aimed at it, or routed by the
+# directory (whose home may have moved since it fetched them).
+_CONFIRM_SQL = (
+    "UPDATE fed_inbound SET confirmed_at = now(), confirmed_by = %(daemon)s::uuid"
+    " WHERE workspace_id = %(workspace)s::uuid AND seq = ANY(%(seqs)s::bigint[])"
+    " AND confirmed_at IS NULL"
+    " AND (target_daemon IS NULL OR target_daemon = %(daemon)s::uuid)"
+)
+
+_ITEMS_SQL = """
+(SELECT seq, recipient, message FROM fed_inbound
+    WHERE workspace_id = %(workspace)s::uuid AND target_daemon = %(daemon)s::uuid
+        AND confirmed_at IS NULL
+    ORDER BY seq LIMIT %(limit)s)
+UNION ALL
+(SELECT i.seq, i.recipient, i.message FROM fed_inbound i
+    JOIN fed_directory f ON f.workspace_id = i.workspace_id AND f.name = i.recipient
+    WHERE i.workspace_id = %(workspace)s::uuid AND i.target_daemon IS NULL
+        AND i.confirmed_at IS NULL AND f.home_daemon = %(daemon)s::uuid
+    ORDER BY i.seq LIMIT %(limit)s)
+ORDER BY seq LIMIT %(limit)s
+"""
+
+_DIRECTORY_SQL = (
+    "SELECT name, home_daemon::text, online,"
+    " (extract(epoch FROM since) * 1000)::bigint, version"
+    " FROM fed_directory WHERE workspace_id = %(workspace)s::uuid AND version > %(after)s"
+    " ORDER BY version LIMIT " + str(DIRECTORY_PAGE)
+)
+
+
+@attr.s(frozen=True)
+class Page:
+    """
+    What one poll query found.
+
+    @ivar items: C{(seq, recipient, message_json)} rows, by seq.
+    @ivar directory: C{(name, home, online, since_ms, version)} rows, by
+        version.
+    @ivar full: whether either list filled its page (poll again at once).
+    @ivar confirmed: how many rows this poll confirmed.
+    """
+
+    items = attr.ib()
+    directory = attr.ib()
+    full = attr.ib()
+    confirmed = attr.ib(default=0)
+
+    @property
+    def empty(self):
+        """
+        Whether there is nothing to answer with.
+        """
+        return not self.items and not self.directory
+
+
+def _interaction(coroutine_function):
+    """
+    Make C{coroutine_function(cursor, ...)} an interaction for
+    C{runInteraction} (which wants a Deferred back).
+    """
+    def interaction(cursor, *args):
+        return Deferred.fromCoroutine(coroutine_function(cursor, *args))
+    interaction.__name__ = coroutine_function.__name__
+    return interaction
+
+
+@_interaction
+async def _presence(cursor, workspace, daemon, events):
+    await cursor.execute(_SEEN_SQL, (workspace, daemon))
+    claims = []
+    changed = False
+    for name, online in events:
+        await cursor.execute(_ONLINE_SQL if online else _OFFLINE_SQL, (workspace, name, daemon))
+        row = cursor.fetchone()
+        if row is None:
+            await cursor.execute(_CLAIM_SQL, (workspace, name))
+            row = cursor.fetchone() or (name, None, False, 0)
+        else:
+            changed = True
+        claims.append(row)
+    if changed:
+        await cursor.execute(_NOTIFY_SQL, (workspace,))
+    return claims
+
+
+def presence(pool, workspace, daemon, events):
+    """
+    Apply presence C{events} of C{daemon} in order, in one transaction, and
+    record the daemon as one of the workspace's.
+
+    @param events: C{(name, online)} pairs.
+    @return: a Deferred firing with one C{(name, home, online, version)}
+        row per event, as the directory holds it after that event
+        (C{(name, None, False, 0)} for a name it never held).
+    """
+    return pool.runInteraction(_presence, workspace, daemon, events)
+
+
+@_interaction
+async def _handover(cursor, workspace, daemon, items):
+    await cursor.execute(_SEEN_SQL, (workspace, daemon))
+    await cursor.execute(_HANDOVER_SQL, {
+        "workspace": workspace, "daemon": daemon,
+        "ids": [i[0] for i in items], "recipients": [i[1] for i in items],
+        "messages": [i[2] for i in items],
+    })
+    rows, stored = cursor.fetchone()
+    if stored:
+        await cursor.execute(_NOTIFY_SQL, (workspace,))
+    return stored, rows - stored
+
+
+def handover(pool, workspace, daemon, items):
+    """
+    Store handed-over messages once each, in one transaction.
+
+    @param items: C{(message_id, recipient, message_json)} triples.
+    @return: a Deferred firing with C{(stored, duplicates)}, counted in
+        rows (a broadcast makes one row per other daemon of the workspace).
+    """
+    return pool.runInteraction(_handover, workspace, daemon, items)
+
+
+async def _fetch(cursor, workspace, daemon, after, limit):
+    params = {"workspace": workspace, "daemon": daemon, "after": after, "limit": limit}
+    await cursor.execute(_ITEMS_SQL, params)
+    items = cursor.fetchall()
+    await cursor.execute(_DIRECTORY_SQL, params)
+    directory = cursor.fetchall()
+    return items, directory, len(items) >= limit or len(directory) >= DIRECTORY_PAGE
+
+
+@_interaction
+async def _poll(cursor, workspace, daemon, confirm, after, limit):
+    await cursor.execute(_SEEN_SQL, (workspace, daemon))
+    confirmed = 0
+    if confirm:
+        await cursor.execute(_CONFIRM_SQL, {"workspace": workspace, "daemon": daemon,
+                                            "seqs": confirm})
+        confirmed = cursor.rowcount
+    return Page(*await _fetch(cursor, workspace, daemon, after, limit), confirmed=confirmed)
+
+
+def poll(pool, workspace, daemon, confirm, after, limit):
+    """
+    Confirm C{confirm} (rows of the workspace aimed at C{daemon} or routed
+    by the directory), record the daemon as one of the workspace's, and
+    fetch its first page, in one transaction.
+
+    @return: a Deferred firing with a L{Page}.
+    """
+    return pool.runInteraction(_poll, workspace, daemon, confirm, after, limit)
+
+
+@_interaction
+async def _fetch_page(cursor, workspace, daemon, after, limit):
+    return Page(*await _fetch(cursor, workspace, daemon, after, limit))
+
+
+def fetch(pool, workspace, daemon, after, limit):
+    """
+    Fetch C{daemon}'s page again (after a wait), confirming nothing.
+
+    @return: a Deferred firing with a L{Page}.
+    """
+    return pool.runInteraction(_fetch_page, workspace, daemon, after, limit)
