@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.e2e.test_ingest_http -*-
+# -*- test-case-name: tests.e2e.test_ingest_http,tests.e2e.test_ingest_federation -*-
 """
 Runs the real C{twistd -n relay-ingest} as a subprocess for the end-to-end
 tests, and a loopback TCP proxy to put between it and PostgreSQL.
@@ -159,6 +159,17 @@ class IngestProcess:
         yield self.collector.ended
         if timeout.active():
             timeout.cancel()
+
+    @defer.inlineCallbacks
+    def kill(self):
+        """
+        SIGKILL the process (no chance to close anything cleanly) and wait
+        for it to end.
+        """
+        if self.collector is None or self.collector.ended.called:
+            return
+        self.transport.signalProcess(signal.SIGKILL)
+        yield self.collector.ended
 
     def _kill(self):
         try:
