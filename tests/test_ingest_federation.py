@@ -2,16 +2,21 @@
 Tests for the federation routes of the ingest (L{relay.ingest.federation},
 with L{relay.ingest.federation_db} and L{relay.ingest.notify}): the real
 service and site in this process, on a real port, against the real
-PostgreSQL, spoken to with treq.
+PostgreSQL, spoken to with treq; and the poll's wait on L{task.Clock} with a stand-in pool.
 """
+
+import uuid
 
 import orjson
 import psycopg2
 import treq
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.client import ResponseNeverReceived
 
+from relay.ingest.federation_db import Page
+from relay.ingest.keys import Grant
 from tests.support.federation import (
     DAEMON_A,
     DAEMON_B,
@@ -92,6 +97,31 @@ class PresenceTests(_IngestMixin, unittest.TestCase):
                          [("x", True), ("x", False), ("x", True), ("y", True)])
         versions = [c["version"] for c in claims]
         self.assertEqual(versions, sorted(set(versions)))
+
+    @defer.inlineCallbacks
+    def test_directory_changes_of_a_workspace_commit_one_at_a_time(self):
+        """
+        A presence change waits for the workspace's directory lock, so
+        versions become visible in their order (a daemon that read version
+        V can never later miss a change below V).
+        """
+        from relay.ingest.federation_db import DIRECTORY_LOCK
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        self.addCleanup(conn.close)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (DIRECTORY_LOCK, WS))
+        d = self.client.presence(DAEMON_A, online("bob"))
+
+        def blocked():
+            return fetchAll(self.dsn, "SELECT count(*) FROM pg_locks WHERE locktype ="
+                            " 'advisory' AND NOT granted")[0][0] == 1
+
+        yield poll_until(blocked, 10, clock=reactor, what="presence waiting for the lock")
+        self.assertNoResult(d)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (DIRECTORY_LOCK, WS))
+        yield self.ok(d)
 
 
 class HandoverTests(_IngestMixin, unittest.TestCase):
@@ -345,3 +375,86 @@ class RefusalTests(_IngestMixin, unittest.TestCase):
         code, _, _ = yield self.client.post("nope", {"daemon_id": DAEMON_A})
         self.assertEqual(code, 404)
         self.assertEqual(fetchAll(self.dsn, "SELECT count(*) FROM fed_inbound"), [(0,)])
+
+
+class _Pool:
+    """
+    Answers each C{runInteraction} with a Deferred the test fires.
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def runInteraction(self, interaction, *args):
+        d = defer.Deferred()
+        self.calls.append((interaction.__name__, d))
+        return d
+
+
+class _Service:
+    db_timeout = 30.0
+    ready = True
+
+    def __init__(self):
+        from relay.ingest.metrics import IngestMetrics
+        from relay.ingest.notify import Waiters
+        self.reactor = Clock()
+        self.metrics = IngestMetrics()
+        self.waiters = Waiters(self.reactor)
+        self.tx_pool = _Pool()
+
+
+class _Request:
+    _disconnected = False
+
+    def notifyFinish(self):
+        return defer.Deferred()
+
+
+class PollWaitTests(unittest.TestCase):
+    """
+    L{PollResource} takes the workspace's generation before its first
+    query, so a change that lands while the query runs is not lost; a wait
+    that runs out queries once more and answers.
+    """
+
+    def setUp(self):
+        from relay.ingest.federation import PollResource
+        self.service = _Service()
+        self.resource = PollResource(self.service)
+        self.grant = Grant(uuid.UUID(WS))
+
+    def start(self, wait=30):
+        return defer.Deferred.fromCoroutine(self.resource.answer(
+            _Request(), self.grant, {"daemon_id": DAEMON_B, "wait": wait}))
+
+    def test_change_during_the_first_query_is_not_lost(self):
+        """
+        A wake-up between the start of the first query and its empty answer
+        makes the poll query again at once instead of waiting.
+        """
+        d = self.start()
+        name, first = self.service.tx_pool.calls[0]
+        self.service.waiters.wake(WS)
+        first.callback(Page([], [], False))
+        self.assertEqual(self.service.waiters.waiting, 0)
+        name, second = self.service.tx_pool.calls[1]
+        self.assertEqual(name, "_fetch_page")
+        second.callback(Page([(5, "bob", '{"id":"x"}')], [], False))
+        body = orjson.loads(self.successResultOf(d))
+        self.assertEqual(body["items"], [{"seq": 5, "recipient": "bob", "message": {"id": "x"}}])
+
+    def test_wait_runs_out_on_the_clock(self):
+        """
+        With nothing there the poll waits C{wait} seconds on the service's
+        clock, then answers what a second query finds.
+        """
+        d = self.start(wait=20)
+        self.service.tx_pool.calls[0][1].callback(Page([], [], False))
+        self.assertEqual(self.service.waiters.waiting, 1)
+        self.service.reactor.advance(19.9)
+        self.assertEqual(len(self.service.tx_pool.calls), 1)
+        self.service.reactor.advance(0.1)
+        self.service.tx_pool.calls[1][1].callback(Page([], [], False))
+        body = orjson.loads(self.successResultOf(d))
+        self.assertEqual((body["items"], body["directory_version"], body["more"]), ([], 0, False))

@@ -27,6 +27,16 @@ _SEEN_SQL = (
 
 _NOTIFY_SQL = "SELECT pg_notify('" + CHANNEL + "', %s)"
 
+#: The first key of the advisory lock (two-key form) that serializes the
+#: directory changes of one workspace; the second is the workspace's hash.
+DIRECTORY_LOCK = 0x66656431
+
+# Directory versions come from one sequence, taken before commit: without
+# this lock a change could commit after a later version was already read,
+# and a daemon reading "what changed after V" would never see it.  Taken
+# first, so versions of one workspace commit in their order.
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+
 _CLAIM_COLUMNS = "name, home_daemon::text, online, version"
 
 # The latest HELLO anywhere wins: the name's home is the daemon that says so.
@@ -147,6 +157,7 @@ def _interaction(coroutine_function):
 
 @_interaction
 async def _presence(cursor, workspace, daemon, events):
+    await cursor.execute(_LOCK_SQL, (DIRECTORY_LOCK, workspace))
     await cursor.execute(_SEEN_SQL, (workspace, daemon))
     claims = []
     changed = False
@@ -167,7 +178,9 @@ async def _presence(cursor, workspace, daemon, events):
 def presence(pool, workspace, daemon, events):
     """
     Apply presence C{events} of C{daemon} in order, in one transaction, and
-    record the daemon as one of the workspace's.
+    record the daemon as one of the workspace's.  The presence transactions
+    of one workspace run one at a time (L{DIRECTORY_LOCK}), so its
+    directory versions become visible in their order.
 
     @param events: C{(name, online)} pairs.
     @return: a Deferred firing with one C{(name, home, online, version)}
