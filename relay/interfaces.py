@@ -127,6 +127,12 @@ class IMessageStore(Interface):
         Queue a delivery row; returns a handle for L{set_status}.
         """
 
+    def add_remote(recipient, message_seq, now_ms):
+        """
+        Queue a delivery to an agent whose home is another daemon
+        (federation): status C{remote} until the hand-over is confirmed.
+        """
+
     def set_status(handle, recipient, message_seq, status, attempts, now_ms):
         """
         Record a delivery's new status; returns the handle to use next.

@@ -27,7 +27,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from relay.loops import GuardedLoop
-from relay.storesql import STATUS_DELIVERED, STATUS_PENDING
+from relay.storesql import STATUS_DELIVERED, STATUS_PENDING, STATUS_REMOTE
 
 # meta: the highest seq retention ever deleted, so that a store whose
 # newest messages were all deleted does not give their seqs out again.
@@ -36,7 +36,9 @@ RETIRED_KEY = "retired_seq"
 # Seconds between looks at a busy writer (a commit takes milliseconds).
 IDLE_POLL = 0.002
 
-_OPEN = "('%s', '%s')" % (STATUS_PENDING, STATUS_DELIVERED)
+# A delivery waiting for its hand-over to another daemon (federation) is
+# open too: this daemon still owns it.
+_OPEN = "('%s', '%s', '%s')" % (STATUS_PENDING, STATUS_DELIVERED, STATUS_REMOTE)
 
 
 def _placeholders(n):

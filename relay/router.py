@@ -101,6 +101,9 @@ class Router(SendPolicy):
         self.nacks = {"INVALID": 0, "BUSY": 0}
         self.errors = {}
         self.throttled = set()
+        # Federation (relay.federation.service): where names live on the
+        # other daemons of the workspace, or None (this daemon alone).
+        self.federation = None
         store.add_overload_listener(self._store_overload)
         self.replay = Replay(clock, store, self.counters, self.events)
         self.timers = Redelivery(clock, store, self.sessions, self.dedupe, self.counters,
@@ -141,6 +144,8 @@ class Router(SendPolicy):
                     del self.topics[topic]
         if self.sessions.get(session.name) is session:
             del self.sessions[session.name]
+            if self.federation is not None:
+                self.federation.offline(session)
         # Nothing to save: every delivery in the outbox or in flight is in
         # the store as pending/delivered and goes out again on reconnect.
         session.inflight.clear()
@@ -168,7 +173,23 @@ class Router(SendPolicy):
             self.connection_lost(old.conn)
         self.sessions[name] = session
         self.events.post("online", name, session.session_id, session.connected_at)
+        if self.federation is not None:
+            self.federation.online(session)
         return session
+
+    def evict(self, session, reason):
+        """
+        Close C{session} with the fatal ERROR a newer connection of its
+        name gives (federation: the newer one is on another daemon).
+        """
+        if session.closed:
+            return
+        self.log.info("agent {name}: {reason}", name=session.name, reason=reason)
+        session.conn.close(envelope("ERROR", {
+            "code": "BAD_REQUEST", "fatal": True,
+            "message": "replaced by a newer connection for agent %s (%s)"
+                       % (session.name, reason)}))
+        self.connection_lost(session.conn)
 
     def welcome(self, session):
         """
@@ -224,6 +245,17 @@ class Router(SendPolicy):
             target = self.sessions.get(to)
             names = [to]
             targets = [target]
+        # Federation: a recipient at home on another daemon is handed over
+        # (its delivery waits here as 'remote' until the ingest has it); a
+        # topic broadcast also goes to the other daemons' subscribers.
+        fed = self.federation
+        remote = None
+        if fed is not None:
+            if to != "*":
+                if target is None and fed.home_elsewhere(to):
+                    remote = to
+            elif topic is not None:
+                remote = "*"
 
         seq = store.next_seq()
         if fp is not None:
@@ -261,6 +293,10 @@ class Router(SendPolicy):
 
             base = deliver_base(mid, now_ms, sender, topic, payload, meta, extra)
             stream = topic if topic is not None else "default"
+            if remote is not None:
+                store.add_remote(remote, seq, now_ms)
+                if remote == to:
+                    names = targets = ()
             for name, target in zip(names, targets):
                 key = (name, stream, sender)
                 sseq = store.next_stream_seq(key)
@@ -293,6 +329,8 @@ class Router(SendPolicy):
         # In the SEND's own batch: it runs once its rows are on disk.
         if receipted:
             store.after_commit(self._receipt, (session, env.get("id")))
+        if remote is not None:
+            store.after_commit(fed.handover_ready, None)
         store.end_send()
         if fp is not None:
             self.dedupe.remember(sender, send_id, mid, fp)

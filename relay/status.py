@@ -22,7 +22,7 @@ class StatusReporter:
     """
 
     def __init__(self, clock, router, store, limiter=None, rate_policy="throttle",
-                 sync_stats=None, auth_stats=None):
+                 sync_stats=None, auth_stats=None, federation_stats=None):
         self.clock = clock
         self.router = router
         self.store = store
@@ -30,6 +30,7 @@ class StatusReporter:
         self.rate_policy = rate_policy
         self.sync_stats = sync_stats
         self.auth_stats = auth_stats
+        self.federation_stats = federation_stats
         self.started = clock.seconds()
 
     def report(self):
@@ -69,5 +70,6 @@ class StatusReporter:
             },
             "sync": self.sync_stats() if self.sync_stats else None,
             "auth": self.auth_stats() if self.auth_stats else None,
+            "federation": self.federation_stats() if self.federation_stats else None,
             "uptime_s": self.clock.seconds() - self.started,
         }

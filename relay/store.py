@@ -20,14 +20,14 @@ from relay.streams import StreamSeqs
 from relay.interfaces import IMessageStore, ISyncSource
 from relay.storesql import (
     D_ATTEMPTS, D_STATUS, D_UPDATED, ROW_ERRORS, SCHEMA_DIR, SQL, STATEMENTS, STATUS_ACKED,
-    STATUS_DELIVERED, STATUS_EXPIRED, STATUS_PENDING, SYNCHRONOUS, StoreError, _expire,
+    STATUS_DELIVERED, STATUS_EXPIRED, STATUS_PENDING, STATUS_REMOTE, SYNCHRONOUS, StoreError, _expire,
     _get_meta, _load_state, _open_connection, _read_messages_after, _read_open,
     _recent_sends, _scalar, _synchronous, _write_rows, _write_rows_isolated, connect_readonly,
     schema_scripts, schema_version, upgrade)
 
 # The store's names, wherever they are defined (callers import them from here).
 __all__ = ["Store", "StoreError", "STREAM_CACHE", "STATUS_PENDING", "STATUS_DELIVERED",
-           "STATUS_ACKED", "STATUS_EXPIRED", "STATEMENTS", "SQL", "SCHEMA_DIR", "SYNCHRONOUS",
+           "STATUS_ACKED", "STATUS_EXPIRED", "STATUS_REMOTE", "STATEMENTS", "SQL", "SCHEMA_DIR", "SYNCHRONOUS",
            "schema_scripts", "schema_version", "upgrade", "connect_readonly", "_expire",
            "_open_connection"]
 
@@ -216,6 +216,13 @@ class Store:
         self.streams.given(stream_key, stream_seq)
         self.batcher.add("delivery", row, 48)
         return batch, row
+
+    def add_remote(self, recipient, message_seq, now_ms):
+        """
+        Queue a delivery row for an agent whose home is another daemon
+        (federation): status remote, no stream seq (the home daemon gives it).
+        """
+        self.batcher.add("delivery", [recipient, message_seq, 0, STATUS_REMOTE, 0, now_ms], 48)
 
     def set_status(self, handle, recipient, message_seq, status, attempts, now_ms):
         """

@@ -23,14 +23,18 @@ STATUS_PENDING = "pending"
 STATUS_DELIVERED = "delivered"
 STATUS_ACKED = "acked"
 STATUS_EXPIRED = "expired"
+# Federation: waiting for the ingest to take it over, and taken over (the
+# ingest owns it; for this daemon it is done, like acked).
+STATUS_REMOTE = "remote"
+STATUS_HANDED = "handed"
 
 # The statements a batch carries, in the order a flush runs them: a message
 # row is on disk before its delivery rows, an insert before its updates.
 STATEMENTS = ("message", "delivery", "status", "ack_by_id", "stream", "expire", "meta",
-              "dead_letter")
+              "dead_letter", "rehome", "handed", "reopen")
 
 _STATES = {"pending": STATUS_PENDING, "delivered": STATUS_DELIVERED, "acked": STATUS_ACKED,
-           "expired": STATUS_EXPIRED}
+           "expired": STATUS_EXPIRED, "remote": STATUS_REMOTE, "handed": STATUS_HANDED}
 
 SQL = {
     "message": (
@@ -73,6 +77,22 @@ SQL = {
     # range: the messages stored since the last run are a rowid range.)
     "meta": "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
     "dead_letter": "INSERT OR REPLACE INTO dead_letters (message_seq, id, reason, ts) VALUES (?,?,?,?)",
+    # Federation (relay.federation.storage): an agent's open deliveries go
+    # to its new home daemon; a hand-over the ingest confirmed; a delivery
+    # handed over that came back (its agent's home is here again).
+    "rehome": (
+        "UPDATE deliveries SET status = '%(remote)s', stream_seq = 0, updated_at = ?"
+        " WHERE recipient = ? AND status IN ('%(pending)s', '%(delivered)s')" % _STATES
+    ),
+    "handed": (
+        "UPDATE deliveries SET status = '%(handed)s', updated_at = ?"
+        " WHERE recipient = ? AND message_seq = ? AND status = '%(remote)s'" % _STATES
+    ),
+    "reopen": (
+        "UPDATE deliveries SET status = '%(pending)s', stream_seq = ?, attempts = 0,"
+        " updated_at = ? WHERE recipient = ? AND message_seq = ?"
+        " AND status IN ('%(remote)s', '%(handed)s')" % _STATES
+    ),
     "read_open": (
         "SELECT d.message_seq, d.stream_seq, d.attempts, m.id, m.ts, m.sender,"
         " m.recipient, m.topic, m.payload, m.payload_meta, m.extra, m.expires_at"

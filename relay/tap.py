@@ -18,6 +18,7 @@ from relay import auth, compat, options
 from relay.listeners import DEFAULT_LISTEN, check_endpoint, unix_address, unix_defaults
 from relay.service import RelayService
 from relay.startup import twistd_owner
+from relay.federation import options as federation_options
 from relay.sync import options as sync_options
 
 
@@ -104,13 +105,22 @@ class Options(compat.ExitOnUsageError, usage.Options, strcred.AuthOptionMixin):
 
     compData = usage.Completions(optActions={"db": usage.CompleteFiles("*.sqlite")})
 
-    optParameters = optParameters + auth.OPT_PARAMETERS + sync_options.OPT_PARAMETERS
-    optFlags = optFlags + auth.OPT_FLAGS + sync_options.OPT_FLAGS
+    optParameters = (optParameters + auth.OPT_PARAMETERS + sync_options.OPT_PARAMETERS
+                     + federation_options.OPT_PARAMETERS)
+    optFlags = optFlags + auth.OPT_FLAGS + sync_options.OPT_FLAGS + federation_options.OPT_FLAGS
 
     def __init__(self):
         usage.Options.__init__(self)
         self["listen"] = []
         self["http"] = []
+        self["federate-url"] = []
+
+    def opt_federate_url(self, url):
+        """
+        Another ingest instance of the same PostgreSQL, tried when the one
+        in use does not answer (repeatable; --sync-url is the first).
+        """
+        self["federate-url"].append(url)
 
     def opt_listen(self, endpoint):
         """
@@ -142,6 +152,7 @@ class Options(compat.ExitOnUsageError, usage.Options, strcred.AuthOptionMixin):
         from relay.web import check_http
         check_http(self)
         sync_options.check(self, os.environ)
+        federation_options.check(self)
 
 
 def _auth_policy(config, reactor):
@@ -194,9 +205,14 @@ def makeService(config, reactor=None):
     if config.get("sync-url"):
         from relay.sync.service import make_sync_service
         sync_service = make_sync_service(config, store, reactor)
+    federation = None
+    if config.get("federate"):
+        federation = federation_options.make_federation_service(config, router, store, reactor,
+                                                                sync_service)
     status = StatusReporter(reactor, router, store, limiter, config["rate-limit-policy"],
                             sync_stats=sync_service.stats if sync_service else None,
-                            auth_stats=auth.status)
+                            auth_stats=auth.status,
+                            federation_stats=federation.stats if federation else None)
     factory = RelayFactory(
         router, reactor, max_frame_bytes=config["max-frame-bytes"],
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
@@ -217,6 +233,8 @@ def makeService(config, reactor=None):
         listener.setServiceParent(top)
     if sync_service is not None:
         sync_service.setServiceParent(top)
+    if federation is not None:
+        federation.setServiceParent(top)
     if config["retention"] or config["dead-letter-retention"]:
         from relay.retention import Retention
         Retention(reactor, store, config["retention"],

@@ -203,6 +203,10 @@ class MemoryStore:
         self._queue(("delivery", row))
         return row
 
+    def add_remote(self, recipient, message_seq, now_ms):
+        self._queue(("delivery", {"recipient": recipient, "seq": message_seq, "stream_seq": 0,
+                                  "status": "remote", "attempts": 0, "updated_at": now_ms}))
+
     def set_status(self, handle, recipient, message_seq, status, attempts, now_ms):
         self._queue(("status", (recipient, message_seq, status, attempts, now_ms)))
         return handle

@@ -54,7 +54,7 @@ class OpenTests(_StoreTestCase):
         """
         store = self.open()
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
-                         [("4",)])
+                         [("5",)])
         self.assertEqual(self.rows("PRAGMA journal_mode"), [("wal",)])
         self.assertTrue(store.id_prefix)
         self.assertEqual(store.message_id(7), "%s-7" % (store.id_prefix,))
@@ -119,7 +119,7 @@ class OpenTests(_StoreTestCase):
                          [(0,)])
         store = self.open()
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
-                         [("4",)])
+                         [("5",)])
         self.assertEqual(self.rows("SELECT count(*) FROM quarantine"), [(0,)])
         self.assertEqual(self.rows("SELECT id FROM messages"), [("old-1",)])
         self.assertEqual(store.last_seq(), 1)
@@ -602,7 +602,7 @@ class DedupeLoadTests(_StoreTestCase):
         conn.close()
         store = self.open()
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key = 'schema_version'"),
-                         [("4",)])
+                         [("5",)])
         self.assertEqual(store.recent_sends,
                          [("alice", "s1", "old-1", fingerprint("bob", "t", b'{"body":"kept"}'),
                            now_ms)])

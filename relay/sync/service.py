@@ -92,6 +92,18 @@ class SyncService(service.Service):
         self._spill_loop = None
         self._ready = False
         self._started = None
+        self._id_waiters = []
+
+    def known_daemon_id(self):
+        """
+        A Deferred firing with this daemon's id once it is known (loaded or
+        generated at start; federation speaks under the same id).
+        """
+        if self.daemon_id is not None:
+            return defer.succeed(self.daemon_id)
+        d = defer.Deferred()
+        self._id_waiters.append(d)
+        return d
 
     @property
     def cursor(self):
@@ -114,6 +126,9 @@ class SyncService(service.Service):
     async def _start(self):
         if self.daemon_id is None:
             self.daemon_id = await self._stable_id(DAEMON_ID_KEY)
+        waiting, self._id_waiters = self._id_waiters, []
+        for d in waiting:
+            d.callback(self.daemon_id)
         self.queue.read_pos = await self.marks.load()
         # last_seq() is a plain int in the interface; accept a Deferred too.
         self._known_max = max(self._known_max, await defer.maybeDeferred(self.source.last_seq))
