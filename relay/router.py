@@ -295,7 +295,7 @@ class Router(SendPolicy):
             stream = topic if topic is not None else "default"
             if remote is not None:
                 store.add_remote(remote, seq, now_ms)
-                if remote == to:
+                if to != "*":
                     names = targets = ()
             for name, target in zip(names, targets):
                 key = (name, stream, sender)

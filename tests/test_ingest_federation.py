@@ -160,6 +160,26 @@ class HandoverTests(_IngestMixin, unittest.TestCase):
         self.assertEqual(values["relay_ingest_federation_confirmed_total"], 2)
 
     @defer.inlineCallbacks
+    def test_handed_back_by_its_confirmer_is_routed_again(self):
+        """
+        The daemon that confirmed a row hands it back (its agent moved on):
+        the row is open again and goes to the name's home now; a hand-over
+        of it by anyone else stays a duplicate.
+        """
+        yield self.ok(self.client.presence(DAEMON_B, online("bob")))
+        yield self.ok(self.client.handover(DAEMON_A, [item(1)]))
+        page = yield self.ok(self.client.poll(DAEMON_B))
+        yield self.ok(self.client.poll(DAEMON_B, confirm=[i["seq"] for i in page["items"]]))
+        yield self.ok(self.client.presence(DAEMON_C, online("bob")))
+        self.assertEqual((yield self.ok(self.client.handover(DAEMON_A, [item(1)]))),
+                         {"stored": 0, "duplicates": 1})
+        self.assertEqual((yield self.ok(self.client.poll(DAEMON_C)))["items"], [])
+        self.assertEqual((yield self.ok(self.client.handover(DAEMON_B, [item(1)]))),
+                         {"stored": 1, "duplicates": 0})
+        page = yield self.ok(self.client.poll(DAEMON_C))
+        self.assertEqual([i["message"]["id"] for i in page["items"]], [item(1)["message"]["id"]])
+
+    @defer.inlineCallbacks
     def test_gzip_body(self):
         """
         A gzip request body is inflated as for sync.

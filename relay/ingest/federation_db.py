@@ -63,8 +63,10 @@ _CLAIM_SQL = (
 
 # One row per item addressed to a name (routed by the directory when
 # fetched), one per other daemon of the workspace for a broadcast; stored
-# in the order of the items, once (a row already there, confirmed or not,
-# is a duplicate).
+# in the order of the items, once: a row already there is a duplicate,
+# unless the daemon handing it over is the one that confirmed it (it took
+# the message for an agent that has moved on since: it hands it back, and
+# the row is routed again, to the name's home now).
 _HANDOVER_SQL = """
 WITH items AS (
     SELECT * FROM unnest(%(ids)s::text[], %(recipients)s::text[], %(messages)s::text[])
@@ -82,7 +84,10 @@ WITH items AS (
                              origin_daemon, message)
     SELECT %(workspace)s::uuid, message_id, recipient, target_daemon, %(daemon)s::uuid, message
         FROM targets ORDER BY n, target_daemon
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (workspace_id, message_id, recipient,
+                 coalesce(target_daemon, '00000000-0000-0000-0000-000000000000'::uuid))
+    DO UPDATE SET confirmed_at = NULL, confirmed_by = NULL
+        WHERE fed_inbound.confirmed_by = %(daemon)s::uuid
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM targets), (SELECT count(*) FROM stored)

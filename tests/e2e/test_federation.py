@@ -66,3 +66,253 @@ class DirectTests(unittest.TestCase):
         once_each(self, alice, ["re hi %d" % i for i in range(50)])
         # In order within the stream.
         self.assertEqual(bob.bodies(), ["hi %d" % i for i in range(50)])
+
+    @defer.inlineCallbacks
+    def test_agent_that_moves_gets_what_waited(self):
+        """
+        bob lives on A and leaves; messages for him from C (through the
+        ingest) and from A (local) wait on A; bob says HELLO on B: he gets
+        all of them there, once.
+        """
+        bob = yield self.ws.agent(self.a, "bob")
+        yield wait_home(self.ws, "bob", self.ids[self.a])
+        yield bob.client.close()
+        yield wait_known(self.c, "bob", self.ids[self.a])
+        carol = yield self.ws.agent(self.c, "carol")
+        ann = yield self.ws.agent(self.a, "ann")
+        yield defer.gatherResults([carol.client.send("bob", "from c %d" % i) for i in range(20)]
+                                  + [ann.client.send("bob", "from a %d" % i) for i in range(10)])
+        # Wait until A holds C's messages (fetched from the ingest).
+        yield poll_until(lambda: federation_status(self.a).addCallback(
+            lambda f: f["received"] >= 20), 30, clock=reactor, what="A fetched C's messages")
+        moved = yield self.ws.agent(self.b, "bob")
+        yield wait_got(moved, 30)
+        once_each(self, moved, ["from c %d" % i for i in range(20)]
+                  + ["from a %d" % i for i in range(10)])
+        self.assertEqual(bob.got, [])
+
+    @defer.inlineCallbacks
+    def test_name_home_nowhere_waits_then_delivered(self):
+        """
+        A message to a name no daemon has seen waits where it was sent and
+        is delivered where the name first says HELLO.
+        """
+        alice = yield self.ws.agent(self.a, "alice")
+        yield defer.gatherResults([alice.client.send("dave", "early %d" % i) for i in range(5)])
+        dave = yield self.ws.agent(self.c, "dave")
+        yield wait_got(dave, 5)
+        once_each(self, dave, ["early %d" % i for i in range(5)])
+
+    @defer.inlineCallbacks
+    def test_newer_hello_elsewhere_closes_the_older(self):
+        """
+        The latest HELLO anywhere makes its daemon the name's home: the
+        older connection on another daemon gets the fatal ERROR a newer
+        local connection gives, and messages go to the new home.
+        """
+        from tests.support.daemon import connect_agent
+        old = yield connect_agent(self.a, "bob")
+        yield wait_home(self.ws, "bob", self.ids[self.a])
+        new = yield self.ws.agent(self.b, "bob")
+        yield old.wait_closed(timeout=30)
+        errors = old.of_type("ERROR")
+        self.assertEqual(len(errors), 1)
+        self.assertTrue(errors[0]["payload"]["fatal"])
+        self.assertIn("replaced by a newer connection", errors[0]["payload"]["message"])
+        alice = yield self.ws.agent(self.c, "alice")
+        yield wait_known(self.c, "bob", self.ids[self.b])
+        yield alice.client.send("bob", "to the new home")
+        yield wait_got(new, 1)
+        self.assertEqual(new.bodies(), ["to the new home"])
+        status = yield federation_status(self.a)
+        self.assertEqual(status["evicted"], 1)
+
+    @defer.inlineCallbacks
+    def test_topic_broadcast_reaches_every_daemon(self):
+        """
+        A broadcast with a topic reaches its subscribers on every daemon
+        (not the sender); one without a topic stays on the sender's daemon.
+        """
+        subs = []
+        for d, name in ((self.a, "sa"), (self.b, "sb"), (self.c, "sc")):
+            subs.append((yield self.ws.agent(d, name, topics=["news"])))
+        others = yield self.ws.agent(self.b, "plain")
+        sender = yield self.ws.agent(self.a, "anchor", topics=["news"])
+        yield poll_until(lambda: len(self.ws.directory()) >= 5, 30, clock=reactor,
+                         what="everyone in the directory")
+        yield defer.gatherResults([sender.client.broadcast("n%d" % i, topic="news")
+                                   for i in range(10)])
+        yield sender.client.broadcast("local only")
+        for sub in subs:
+            yield wait_got(sub, 10 if sub.name != "sa" else 11)
+        once_each(self, subs[0], ["n%d" % i for i in range(10)] + ["local only"])
+        once_each(self, subs[1], ["n%d" % i for i in range(10)])
+        once_each(self, subs[2], ["n%d" % i for i in range(10)])
+        self.assertEqual(sender.got, [])
+        self.assertEqual(others.got, [])
+
+
+class FailureTests(unittest.TestCase):
+    """
+    Nothing lost, nothing twice under a new id, when parts fail.
+    """
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def start(self, ingests=1):
+        self.ws = Workspace(self, ingests=ingests)
+        yield self.ws.start_ingests()
+        self.a = self.ws.daemon(0)
+        self.b = self.ws.daemon(ingests - 1)
+        yield defer.gatherResults([d.start() for d in (self.a, self.b)])
+        yield defer.gatherResults([wait_federated(d) for d in (self.a, self.b)])
+        self.ids = {}
+        for d in (self.a, self.b):
+            self.ids[d] = (yield federation_status(d))["daemon_id"]
+
+    @defer.inlineCallbacks
+    def pair(self):
+        """alice on A and bob on B, each knowing where the other lives."""
+        alice = yield self.ws.agent(self.a, "alice")
+        bob = yield self.ws.agent(self.b, "bob")
+        yield wait_known(self.a, "bob", self.ids[self.b])
+        yield wait_known(self.b, "alice", self.ids[self.a])
+        return alice, bob
+
+    @defer.inlineCallbacks
+    def test_ingest_down_30s_both_ways(self):
+        """
+        The ingest is down for 30 s while agents on both daemons keep
+        sending: everything arrives once it is back.
+        """
+        yield self.start()
+        alice, bob = yield self.pair()
+        ingest = self.ws.ingests[0]
+        yield ingest.stop()
+        started = reactor.seconds()
+        sent = 0
+        while reactor.seconds() - started < 30:
+            yield defer.gatherResults([alice.client.send("bob", "ab %d" % sent),
+                                       bob.client.send("alice", "ba %d" % sent)])
+            sent += 1
+            yield deferLater(0.25)
+        yield ingest.start()
+        yield wait_got(bob, sent, timeout=60)
+        yield wait_got(alice, sent, timeout=60)
+        once_each(self, bob, ["ab %d" % i for i in range(sent)])
+        once_each(self, alice, ["ba %d" % i for i in range(sent)])
+        self.assertEqual(bob.bodies(), ["ab %d" % i for i in range(sent)])
+
+    @defer.inlineCallbacks
+    def _home_daemon_away(self, how):
+        yield self.start()
+        alice, bob = yield self.pair()
+        yield bob.client.close()
+        yield getattr(self.b, how)()
+        yield defer.gatherResults([alice.client.send("bob", "while away %d" % i)
+                                   for i in range(40)])
+        # They wait in PostgreSQL (handed over by A, not fetched by B).
+        yield poll_until(lambda: federation_status(self.a).addCallback(
+            lambda f: f["handed_over"] >= 40 and f["waiting_handover"] == 0), 30,
+            clock=reactor, what="A handed everything over")
+        yield self.b.start()
+        back = yield self.ws.agent(self.b, "bob")
+        yield wait_got(back, 40)
+        once_each(self, back, ["while away %d" % i for i in range(40)])
+
+    def test_home_daemon_stopped(self):
+        """
+        The home daemon is stopped while messages for its agent arrive:
+        they wait in PostgreSQL and are delivered when it is back.
+        """
+        return self._home_daemon_away("stop")
+
+    def test_home_daemon_killed(self):
+        """
+        The same with C{kill -9}.
+        """
+        return self._home_daemon_away("kill")
+
+    @defer.inlineCallbacks
+    def test_sender_killed_between_receipt_and_hand_over(self):
+        """
+        The ingest is away, so the receipted messages are only on A's disk
+        (status remote) when A is killed with SIGKILL: after A and the
+        ingest are back, each is handed over once and delivered once.
+        """
+        yield self.start()
+        alice, bob = yield self.pair()
+        ingest = self.ws.ingests[0]
+        yield ingest.stop()
+        yield defer.gatherResults([alice.client.send("bob", "kept %d" % i) for i in range(30)])
+        from tests.support.daemon import stored
+        rows = stored(self.a.db_path, "SELECT count(*) FROM deliveries WHERE status = 'remote'")
+        self.assertEqual(rows, [(30,)])
+        yield self.a.kill()
+        yield ingest.start()
+        yield self.a.start()
+        yield wait_got(bob, 30, timeout=60)
+        once_each(self, bob, ["kept %d" % i for i in range(30)])
+        self.assertEqual(bob.bodies(), ["kept %d" % i for i in range(30)])
+
+    @defer.inlineCallbacks
+    def test_one_of_two_ingests_killed_while_polling(self):
+        """
+        Both daemons long-poll ingest 0; it is killed: they continue
+        through ingest 1.
+        """
+        self.ws = Workspace(self, ingests=2)
+        yield self.ws.start_ingests()
+        self.a = self.ws.daemon(0)
+        self.b = self.ws.daemon(0)
+        yield defer.gatherResults([d.start() for d in (self.a, self.b)])
+        yield defer.gatherResults([wait_federated(d) for d in (self.a, self.b)])
+        self.ids = {}
+        for d in (self.a, self.b):
+            self.ids[d] = (yield federation_status(d))["daemon_id"]
+        alice, bob = yield self.pair()
+        yield defer.gatherResults([alice.client.send("bob", "before %d" % i) for i in range(10)])
+        yield wait_got(bob, 10)
+        yield self.ws.ingests[0].kill()
+        yield defer.gatherResults([alice.client.send("bob", "after %d" % i) for i in range(10)])
+        yield wait_got(bob, 20, timeout=60)
+        once_each(self, bob, ["before %d" % i for i in range(10)]
+                  + ["after %d" % i for i in range(10)])
+        status = yield federation_status(self.b)
+        self.assertEqual(status["ingest"], self.ws.ingests[1].url)
+
+    @defer.inlineCallbacks
+    def test_same_message_handed_over_twice(self):
+        """
+        A hand-over whose answer was lost is offered again (here: A's
+        deliveries put back to 'remote' while it is stopped): the ingest
+        stores it once, bob gets each message once, with its id, in order.
+        """
+        yield self.start()
+        alice, bob = yield self.pair()
+        yield defer.gatherResults([alice.client.send("bob", "twice %d" % i) for i in range(20)])
+        yield wait_got(bob, 20)
+        first_ids = bob.ids()
+        yield self.a.stop()
+        import sqlite3
+        conn = sqlite3.connect(self.a.db_path)
+        with conn:
+            n = conn.execute("UPDATE deliveries SET status = 'remote'"
+                             " WHERE status = 'handed'").rowcount
+        conn.close()
+        self.assertEqual(n, 20)
+        yield self.a.start()
+        yield poll_until(lambda: federation_status(self.a).addCallback(
+            lambda f: f["handover_duplicates"] >= 20), 30, clock=reactor,
+            what="the second hand-over answered as duplicates")
+        yield bob.client.send("alice", "barrier")
+        yield defer.gatherResults([alice.client.send("bob", "then %d" % i) for i in range(5)])
+        yield wait_got(bob, 25)
+        once_each(self, bob, ["twice %d" % i for i in range(20)] + ["then %d" % i for i in range(5)])
+        self.assertEqual(bob.ids()[:20], first_ids)
+
+
+def deferLater(seconds):
+    from twisted.internet import task
+    return task.deferLater(reactor, seconds, lambda: None)
