@@ -18,7 +18,7 @@ import importlib
 import re
 import sys
 
-COMMANDS = ["send", "listen", "history", "status", "bench", "keys"]
+COMMANDS = ["send", "listen", "history", "status", "agents", "bench", "keys"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -129,10 +129,26 @@ def format_status(status, endpoint, now):
             lines.append("rate limit: off")
     sync = status.get("sync")
     lines.append("sync: {}".format("off" if sync is None else json.dumps(sync, sort_keys=True)))
+    lines.extend(format_federation(status.get("federation")))
     messages = status.get("messages")
     if messages:
         lines.append("messages: " + ", ".join(
             "{} {}".format(k, v) for k, v in sorted(messages.items())))
+    return lines
+
+
+def format_federation(fed):
+    """The federation lines of a STATUS_REPLY (its C{federation} part)."""
+    if fed is None:
+        return ["federation: off"]
+    lines = ["federation: {} as daemon {} through {}{}".format(
+        fed.get("state"), fed.get("daemon_id"), fed.get("ingest"),
+        "" if fed.get("connected") else " (not connected: {})".format(fed.get("last_error")))]
+    lines.append("  inbound cursor {}, received {}, handed over {}, waiting for hand-over {}, "
+                 "directory {} names (version {})".format(
+                     fed.get("inbound_cursor"), fed.get("received"), fed.get("handed_over"),
+                     fed.get("waiting_handover"), fed.get("directory_size"),
+                     fed.get("directory_version")))
     return lines
 
 
