@@ -7,9 +7,9 @@ store's writer, and gives the freed pages back to the file system
 
 A message is deleted only when all of these hold:
   - it was accepted longer ago than C{--retention};
-  - none of its deliveries is pending or delivered (each is acked or
-    expired, as committed: a status change still in the open batch does
-    not count);
+  - each of its deliveries is acked or expired, as committed (a status
+    change still in the open batch does not count; any other state,
+    pending, delivered or one this module does not know, holds it);
   - with sync on, its seq is at or below C{sync_confirmed} in meta (the
     ingest confirmed it; a spilled batch is not confirmed);
   - it is not a dead letter, or its dead letter is older than
@@ -27,7 +27,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from relay.loops import GuardedLoop
-from relay.storesql import STATUS_DELIVERED, STATUS_PENDING
+from relay.storesql import STATUS_ACKED, STATUS_EXPIRED
 
 # meta: the highest seq retention ever deleted, so that a store whose
 # newest messages were all deleted does not give their seqs out again.
@@ -36,7 +36,10 @@ RETIRED_KEY = "retired_seq"
 # Seconds between looks at a busy writer (a commit takes milliseconds).
 IDLE_POLL = 0.002
 
-_OPEN = "('%s', '%s')" % (STATUS_PENDING, STATUS_DELIVERED)
+# A delivery is finished only in these states; any other (pending,
+# delivered, or a state added later, such as federation's "remote") holds
+# its message: a status this module does not know is never taken as done.
+_FINISHED = "('%s', '%s')" % (STATUS_ACKED, STATUS_EXPIRED)
 
 
 def _placeholders(n):
@@ -71,9 +74,9 @@ def retire(txn, after_seq, max_seq, cutoff_ms, dead_cutoff_ms, scan):
         txn.execute(
             "SELECT m.seq FROM messages m WHERE m.seq IN (%s)"
             " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_seq = m.seq"
-            " AND d.status IN %s)"
+            " AND d.status NOT IN %s)"
             " AND NOT EXISTS (SELECT 1 FROM dead_letters x WHERE x.message_seq = m.seq"
-            " AND (? IS NULL OR x.ts >= ?))" % (marks, _OPEN),
+            " AND (? IS NULL OR x.ts >= ?))" % (marks, _FINISHED),
             scanned + [dead_cutoff_ms, dead_cutoff_ms])
         gone = [r[0] for r in txn.fetchall()]
         if gone:

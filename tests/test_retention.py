@@ -121,6 +121,24 @@ class WhatGoesTests(_RetentionCase):
         self.assertNotIn(expired, self.seqs())
         self.assertEqual(r.metrics["retention_deleted"], 2)
 
+    def test_a_state_it_does_not_know_holds_the_message(self):
+        """
+        A delivery in a state retention does not know (federation's
+        "remote", or any later one) is taken as open: its old message stays
+        while a finished one of the same age goes.
+        """
+        store = self.open()
+        finished = self.message(store, ["acked"])
+        remote = self.message(store, ["acked", "acked"])
+        conn = sqlite3.connect(self.path)
+        conn.execute("UPDATE deliveries SET status = 'remote' WHERE message_seq = ?"
+                     " AND recipient = 'r1'", (remote,))
+        conn.commit()
+        conn.close()
+        self.run_pass(self.retention(store))
+        self.assertEqual(self.seqs(), [remote])
+        self.assertNotIn(finished, self.seqs())
+
     def test_ack_still_in_the_open_batch_does_not_count(self):
         """
         A delivery acked in memory but not yet committed is still open on
