@@ -194,9 +194,16 @@ def makeService(config, reactor=None):
     if config.get("sync-url"):
         from relay.sync.service import make_sync_service
         sync_service = make_sync_service(config, store, reactor)
+    retention = None
+    if config["retention"] or config["dead-letter-retention"]:
+        from relay.retention import Retention
+        retention = Retention(reactor, store, config["retention"],
+                              dead_retention=config["dead-letter-retention"] or None,
+                              sync=sync_service is not None)
     status = StatusReporter(reactor, router, store, limiter, config["rate-limit-policy"],
                             sync_stats=sync_service.stats if sync_service else None,
-                            auth_stats=auth.status)
+                            auth_stats=auth.status,
+                            retention_stats=retention.stats if retention else None)
     factory = RelayFactory(
         router, reactor, max_frame_bytes=config["max-frame-bytes"],
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
@@ -217,11 +224,8 @@ def makeService(config, reactor=None):
         listener.setServiceParent(top)
     if sync_service is not None:
         sync_service.setServiceParent(top)
-    if config["retention"] or config["dead-letter-retention"]:
-        from relay.retention import Retention
-        Retention(reactor, store, config["retention"],
-                  dead_retention=config["dead-letter-retention"] or None,
-                  sync=sync_service is not None).setServiceParent(top)
+    if retention is not None:
+        retention.setServiceParent(top)
     if config.get("http"):
         from relay.web import add_http
         add_http(top, config, store, router, router.events, reactor, status)
