@@ -18,10 +18,18 @@ against and whether it is met.
   Baseline: the empty store. And a HELLO that finds B messages waiting:
   time to its first DELIVER and the daemon's RSS while it drains them.
   Baseline: a HELLO that finds nothing.
+- ``soak``: S messages pushed 1 to 1 through the daemon with a short
+  ``--retention`` (default 5s), in chunks: after each, the store file's size
+  (main file and -wal), its message rows and what STATUS says retention
+  deleted; then, after a wait of a few passes with no load, the same once
+  more. Baseline: the same run with ``--retention 0`` (keeps everything),
+  on fewer messages if ``--soak-baseline-messages`` says so (its bytes per
+  message give the growth expected at S).
 
     python benchmarks/bench_scale.py                 # default sizes, minutes
     python benchmarks/bench_scale.py --full          # the issue's sizes
     python benchmarks/bench_scale.py --curve idle --idle 10,100,1000,10000
+    python benchmarks/bench_scale.py --soak          # the soak alone, 2,000,000 messages
 
 Exit status: 0 when every run completed without loss, 1 otherwise.
 """
@@ -49,9 +57,10 @@ from relay.bench.loadgen import FrameBuffer, encode_ack, encode_frame  # noqa: E
 from relay.fdlimit import raise_fd_limit  # noqa: E402
 
 DEFAULTS = {"idle": [10, 100, 1000], "fanout": [10, 100], "history": [0, 100000, 500000],
-            "backlog": 20000, "messages": 10000}
+            "backlog": 20000, "messages": 10000, "soak": 100000}
 FULL = {"idle": [10, 100, 1000, 10000], "fanout": [10, 100, 1000],
-        "history": [0, 1000000, 5000000], "backlog": 100000, "messages": 20000}
+        "history": [0, 1000000, 5000000], "backlog": 100000, "messages": 20000,
+        "soak": 2000000}
 
 
 def met(ok):
@@ -607,6 +616,167 @@ def curve_backlog(backlog, out):
     return ok, results
 
 
+# -- soak: a store that stays bounded ------------------------------------------
+
+def daemon_status(path, timeout=10.0):
+    """The daemon's STATUS reply payload, asked (before any HELLO) on a new connection."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(encode_frame({"v": 1, "type": "STATUS", "id": "soak-status", "ts": 0,
+                                   "payload": {}}))
+        frames = FrameBuffer()
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise RuntimeError("the daemon closed the STATUS connection")
+            frames.feed(data)
+            while True:
+                env = frames.next_frame()
+                if env is None:
+                    break
+                if env.get("type") == "STATUS_REPLY":
+                    return env.get("payload") or {}
+    finally:
+        sock.close()
+
+
+def store_sizes(db_path):
+    """(main file bytes, -wal bytes) of a store; 0 for a file not there."""
+    def size(path):
+        try:
+            return os.path.getsize(path)
+        except OSError:
+            return 0
+    return size(db_path), size(db_path + "-wal")
+
+
+def message_rows(db_path):
+    db = sqlite3.connect("file:{}?mode=ro".format(db_path), uri=True)
+    try:
+        return db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    finally:
+        db.close()
+
+
+def soak_sample(daemon, pushed, started):
+    main, wal = store_sizes(daemon.db_path)
+    retention = daemon_status(daemon.socket_path).get("retention") or {}
+    return {"pushed": pushed, "elapsed_s": time.monotonic() - started, "main_b": main,
+            "wal_b": wal, "rows": message_rows(daemon.db_path),
+            "deleted": retention.get("deleted_messages"),
+            "vacuumed_pages": retention.get("vacuumed_pages"),
+            "free_pages": retention.get("free_pages"), "passes": retention.get("passes"),
+            "last_run_s": retention.get("last_run_s"), "rss_kb": rss_kb(daemon)}
+
+
+def soak_run(retention, messages, samples, settle_s):
+    """
+    Push C{messages} 1 to 1 through a daemon with C{--retention retention}
+    in C{samples} chunks, sampling the store after each; then wait
+    C{settle_s} with no load and sample once more (when C{settle_s}).
+    """
+    daemon = start_daemon("bench_scale", "relay-soak-", ["--retention", retention], False)
+    if daemon is None:
+        return None
+    points = []
+    lost = 0
+    complete = True
+    try:
+        started = time.monotonic()
+        pushed = 0
+        for i in range(samples):
+            chunk = messages * (i + 1) // samples - pushed
+            result = one_to_one(daemon.socket_path, chunk)
+            pushed += result["delivered"]
+            lost += result["lost"]
+            complete = complete and result["complete"]
+            points.append(soak_sample(daemon, pushed, started))
+            sys.stderr.write("soak --retention {}: {:,} of {:,}, store {:.1f} MiB\n".format(
+                retention, pushed, messages,
+                (points[-1]["main_b"] + points[-1]["wal_b"]) / 2.0 ** 20))
+        push_s = time.monotonic() - started
+        if settle_s:
+            time.sleep(settle_s)
+            points.append(dict(soak_sample(daemon, pushed, started), idle=True))
+    finally:
+        daemon.stop(timeout=300)
+        shutil.rmtree(daemon.directory, True)
+    return {"retention": retention, "messages": messages, "points": points, "lost": lost,
+            "complete": complete, "push_s": push_s}
+
+
+def _mib(n):
+    return "{:.1f} MiB".format(n / 2.0 ** 20)
+
+
+def soak_table(run):
+    rows = [("pushed", "elapsed", "main file", "-wal", "file + wal", "message rows",
+             "deleted (STATUS)", "pages vacuumed", "last pass", "daemon RSS")]
+    for p in run["points"]:
+        rows.append(("{:,}".format(p["pushed"]) + (" + idle" if p.get("idle") else ""),
+                     "{:.0f} s".format(p["elapsed_s"]), _mib(p["main_b"]), _mib(p["wal_b"]),
+                     _mib(p["main_b"] + p["wal_b"]), "{:,}".format(p["rows"]),
+                     "-" if p["deleted"] is None else "{:,}".format(p["deleted"]),
+                     "-" if p["vacuumed_pages"] is None else "{:,}".format(p["vacuumed_pages"]),
+                     "-" if p["last_run_s"] is None else "{:.0f} ms".format(
+                         p["last_run_s"] * 1000),
+                     "{:.0f} MiB".format(p["rss_kb"] / 1024.0)))
+    return table(rows)
+
+
+def levels_off(size):
+    """
+    The goal line for store sizes sampled at even steps of a soak: the
+    file levels off when the second half's largest sample is at most 10 %
+    above the first half's (one sample moves with where the retention pass
+    happens to be, so the largest of each half, not the last one, is what
+    shows growth).
+    """
+    first, second = size[:max(1, len(size) // 2)], size[max(1, len(size) // 2):] or size
+    growth = max(second) / float(max(first)) - 1 if max(first) else 0.0
+    return ("goal: the file size levels off: largest {} in the first half, {} in the second "
+            "({:+.1f} %), {} at the end -> {}".format(
+                _mib(max(first)), _mib(max(second)), growth * 100, _mib(size[-1]),
+                met(growth <= 0.10)))
+
+
+def curve_soak(messages, retention, baseline_messages, samples, out):
+    from relay.options import duration
+    settle_s = duration("soak-retention")(retention) * 2 + 5
+    kept = soak_run(retention, messages, samples, settle_s)
+    if kept is None:
+        return False, {}
+    results = {"retention": kept}
+    out.write("\nSoak: {:,} messages 1 to 1 (durable receipts, each acked) through the daemon "
+              "with --retention {}, sampled every {:,}; the last row after {:.0f} s with no "
+              "load\n".format(messages, retention, messages // samples, settle_s))
+    out.write(soak_table(kept))
+    size = [p["main_b"] + p["wal_b"] for p in kept["points"] if not p.get("idle")]
+    out.write("{:,} messages in {:.0f} s ({:,.0f} msg/s), lost {}\n".format(
+        kept["points"][-1]["pushed"], kept["push_s"],
+        kept["points"][-1]["pushed"] / kept["push_s"], kept["lost"]))
+    out.write(levels_off(size) + "\n")
+    ok = kept["lost"] == 0 and kept["complete"]
+    if baseline_messages:
+        base = soak_run("0", baseline_messages, samples, 0)
+        if base is None:
+            return False, results
+        results["baseline"] = base
+        out.write("\nBaseline: {:,} messages the same way with --retention 0 (keeps "
+                  "everything)\n".format(baseline_messages))
+        out.write(soak_table(base))
+        last = base["points"][-1]
+        per = (last["main_b"] + last["wal_b"]) / float(max(1, last["pushed"]))
+        out.write("kept: {:.0f} bytes per message: {:,} messages would take about {} without "
+                  "retention ({:.0f} times the {} with --retention {})\n".format(
+                      per, messages, _mib(per * messages), per * messages / max(1, size[-1]),
+                      _mib(size[-1]), retention))
+        ok = ok and base["lost"] == 0 and base["complete"]
+    return ok, results
+
+
 def table(rows):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -626,7 +796,7 @@ def main(argv=None):
                         help="the issue's sizes (10,000 agents, 1,000 subscribers, 5 million "
                         "rows, 100,000 waiting): a long run")
     parser.add_argument("--curve", action="append",
-                        choices=["idle", "fanout", "history", "backlog"],
+                        choices=["idle", "fanout", "history", "backlog", "soak"],
                         help="run only this curve (repeatable; default all)")
     parser.add_argument("--idle", type=sizes, help="idle agent counts, e.g. 10,100,1000")
     parser.add_argument("--fanout", type=sizes, help="subscriber counts, e.g. 10,100")
@@ -635,15 +805,35 @@ def main(argv=None):
     parser.add_argument("--messages", type=int, help="messages of each 1 to 1 run")
     parser.add_argument("--fanout-deliveries", type=int, default=40000,
                         help="deliveries per fan-out point (messages = this / K)")
+    parser.add_argument("--soak", action="store_true",
+                        help="run the soak alone at the issue's size (2,000,000 messages "
+                        "unless --soak-messages)")
+    parser.add_argument("--soak-messages", type=int,
+                        help="messages of the soak (default 100,000; 2,000,000 with --full "
+                        "or --soak)")
+    parser.add_argument("--soak-retention", default="5s",
+                        help="the soak's --retention (default 5s)")
+    parser.add_argument("--soak-baseline-messages", type=int,
+                        help="messages of the --retention 0 baseline (default: as many as "
+                        "the soak; 0: none)")
+    parser.add_argument("--soak-samples", type=int, default=10,
+                        help="store samples during the soak (default 10)")
     parser.add_argument("--json", metavar="PATH", help="also write every result here")
     args = parser.parse_args(argv)
-    chosen = dict(FULL if args.full else DEFAULTS)
+    chosen = dict(FULL if args.full or args.soak else DEFAULTS)
     for key in ("idle", "fanout", "history", "backlog", "messages"):
         if getattr(args, key) is not None:
             chosen[key] = getattr(args, key)
+    if args.soak_messages is not None:
+        chosen["soak"] = args.soak_messages
+    if chosen["soak"] < 1 or args.soak_samples < 1:
+        parser.error("--soak-messages and --soak-samples must be at least 1")
+    baseline = chosen["soak"] if args.soak_baseline_messages is None \
+        else args.soak_baseline_messages
     # This process holds one socket per idle agent (and the daemon one more).
     raise_fd_limit()
-    curves = args.curve or ["idle", "fanout", "history", "backlog"]
+    curves = args.curve or (["soak"] if args.soak else
+                            ["idle", "fanout", "history", "backlog", "soak"])
     out = sys.stdout
     out.write("bench_scale: {} on {} cores, load average {:.1f} at start\n".format(
         ", ".join(curves), os.cpu_count(), os.getloadavg()[0]))
@@ -656,6 +846,9 @@ def main(argv=None):
             good, res = curve_fanout(chosen["fanout"], args.fanout_deliveries, out)
         elif curve == "history":
             good, res = curve_history(chosen["history"], chosen["messages"], out)
+        elif curve == "soak":
+            good, res = curve_soak(chosen["soak"], args.soak_retention, baseline,
+                                   args.soak_samples, out)
         else:
             good, res = curve_backlog(chosen["backlog"], out)
         out.flush()

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_status -*-
 """
 STATUS: what the daemon reports about itself (agents, store, counters,
-rate limit, sync, auth), built from what it was given at construction.
+rate limit, sync, auth, retention), built from what it was given at
+construction.
 """
 
 # What an agent said about itself in its HELLO, shown by STATUS.
@@ -19,10 +20,13 @@ class StatusReporter:
     @param rate_policy: C{"throttle"} or C{"reject"}.
     @param sync_stats: callable() -> dict, the sync service's, or None.
     @param auth_stats: callable() -> dict, the auth policy's, or None.
+    @param retention_stats: callable() -> dict, the retention service's
+        (L{relay.retention.Retention.stats}), or None.
     """
 
     def __init__(self, clock, router, store, limiter=None, rate_policy="throttle",
-                 sync_stats=None, auth_stats=None, federation_stats=None):
+                 sync_stats=None, auth_stats=None, federation_stats=None,
+                 retention_stats=None):
         self.clock = clock
         self.router = router
         self.store = store
@@ -31,6 +35,7 @@ class StatusReporter:
         self.sync_stats = sync_stats
         self.auth_stats = auth_stats
         self.federation_stats = federation_stats
+        self.retention_stats = retention_stats
         self.started = clock.seconds()
 
     def report(self):
@@ -71,5 +76,6 @@ class StatusReporter:
             "sync": self.sync_stats() if self.sync_stats else None,
             "auth": self.auth_stats() if self.auth_stats else None,
             "federation": self.federation_stats() if self.federation_stats else None,
+            "retention": self.retention_stats() if self.retention_stats else None,
             "uptime_s": self.clock.seconds() - self.started,
         }

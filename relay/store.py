@@ -367,7 +367,7 @@ class Store:
 
     def vacuum_step(self, pages):
         """
-        Free at most C{pages} pages on the writer; fires with those still free.
+        Free at most C{pages} pages on the writer; fires with (freed, still free).
         """
         from relay.retention import vacuum_step
         return self.pool.runWithConnection(vacuum_step, pages)

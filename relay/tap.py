@@ -205,6 +205,12 @@ def makeService(config, reactor=None):
     if config.get("sync-url"):
         from relay.sync.service import make_sync_service
         sync_service = make_sync_service(config, store, reactor)
+    retention = None
+    if config["retention"] or config["dead-letter-retention"]:
+        from relay.retention import Retention
+        retention = Retention(reactor, store, config["retention"],
+                              dead_retention=config["dead-letter-retention"] or None,
+                              sync=sync_service is not None)
     federation = None
     if config.get("federate"):
         federation = federation_options.make_federation_service(config, router, store, reactor,
@@ -212,7 +218,8 @@ def makeService(config, reactor=None):
     status = StatusReporter(reactor, router, store, limiter, config["rate-limit-policy"],
                             sync_stats=sync_service.stats if sync_service else None,
                             auth_stats=auth.status,
-                            federation_stats=federation.stats if federation else None)
+                            federation_stats=federation.stats if federation else None,
+                            retention_stats=retention.stats if retention else None)
     factory = RelayFactory(
         router, reactor, max_frame_bytes=config["max-frame-bytes"],
         heartbeat=config["heartbeat-ms"] / 1000.0, ack_timeout=config["ack-timeout-ms"] / 1000.0,
@@ -235,11 +242,8 @@ def makeService(config, reactor=None):
         sync_service.setServiceParent(top)
     if federation is not None:
         federation.setServiceParent(top)
-    if config["retention"] or config["dead-letter-retention"]:
-        from relay.retention import Retention
-        Retention(reactor, store, config["retention"],
-                  dead_retention=config["dead-letter-retention"] or None,
-                  sync=sync_service is not None).setServiceParent(top)
+    if retention is not None:
+        retention.setServiceParent(top)
     if config.get("http"):
         from relay.web import add_http
         add_http(top, config, store, router, router.events, reactor, status)

@@ -41,3 +41,20 @@ class FormatTests(unittest.TestCase):
         self.assertIn("2 batches, 10 rows, 2.0 KiB", text)
         self.assertIn("throttled: eve", text)
         self.assertIn("sync: off", text)
+        self.assertNotIn("retention", text, "an older daemon's reply has no retention section")
+
+    def test_retention_line(self):
+        """
+        The retention section is one line of what it deleted and when its
+        last pass ran; None is shown as off, no pass yet as such.
+        """
+        base = {"uptime_s": 1.0, "agents": [], "sync": None}
+        text = "\n".join(format_status(dict(base, retention={
+            "deleted_messages": 12, "deleted_deliveries": 14, "deleted_dead_letters": 1,
+            "deleted_quarantine": 2, "vacuumed_pages": 300, "last_run_at": 1000.0,
+            "last_run_s": 0.0125}), "unix:/x", now=1090.0))
+        self.assertIn("retention: deleted 12 messages, 14 deliveries, 1 dead letters, "
+                      "2 quarantined; 300 pages vacuumed; last pass 1m30s ago, 12 ms", text)
+        self.assertIn("retention: off", format_status(dict(base, retention=None), "u", 0))
+        self.assertIn("last pass not yet", "\n".join(format_status(
+            dict(base, retention={"last_run_at": None}), "u", 0)))

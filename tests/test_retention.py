@@ -14,7 +14,7 @@ from twisted.python import failure
 from twisted.trial import unittest
 
 from relay.cli.history import messages_sql, query_messages
-from relay.retention import IDLE_POLL, Retention
+from relay.retention import BUSY_WAIT, IDLE_POLL, Retention
 from relay.store import Store
 from relay.testing import ThreadlessConnectionPool, settle
 
@@ -119,7 +119,26 @@ class WhatGoesTests(_RetentionCase):
              (young, "acked")])
         self.assertNotIn(acked, self.seqs())
         self.assertNotIn(expired, self.seqs())
-        self.assertEqual(r.metrics["retention_deleted"], 2)
+        self.assertEqual(r.metrics["deleted_messages"], 2)
+        self.assertEqual(r.metrics["deleted_deliveries"], 3)
+
+    def test_a_state_it_does_not_know_holds_the_message(self):
+        """
+        A delivery in a state retention does not know (federation's
+        "remote", or any later one) is taken as open: its old message stays
+        while a finished one of the same age goes.
+        """
+        store = self.open()
+        finished = self.message(store, ["acked"])
+        remote = self.message(store, ["acked", "acked"])
+        conn = sqlite3.connect(self.path)
+        conn.execute("UPDATE deliveries SET status = 'remote' WHERE message_seq = ?"
+                     " AND recipient = 'r1'", (remote,))
+        conn.commit()
+        conn.close()
+        self.run_pass(self.retention(store))
+        self.assertEqual(self.seqs(), [remote])
+        self.assertNotIn(finished, self.seqs())
 
     def test_ack_still_in_the_open_batch_does_not_count(self):
         """
@@ -239,11 +258,11 @@ class StepTests(_RetentionCase):
         self.fill(store, 500)
         deleted, after, end = settle(self.clock, store.retire(
             0, 500, int(self.clock.seconds() * 1000), None, 50)).result
-        self.assertEqual((deleted, after, end), (50, 50, False))
+        self.assertEqual((deleted["messages"], after, end), (50, 50, False))
         r = self.retention(store, scan=50, steps=3)
         self.run_pass(r)
         self.assertEqual(len(self.seqs()), 500 - 50 - 150)
-        self.assertEqual(r.metrics["retention_steps"], 3)
+        self.assertEqual(r.metrics["steps"], 3)
         for _ in range(4):
             self.run_pass(r)
         self.assertEqual(self.seqs(), [])
@@ -268,6 +287,24 @@ class StepTests(_RetentionCase):
         self.run_pass(r)
         self.assertEqual(seen, [False])
 
+    def test_a_writer_that_stays_busy_does_not_starve_retention(self):
+        """
+        Under sustained load the writer is never seen idle (each group
+        commit starts as the last one ends): a step waits BUSY_WAIT at most,
+        then goes (queued behind the batch in flight), and the pass deletes
+        what it should.
+        """
+        store = self.open()
+        self.fill(store, 5)
+        store.writer_busy = lambda: True
+        r = self.retention(store)
+        started = self.clock.seconds()
+        self.run_pass(r)
+        self.assertEqual(self.seqs(), [])
+        self.assertEqual(r.metrics["deleted_messages"], 5)
+        # One wait before the delete step and one before the vacuum step.
+        self.assertLessEqual(self.clock.seconds() - started, 2 * (BUSY_WAIT + IDLE_POLL))
+
     def fill_nowait(self, store):
         seq = store.next_seq()
         store.add_message([seq, store.message_id(seq), None, 1, "a", "b", None, None,
@@ -288,7 +325,7 @@ class StepTests(_RetentionCase):
         r = self.retention(store, pages=20)
         self.run_pass(r)
         self.assertEqual(self.seqs(), [])
-        self.assertEqual(r.metrics["free_pages"], 0)
+        self.assertEqual(r.free_pages, 0)
         self.assertEqual(self.rows("PRAGMA auto_vacuum"), [(2,)])
         checkpoint = sqlite3.connect(self.path)
         checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -321,3 +358,92 @@ class HistoryIndexTests(_RetentionCase):
                    dict(topic="t1"), dict(since_ms=0), dict(recipient="r0", sender="alice")):
             self.assertEqual([m["seq"] for m in query_messages(conn, **kw)], [seq], kw)
         self.assertEqual(query_messages(conn, recipient="nobody"), [])
+
+
+class StatsTests(_RetentionCase):
+
+    def test_rows_deleted_are_counted_by_table(self):
+        """
+        A pass counts what it deleted in each table: finished messages, all
+        their delivery rows, the dead letters and quarantine rows older than
+        --dead-letter-retention; a pending message counts nowhere.  The
+        last pass's start and duration are those of the clock.
+        """
+        store = self.open()
+        self.message(store, ["acked"])
+        self.message(store, ["acked", "expired"])
+        self.message(store, ["acked"], age_days=3, dead=True)
+        self.message(store, ["pending"])
+        conn = sqlite3.connect(self.path)
+        conn.execute("INSERT INTO quarantine (ts, statement, row, error) VALUES (?, 'x', '[]', 'e')",
+                     (int(self.clock.seconds() * 1000) - 3 * DAY_MS,))
+        conn.commit()
+        conn.close()
+        self.clock.advance(2 * 86400)   # the dead letter was recorded now: let it age
+        r = self.retention(store, dead_retention=86400.0)
+        self.assertEqual((r.stats()["last_run_at"], r.stats()["passes"]), (None, 0))
+        started = self.clock.seconds()
+        self.run_pass(r)
+        stats = r.stats()
+        self.assertEqual(
+            {k: stats[k] for k in ("deleted_messages", "deleted_deliveries",
+                                   "deleted_dead_letters", "deleted_quarantine", "passes",
+                                   "errors")},
+            {"deleted_messages": 3, "deleted_deliveries": 4, "deleted_dead_letters": 1,
+             "deleted_quarantine": 1, "passes": 1, "errors": 0})
+        self.assertEqual(stats["last_run_at"], started)
+        self.assertEqual(stats["last_run_s"], self.clock.seconds() - started)
+        self.assertEqual((stats["retention_s"], stats["dead_letter_retention_s"]),
+                         (86400.0, 86400.0))
+        self.run_pass(r)
+        self.assertEqual((r.stats()["deleted_messages"], r.stats()["passes"]), (3, 2))
+
+    def test_vacuumed_pages_are_the_pages_the_file_lost(self):
+        """
+        The pages counted as vacuumed are those the file gave back: its
+        page count drops by exactly that many, and no free page is left.
+        """
+        store = self.open()
+        now_ms = int(self.clock.seconds() * 1000) - 5 * DAY_MS
+        for _ in range(300):
+            seq = store.next_seq()
+            store.begin_send()
+            store.add_message([seq, store.message_id(seq), None, now_ms, "a", "b", None, None,
+                               "message", '{"body":"%s"}' % ("x" * 2000), None, None,
+                               now_ms + 1], 2100)
+            store.add_delivery("b", seq, ("b", "default", "a"), seq, "acked", now_ms)
+            store.end_send()
+        settle(self.clock, store.flush(), turns=100000)
+        [(before,)] = self.rows("PRAGMA page_count")
+        r = self.retention(store, pages=20)
+        self.run_pass(r)
+        [(after,)] = self.rows("PRAGMA page_count")
+        self.assertGreater(r.stats()["vacuumed_pages"], 100)
+        self.assertEqual(r.stats()["vacuumed_pages"], before - after)
+        self.assertEqual(r.stats()["free_pages"], 0)
+
+    def test_a_failed_pass_is_counted_and_not_taken_for_a_run(self):
+        """
+        A pass that fails counts in C{errors}, leaves the last run as it
+        was, and the loop's next pass runs and is recorded.
+        """
+        store = self.open()
+        self.message(store, ["acked"])
+        real = store.retire
+        store.retire = lambda *a: task.deferLater(self.clock, 0, lambda: 1 / 0)
+        r = self.retention(store, interval=1.0)
+        self.clock.advance(1.0)
+        self.clock.advance(0)
+        self.assertEqual((r.stats()["errors"], r.stats()["passes"]), (1, 1))
+        self.assertIsNone(r.stats()["last_run_at"])
+        self.flushLoggedErrors(ZeroDivisionError)
+        store.retire = real
+        for _ in range(2000):
+            self.clock.advance(IDLE_POLL)
+            if r.stats()["last_run_at"] is not None:
+                break
+        self.assertEqual(r.stats()["passes"], 2)
+        self.assertEqual(r.stats()["deleted_messages"], 1)
+        # The loop's second call, at the first clock step at or past it.
+        self.assertTrue(10 * 86400 + 2.0 <= r.stats()["last_run_at"] <= 10 * 86400 + 2.0
+                        + 2 * IDLE_POLL, r.stats())

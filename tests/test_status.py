@@ -23,15 +23,17 @@ class StatusReporterTests(unittest.TestCase):
 
     def test_reports_what_it_was_given(self):
         """
-        Sync and auth sections come from the callables given to the
+        Sync, auth and retention sections come from the callables given to the
         constructor; the store section from the store's stats() and the
         router's dedupe window; rate limit from the limiter and policy.
         """
         reporter = StatusReporter(self.clock, self.router, self.store, self.limiter, "reject",
                                   sync_stats=lambda: {"queued": 3},
-                                  auth_stats=lambda: {"refused": 1})
+                                  auth_stats=lambda: {"refused": 1},
+                                  retention_stats=lambda: {"deleted_messages": 4})
         self.clock.advance(7)
         status = reporter.report()
+        self.assertEqual(status["retention"], {"deleted_messages": 4})
         self.assertEqual(status["sync"], {"queued": 3})
         self.assertEqual(status["auth"], {"refused": 1})
         self.assertEqual(status["rate_limit"]["policy"], "reject")
@@ -42,12 +44,13 @@ class StatusReporterTests(unittest.TestCase):
 
     def test_without_sync_or_auth(self):
         """
-        Without sync or auth stats, those sections are None; without a
-        limiter, the rate limit is reported disabled.
+        Without sync, auth or retention stats, those sections are None;
+        without a limiter, the rate limit is reported disabled.
         """
         status = StatusReporter(self.clock, self.router, self.store).report()
         self.assertIsNone(status["sync"])
         self.assertIsNone(status["auth"])
+        self.assertIsNone(status["retention"])
         self.assertFalse(status["rate_limit"]["enabled"])
 
     def test_agents_listed(self):

@@ -71,3 +71,32 @@ class MetricsTests(unittest.TestCase):
         m = self.samples()
         self.assertEqual(m["relay_store_commit_seconds_count"], 1)
         self.assertEqual(m["relay_store_commit_seconds_bucket{le=0.005}"], 1)
+
+    def test_retention_counters_read_on_scrape(self):
+        """
+        The retention service's counters are read on each scrape as
+        relay_retention_*_total, with the free pages and the last pass's
+        time and duration as gauges (absent before its first pass); a
+        daemon without retention exports none of them.
+        """
+        self.assertFalse([k for k in self.samples() if k.startswith("relay_retention")])
+        stats = {"deleted_messages": 5, "deleted_deliveries": 7, "deleted_dead_letters": 1,
+                 "deleted_quarantine": 2, "vacuumed_pages": 40, "passes": 3, "errors": 1,
+                 "free_pages": 6, "last_run_at": None, "last_run_s": None}
+        metrics = Metrics(self.router, self.store, self.hub, retention_stats=lambda: stats)
+        self.metrics = metrics
+        m = self.samples()
+        self.assertEqual(m["relay_retention_deleted_messages_total"], 5)
+        self.assertEqual(m["relay_retention_deleted_deliveries_total"], 7)
+        self.assertEqual(m["relay_retention_deleted_dead_letters_total"], 1)
+        self.assertEqual(m["relay_retention_deleted_quarantine_total"], 2)
+        self.assertEqual(m["relay_retention_vacuumed_pages_total"], 40)
+        self.assertEqual(m["relay_retention_passes_total"], 3)
+        self.assertEqual(m["relay_retention_errors_total"], 1)
+        self.assertEqual(m["relay_retention_free_pages"], 6)
+        self.assertNotIn("relay_retention_last_run_timestamp_seconds", m)
+        stats.update(deleted_messages=9, last_run_at=1700000000.5, last_run_s=0.25)
+        m = self.samples()
+        self.assertEqual(m["relay_retention_deleted_messages_total"], 9)
+        self.assertEqual(m["relay_retention_last_run_timestamp_seconds"], 1700000000.5)
+        self.assertEqual(m["relay_retention_last_run_duration_seconds"], 0.25)

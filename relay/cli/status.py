@@ -2,7 +2,7 @@
 """
 ``relay status``: ask a running daemon for its state (the STATUS extension):
 connected agents with their queues, store and batch metrics, rate limiting,
-sync. It says no HELLO, so it registers no agent name.
+sync, retention. It says no HELLO, so it registers no agent name.
 """
 
 import argparse
@@ -82,6 +82,20 @@ def _table(headers, rows):
     return lines
 
 
+def _retention_line(retention, now):
+    """The retention section (None: off) in one line."""
+    if retention is None:
+        return "retention: off"
+    last = retention.get("last_run_at")
+    return ("retention: deleted {} messages, {} deliveries, {} dead letters, {} quarantined; "
+            "{} pages vacuumed; last pass {}".format(
+                retention.get("deleted_messages", 0), retention.get("deleted_deliveries", 0),
+                retention.get("deleted_dead_letters", 0), retention.get("deleted_quarantine", 0),
+                retention.get("vacuumed_pages", 0),
+                "not yet" if last is None else "{} ago, {:.0f} ms".format(
+                    _since(last, now), float(retention.get("last_run_s") or 0.0) * 1000)))
+
+
 def format_status(status, endpoint, now):
     """The readable form of a STATUS_REPLY payload, as a list of lines."""
     lines = ["relay daemon at {}, up {}".format(endpoint, _duration(status.get("uptime_s", 0)))]
@@ -130,6 +144,8 @@ def format_status(status, endpoint, now):
     sync = status.get("sync")
     lines.append("sync: {}".format("off" if sync is None else json.dumps(sync, sort_keys=True)))
     lines.extend(format_federation(status.get("federation")))
+    if "retention" in status:
+        lines.append(_retention_line(status["retention"], now))
     messages = status.get("messages")
     if messages:
         lines.append("messages: " + ", ".join(

@@ -96,7 +96,8 @@ def add_http(top, config, store, router, events, reactor, status):
     from relay.web.resources import make_root
     from relay.web.sse import EventStream
 
-    metrics = Metrics(router, store, events, status.sync_stats, status.started)
+    metrics = Metrics(router, store, events, status.sync_stats, status.started,
+                      retention_stats=status.retention_stats)
     reader = StoreReader(reactor, store.path)
     stream = EventStream(reactor, events)
     root = site_root = make_root(status, store, top, metrics, reader, stream)

@@ -3,8 +3,8 @@
 C{GET /metrics}: the daemon in the Prometheus text format, in a registry of
 its own (never the process-global one).
 
-Counters and gauges are read from the router, the store and the sync
-service when Prometheus scrapes (L{RelayCollector}): a message costs
+Counters and gauges are read from the router, the store, the sync
+service and the retention service when Prometheus scrapes (L{RelayCollector}): a message costs
 nothing for them.  The three histograms are fed by the router's events
 (L{relay.events}) and the batcher's commit listener.
 
@@ -31,6 +31,18 @@ MESSAGE_COUNTERS = (
     ("retransmits", "SENDs a client sent again (same id and content): receipted, not stored twice."),
 )
 
+# Retention counters (relay.retention.Retention.stats) exported as
+# relay_retention_<name>_total.
+RETENTION_COUNTERS = (
+    ("deleted_messages", "Messages retention deleted (old, finished, confirmed)."),
+    ("deleted_deliveries", "Delivery rows retention deleted with their messages."),
+    ("deleted_dead_letters", "Dead-letter rows retention deleted (--dead-letter-retention)."),
+    ("deleted_quarantine", "Quarantined rows retention deleted (--dead-letter-retention)."),
+    ("vacuumed_pages", "Free pages retention gave back to the file system."),
+    ("passes", "Retention passes begun."),
+    ("errors", "Retention passes that failed (the loop goes on)."),
+)
+
 # How many accepted messages' times are remembered to measure SEND to
 # DELIVER; a delivery of an older message (one that waited in the store
 # for an agent that was away) is not observed.
@@ -45,10 +57,11 @@ class RelayCollector:
         refreshed by the resource before each scrape (it needs a query).
     """
 
-    def __init__(self, router, store, sync_stats=None, started=None):
+    def __init__(self, router, store, sync_stats=None, started=None, retention_stats=None):
         self.router = router
         self.store = store
         self.sync_stats = sync_stats
+        self.retention_stats = retention_stats
         self.started = router.clock.seconds() if started is None else started
         self.waiting = {}
 
@@ -131,8 +144,35 @@ class RelayCollector:
                                   labels=["state"])
             g.add_metric([str(sync.get("state"))], 1)
             yield g
+        if self.retention_stats is not None:
+            yield from retention_metrics(self.retention_stats())
         g = GaugeMetricFamily("relay_uptime_seconds", "Seconds since the daemon started.")
         g.add_metric([], router.clock.seconds() - self.started)
+        yield g
+
+
+def retention_metrics(stats):
+    """
+    The C{relay_retention_*} families from a L{relay.retention.Retention.stats}
+    dict: its counters, the free pages left, and the last finished pass's
+    start (Unix time) and duration (both absent before the first one).
+    """
+    for name, doc in RETENTION_COUNTERS:
+        c = CounterMetricFamily("relay_retention_%s" % (name,), doc)
+        c.add_metric([], stats.get(name) or 0)
+        yield c
+    g = GaugeMetricFamily("relay_retention_free_pages",
+                          "Free pages left in the store file after retention's last vacuum step.")
+    g.add_metric([], stats.get("free_pages") or 0)
+    yield g
+    if stats.get("last_run_at") is not None:
+        g = GaugeMetricFamily("relay_retention_last_run_timestamp_seconds",
+                              "When the last finished retention pass began (Unix time).")
+        g.add_metric([], stats["last_run_at"])
+        yield g
+        g = GaugeMetricFamily("relay_retention_last_run_duration_seconds",
+                              "How long the last finished retention pass took.")
+        g.add_metric([], stats["last_run_s"])
         yield g
 
 
@@ -174,9 +214,10 @@ class Metrics:
     The registry, the collector and the event-fed histograms.
     """
 
-    def __init__(self, router, store, events, sync_stats=None, started=None):
+    def __init__(self, router, store, events, sync_stats=None, started=None,
+                 retention_stats=None):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = RelayCollector(router, store, sync_stats, started)
+        self.collector = RelayCollector(router, store, sync_stats, started, retention_stats)
         self.registry.register(self.collector)
         self.commit_seconds = EventHistogram(
             "relay_store_commit_seconds", "Time to commit one batch to the store.")

@@ -2,17 +2,21 @@
 """
 End-to-end tests of --retention through the real daemon process (issue 14,
 "a store that stays bounded"): old acked messages disappear from the file,
-unacked and pending ones stay, also across a restart.
+unacked and pending ones stay, also across a restart; STATUS and /metrics
+count what went.
 """
 
 import sqlite3
+import time
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from tests.support.daemon import DaemonProcess, connect_agent, send, wait_status
 from tests.support.poll import poll_until
 from tests.support.sync import KEY, WORKSPACE, IngestServer
+from tests.support.web import WebDaemon, get
 
 
 def stored(db_path):
@@ -31,6 +35,14 @@ def stored(db_path):
         conn.close()
 
 
+def retention_samples(text):
+    """
+    {name: value} of the relay_retention_* samples in a /metrics body.
+    """
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name.startswith("relay_retention_")}
+
+
 class RetentionTests(unittest.TestCase):
 
     @defer.inlineCallbacks
@@ -40,9 +52,12 @@ class RetentionTests(unittest.TestCase):
         from the file (with their delivery rows) a few seconds later; a
         message to an agent never connected (pending) and one delivered to
         an agent that does not ACK stay, and still stay after a restart and
-        another wait; the pending one is then delivered.
+        another wait; the pending one is then delivered.  STATUS's
+        retention section counts the three messages and their three
+        delivery rows, and a finished pass; /metrics says the same; after
+        the restart the counters are the new process's (the marker alone).
         """
-        daemon = DaemonProcess(self, ["--retention", "2s", "--ack-timeout-ms", "600000"])
+        daemon = WebDaemon(self, ["--retention", "2s", "--ack-timeout-ms", "600000"])
         yield daemon.start()
         rx = yield connect_agent(daemon, "rx")
         mute = yield connect_agent(daemon, "mute")
@@ -61,6 +76,26 @@ class RetentionTests(unittest.TestCase):
                          % (stored(daemon.db_path),))
         self.assertEqual(stored(daemon.db_path),
                          {"pending": ["pending"], "unacked": ["delivered"]})
+        status = yield wait_status(daemon, lambda s: s["retention"]["deleted_messages"] >= 3
+                                   and s["retention"]["last_run_at"] is not None)
+        counted = status["retention"]
+        self.assertEqual(
+            {k: counted[k] for k in ("deleted_messages", "deleted_deliveries",
+                                     "deleted_dead_letters", "deleted_quarantine", "errors",
+                                     "retention_s", "dead_letter_retention_s")},
+            {"deleted_messages": 3, "deleted_deliveries": 3, "deleted_dead_letters": 0,
+             "deleted_quarantine": 0, "errors": 0, "retention_s": 2.0,
+             "dead_letter_retention_s": None})
+        self.assertGreaterEqual(counted["passes"], 1)
+        self.assertLess(abs(counted["last_run_at"] - time.time()), 60)
+        self.assertTrue(0 <= counted["last_run_s"] < 10, counted)
+        code, _, body = yield get(daemon.url + "/metrics")
+        self.assertEqual(code, 200)
+        scraped = retention_samples(body.decode())
+        self.assertEqual(scraped["relay_retention_deleted_messages_total"], 3)
+        self.assertEqual(scraped["relay_retention_deleted_deliveries_total"], 3)
+        self.assertGreaterEqual(scraped["relay_retention_passes_total"], 1)
+        self.assertIn("relay_retention_last_run_duration_seconds", scraped)
         for agent in (rx, mute, tx):
             agent.transport.loseConnection()
         yield daemon.stop()
@@ -73,6 +108,8 @@ class RetentionTests(unittest.TestCase):
         yield poll_until(lambda: "marker" in stored(daemon.db_path))
         yield poll_until(lambda: "marker" not in stored(daemon.db_path), timeout=30,
                          what="the acked marker gone after the restart")
+        status = yield wait_status(daemon, lambda s: s["retention"]["deleted_messages"] >= 1)
+        self.assertEqual(status["retention"]["deleted_messages"], 1)
         left = stored(daemon.db_path)
         self.assertEqual(sorted(left), ["pending", "unacked"])
         self.assertIn(left["unacked"], (["delivered"], ["pending"]))
