@@ -68,6 +68,32 @@ class DirectTests(unittest.TestCase):
         self.assertEqual(bob.bodies(), ["hi %d" % i for i in range(50)])
 
     @defer.inlineCallbacks
+    def test_relay_agents_and_status(self):
+        """
+        C{relay agents} lists the workspace directory (home "here" or the
+        other daemon's id, online), C{relay status} the federation state.
+        """
+        import json
+        from tests.support.cli import run_cli
+        yield self.ws.agent(self.b, "bob")
+        yield self.ws.agent(self.a, "alice")
+        yield wait_known(self.a, "bob", self.ids[self.b])
+        out, err, code = yield run_cli(["agents", "--socket", self.a.socket_path, "--json"])
+        self.assertEqual(code, 0, err)
+        entries = {e["name"]: e for e in json.loads(out)}
+        self.assertEqual(entries["bob"]["home"], self.ids[self.b])
+        self.assertEqual(entries["alice"]["home"], self.ids[self.a])
+        self.assertTrue(entries["bob"]["online"])
+        out, err, code = yield run_cli(["agents", "--socket", self.a.socket_path])
+        self.assertEqual(code, 0, err)
+        self.assertIn("alice", out)
+        self.assertRegex(out, r"alice\s+here\s+online")
+        out, err, code = yield run_cli(["status", "--socket", self.a.socket_path])
+        self.assertEqual(code, 0, err)
+        self.assertIn("federation: connected as daemon %s" % (self.ids[self.a],), out)
+
+
+    @defer.inlineCallbacks
     def test_agent_that_moves_gets_what_waited(self):
         """
         bob lives on A and leaves; messages for him from C (through the
@@ -150,6 +176,35 @@ class DirectTests(unittest.TestCase):
         once_each(self, subs[2], ["n%d" % i for i in range(10)])
         self.assertEqual(sender.got, [])
         self.assertEqual(others.got, [])
+
+
+class BoundKeyTests(unittest.TestCase):
+    """
+    A key bound to one daemon id (relay keys create --daemon) speaks for
+    that daemon only.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_bound_key_of_another_daemon_refused(self):
+        import psycopg2
+        from relay.ingest import keys
+        ws = Workspace(self)
+        yield ws.start_ingests()
+        good, bad = "aaaaaaaa-0000-4000-8000-00000000000a", "bbbbbbbb-0000-4000-8000-00000000000b"
+        conn = psycopg2.connect(ws.dsn)
+        try:
+            ws.key = keys.create_key(conn, ws.id, daemon_id=good)[1]
+        finally:
+            conn.close()
+        ok = ws.daemon(0, extra=["--daemon-id", good])
+        wrong = ws.daemon(0, extra=["--daemon-id", bad])
+        yield defer.gatherResults([ok.start(), wrong.start()])
+        yield wait_federated(ok)
+        yield poll_until(lambda: federation_status(wrong).addCallback(
+            lambda f: f["state"] == "refused" and "403" in (f["last_error"] or "")), 30,
+            clock=reactor, what="the other daemon refused")
 
 
 class FailureTests(unittest.TestCase):
