@@ -37,6 +37,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -387,7 +388,8 @@ def loadgen_note(result):
 def compare_http(args):
     """
     C{--compare-http N}: N runs off and N runs on, alternating; prints the
-    best throughput of each and their ratio.
+    best throughput of each and their ratio, and the medians (on a shared
+    machine one lucky run moves the best; the median it does not).
     """
     runs = {False: [], True: []}
     for i in range(args.compare_http):
@@ -407,10 +409,13 @@ def compare_http(args):
     best = {k: max(r["msgs_per_s"] for r in v) for k, v in runs.items()}
     ratio = best[True] / best[False]
     cpu = {k: min(cpu_per_message(r) for r in v) for k, v in runs.items()}
+    median = {k: statistics.median(r["msgs_per_s"] for r in v) for k, v in runs.items()}
+    median_cpu = {k: statistics.median(cpu_per_message(r) for r in v) for k, v in runs.items()}
     ok = all(r["lost"] == 0 and r["complete"] and r["stored_rows"] == r["sent"] - r["rejected"]
              for v in runs.values() for r in v)
     if args.json:
-        sys.stdout.write(json.dumps({"off": runs[False], "on": runs[True], "ratio": ratio},
+        sys.stdout.write(json.dumps({"off": runs[False], "on": runs[True], "ratio": ratio,
+                                     "median_ratio": median[True] / median[False]},
                                     indent=2) + "\n")
     else:
         sys.stdout.write("\n".join(format_table([
@@ -423,6 +428,11 @@ def compare_http(args):
             ("daemon CPU per message", "{:.1f} us without, {:.1f} us with (+{:.1f} %, "
              "least of each; less noisy than throughput on a shared machine)".format(
                  cpu[False], cpu[True], (cpu[True] / cpu[False] - 1) * 100)),
+            ("medians", "{:,.0f} msg/s without, {:,.0f} with (ratio {:.3f}); CPU {:.1f} us "
+             "without, {:.1f} us with (+{:.1f} %)".format(
+                 median[False], median[True], median[True] / median[False],
+                 median_cpu[False], median_cpu[True],
+                 (median_cpu[True] / median_cpu[False] - 1) * 100)),
             ("nothing lost", "yes" if ok else "NO"),
         ])) + "\n")
     return 0 if ok else 1
