@@ -501,7 +501,7 @@ def _handshake(path, name, timeout, wall):
 class _Run:
     def __init__(self, path, senders, receivers, messages, size, window, open_loop,
                  receiver_rate, durable, progress, idle_timeout, connect_timeout,
-                 honor_busy=False, wall=time.time):
+                 honor_busy=False, wall=time.time, receiver_path=None):
         if senders < 1 or receivers < 1:
             raise LoadgenError("senders and receivers must be at least 1")
         if messages < 0 or size < 0:
@@ -509,6 +509,8 @@ class _Run:
         if window is not None and window < 1:
             raise LoadgenError("window must be at least 1")
         self.path = endpoint_to_path(path)
+        # Receivers on another daemon (federation: benchmarks/bench_federation.py).
+        self.receiver_path = endpoint_to_path(receiver_path) if receiver_path else self.path
         self.prefix = "lg{}x{}".format(os.getpid(), os.urandom(3).hex())
         self.messages = messages
         self.size = size
@@ -574,7 +576,8 @@ class _Run:
         # Receivers first, so nothing waits in the store for them.
         try:
             for j in range(self.receivers):
-                self.receivers_.append(_Receiver(self, j, self.path, self.connect_timeout))
+                self.receivers_.append(_Receiver(self, j, self.receiver_path,
+                                                 self.connect_timeout))
             for i in range(len(self.per_sender)):
                 self.senders.append(_Sender(self, i, self.path, self.connect_timeout))
         except LoadgenError:
@@ -695,7 +698,8 @@ class _Run:
 
 def run(endpoint_path, senders=1, receivers=1, messages=20000, size=200, window=None,
         open_loop=False, receiver_rate=None, durable=True, progress=None,
-        idle_timeout=10.0, connect_timeout=5.0, honor_busy=False, wall=time.time):
+        idle_timeout=10.0, connect_timeout=5.0, honor_busy=False, wall=time.time,
+        receiver_path=None):
     """
     Run one load test against the daemon listening on ``endpoint_path`` (a Unix
     socket path or ``unix:PATH`` endpoint string) and return a dict of results:
@@ -710,6 +714,7 @@ def run(endpoint_path, senders=1, receivers=1, messages=20000, size=200, window=
 
     ``wall`` is the wall clock for the envelopes' ``ts`` field (latency uses
     ``time.monotonic()``).
+    ``receiver_path`` puts the receivers on another daemon (default: the same).
     ``window`` is the in-flight limit per sender in closed loop (default 1000);
     ``open_loop`` ignores it. ``size`` is the body length in bytes.
     ``progress(settled, total)`` is called about ten times a second.
@@ -717,7 +722,7 @@ def run(endpoint_path, senders=1, receivers=1, messages=20000, size=200, window=
     """
     state = _Run(endpoint_path, senders, receivers, messages, size, window, open_loop,
                  receiver_rate, durable, progress, idle_timeout, connect_timeout,
-                 honor_busy, wall)
+                 honor_busy, wall, receiver_path)
     state.connect()
     try:
         elapsed = state.loop()
