@@ -405,10 +405,25 @@ class _Pool:
     def __init__(self):
         self.calls = []
 
-    def runInteraction(self, interaction, *args):
+    def runQuery(self, sql, params):
+        from relay.ingest import federation_db
+        label = {federation_db._SEEN_CONFIRM_SQL: "confirm", federation_db._ITEMS_SQL: "items",
+                 federation_db._DIRECTORY_SQL: "directory"}[sql]
         d = defer.Deferred()
-        self.calls.append((interaction.__name__, d))
+        self.calls.append((label, d))
         return d
+
+    def answer(self, label, rows):
+        """Answer the first unanswered query C{label} with C{rows}."""
+        for i, (name, d) in enumerate(self.calls):
+            if name == label and not d.called:
+                d.callback(rows)
+                return i
+        raise AssertionError("no %s query waiting: %r" % (label, self.calls))
+
+    def empty_page(self):
+        self.answer("items", [])
+        self.answer("directory", [])
 
 
 class _Service:
@@ -454,13 +469,14 @@ class PollWaitTests(unittest.TestCase):
         makes the poll query again at once instead of waiting.
         """
         d = self.start()
-        name, first = self.service.tx_pool.calls[0]
+        pool = self.service.tx_pool
+        pool.answer("confirm", [(0,)])
         self.service.waiters.wake(WS)
-        first.callback(Page([], [], False))
+        pool.empty_page()
         self.assertEqual(self.service.waiters.waiting, 0)
-        name, second = self.service.tx_pool.calls[1]
-        self.assertEqual(name, "_fetch_page")
-        second.callback(Page([(5, "bob", '{"id":"x"}')], [], False))
+        self.assertEqual([name for name, _ in pool.calls[3:]], ["items", "directory"])
+        pool.answer("items", [(5, "bob", '{"id":"x"}')])
+        pool.answer("directory", [])
         body = orjson.loads(self.successResultOf(d))
         self.assertEqual(body["items"], [{"seq": 5, "recipient": "bob", "message": {"id": "x"}}])
 
@@ -470,11 +486,13 @@ class PollWaitTests(unittest.TestCase):
         clock, then answers what a second query finds.
         """
         d = self.start(wait=20)
-        self.service.tx_pool.calls[0][1].callback(Page([], [], False))
+        pool = self.service.tx_pool
+        pool.answer("confirm", [(0,)])
+        pool.empty_page()
         self.assertEqual(self.service.waiters.waiting, 1)
         self.service.reactor.advance(19.9)
-        self.assertEqual(len(self.service.tx_pool.calls), 1)
+        self.assertEqual(len(pool.calls), 3)
         self.service.reactor.advance(0.1)
-        self.service.tx_pool.calls[1][1].callback(Page([], [], False))
+        pool.empty_page()
         body = orjson.loads(self.successResultOf(d))
         self.assertEqual((body["items"], body["directory_version"], body["more"]), ([], 0, False))
