@@ -51,11 +51,6 @@ def _lookup(txn, ids):
     return found
 
 
-def _count_remote(txn):
-    txn.execute("SELECT count(*) FROM deliveries WHERE status = '%s'" % (STATUS_REMOTE,))
-    return txn.fetchone()[0]
-
-
 def encode_item(row):
     """
     One C{remote} delivery row (L{READ_REMOTE}) as the JSON bytes of a
@@ -95,9 +90,6 @@ class FederationStorage:
         Committed deliveries waiting for their hand-over, in message order.
         """
         return self.store.pool.runInteraction(_read_remote, limit)
-
-    def count_remote(self):
-        return self.store.pool.runInteraction(_count_remote)
 
     def lookup(self, ids):
         return self.store.pool.runInteraction(_lookup, ids)
