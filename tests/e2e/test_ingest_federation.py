@@ -42,7 +42,9 @@ class TwoInstancesTests(unittest.TestCase):
     def held(self, client):
         """
         Start a poll of daemon B on C{client}'s instance and wait until the
-        instance holds it; return its Deferred.
+        instance holds it; return its Deferred, in a list (a Deferred
+        returned bare from inlineCallbacks would be waited for, and older
+        Twisted refuses it).
         """
         d = client.poll(DAEMON_B, wait=30, directory_after=NO_DIRECTORY)
 
@@ -53,7 +55,7 @@ class TwoInstancesTests(unittest.TestCase):
 
         yield poll_until(waiting, 20, interval=0.05, clock=reactor, what="a held poll")
         self.assertNoResult(d)
-        return d
+        return [d]
 
     @defer.inlineCallbacks
     def test_notify_crosses_instances(self):
@@ -61,7 +63,7 @@ class TwoInstancesTests(unittest.TestCase):
         A handover committed through instance 2 wakes the poll held on
         instance 1, which answers with it.
         """
-        d = yield self.held(self.client_one)
+        [d] = yield self.held(self.client_one)
         code, body, _ = yield self.client_two.handover(DAEMON_A, [item(1)])
         self.assertEqual((code, body), (200, {"stored": 1, "duplicates": 0}))
         code, page, _ = yield d
@@ -76,10 +78,10 @@ class TwoInstancesTests(unittest.TestCase):
         Killing instance 1 while it holds a poll fails that request; a
         poll held on instance 2 is then woken by a handover as before.
         """
-        d = yield self.held(self.client_one)
+        [d] = yield self.held(self.client_one)
         yield self.one.kill()
         yield self.assertFailure(d, Exception)
-        d = yield self.held(self.client_two)
+        [d] = yield self.held(self.client_two)
         code, _, _ = yield self.client_two.handover(DAEMON_A, [item(2)])
         self.assertEqual(code, 200)
         code, page, _ = yield d
