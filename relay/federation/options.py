@@ -8,12 +8,10 @@ same daemon id.  C{--federate-url} (repeatable) names more ingest
 instances of the same PostgreSQL, tried in turn when one does not answer.
 """
 
-from urllib.parse import urlsplit
-
 from twisted.python import usage
 
 from relay import options
-from relay.sync.options import is_loopback
+from relay.sync.options import base_url
 
 OPT_FLAGS = [
     ["federate", None,
@@ -50,23 +48,7 @@ def check(config):
         raise usage.UsageError("--federate-wait must be between 1 and 60 seconds")
     urls = [config["sync-url"]]
     for url in extra:
-        parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise usage.UsageError("--federate-url: {!r} is not an http:// or https:// URL"
-                                   .format(url))
-        if parts.query or parts.fragment or parts.path.strip("/"):
-            raise usage.UsageError("--federate-url: give the service's base URL "
-                                   "(no path, ?query or #fragment)")
-        try:
-            parts.port
-        except ValueError:
-            raise usage.UsageError("--federate-url: {!r} has a bad port".format(url))
-        if (parts.scheme == "http" and not is_loopback(parts.hostname)
-                and not config.get("sync-insecure")):
-            raise usage.UsageError(
-                "--federate-url: plain http to {} would send the API key in clear; "
-                "use https, or pass --sync-insecure".format(parts.hostname))
-        base = url.strip().rstrip("/")
+        base, _ = base_url("federate-url", url, config.get("sync-insecure"), path_allowed=False)
         if base not in urls:
             urls.append(base)
     config["federate-urls"] = urls

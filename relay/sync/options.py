@@ -84,6 +84,32 @@ def is_loopback(host):
         return False
 
 
+def base_url(option, url, insecure, path_allowed=True):
+    """
+    Check an ingest base URL given to C{--option}: http(s), a host, a good
+    port, no query or fragment (and no path unless C{path_allowed}), plain
+    http only to loopback unless C{insecure}.
+
+    @return: C{(the URL without its trailing slash, its urlsplit parts)}.
+    @raise usage.UsageError: a one-line reason.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise usage.UsageError("--{}: {!r} is not an http:// or https:// URL".format(option, url))
+    if parts.query or parts.fragment or (not path_allowed and parts.path.strip("/")):
+        raise usage.UsageError("--{}: give the service's base URL, without {}?query or "
+                               "#fragment".format(option, "" if path_allowed else "a path, "))
+    try:
+        parts.port
+    except ValueError:
+        raise usage.UsageError("--{}: {!r} has a bad port".format(option, url))
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure:
+        raise usage.UsageError(
+            "--{}: plain http to {} would send the API key in clear; "
+            "use https, or pass --sync-insecure".format(option, parts.hostname))
+    return url.strip().rstrip("/"), parts
+
+
 def _uuid(name, value):
     if value is None:
         return None
@@ -137,20 +163,7 @@ def check(config, environ):
         config["sync-url"] = None
         return config
 
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise usage.UsageError("--sync-url: {!r} is not an http:// or https:// URL".format(url))
-    if parts.query or parts.fragment:
-        raise usage.UsageError("--sync-url: give the service's base URL, without ?query or #fragment")
-    try:
-        parts.port
-    except ValueError:
-        raise usage.UsageError("--sync-url: {!r} has a bad port".format(url))
-    if parts.scheme == "http" and not is_loopback(parts.hostname) and not config.get("sync-insecure"):
-        raise usage.UsageError(
-            "--sync-url: plain http to {} would send the API key in clear; "
-            "use https, or pass --sync-insecure".format(parts.hostname))
-    base = url.strip().rstrip("/")
+    base, parts = base_url("sync-url", url, config.get("sync-insecure"))
     config["sync-url"] = base
     config["sync-endpoint"] = base + SYNC_PATH
 
