@@ -22,6 +22,7 @@ from relay.dedupe import DedupeWindow, derived_id, fingerprint
 from relay.events import EventHub
 from relay.delivery import Delivery, deliver_base, deliver_to
 from relay.frames import KNOWN_FIELDS, envelope, frame
+from relay.flowcontrol import FlowControl
 from relay.policy import SendPolicy
 from relay.redelivery import Redelivery
 from relay.replay import Replay
@@ -58,11 +59,12 @@ class Session:
         self.last_seq = 0
 
 
-class Router(SendPolicy):
+class Router(SendPolicy, FlowControl):
     """
     The registry (who is connected, under which name, on which topics) and
     routing (who gets a SEND).  Replay from the store is L{Replay}'s, the
-    timers are L{Redelivery}'s, the admission decisions L{SendPolicy}'s.
+    timers are L{Redelivery}'s, the admission decisions L{SendPolicy}'s,
+    pausing senders for a slow recipient or the store L{FlowControl}'s.
 
     @param clock: IReactorTime (seconds, callLater).
     @param store: an L{relay.interfaces.IMessageStore}.
@@ -165,30 +167,27 @@ class Router(SendPolicy):
                 window = min(mi, self.default_window)
         session = Session(conn, name, window, self.clock.seconds(), payload)
         old = self.sessions.get(name)
-        if old is not None and not old.closed:
-            self.log.info("agent {name}: a newer connection replaces the old one", name=name)
-            old.conn.close(envelope("ERROR", {
-                "code": "BAD_REQUEST", "fatal": True,
-                "message": "replaced by a newer connection for agent %s" % (name,)}))
-            self.connection_lost(old.conn)
+        if old is not None:
+            self.evict(old)
         self.sessions[name] = session
         self.events.post("online", name, session.session_id, session.connected_at)
         if self.federation is not None:
             self.federation.online(session)
         return session
 
-    def evict(self, session, reason):
+    def evict(self, session, reason=None):
         """
-        Close C{session} with the fatal ERROR a newer connection of its
-        name gives (federation: the newer one is on another daemon).
+        Close C{session} with the fatal ERROR of a newer connection of its
+        name: here, or (with C{reason}) on another daemon (federation).
         """
         if session.closed:
             return
-        self.log.info("agent {name}: {reason}", name=session.name, reason=reason)
+        why = " (%s)" % (reason,) if reason else ""
+        self.log.info("agent {name}: a newer connection replaces the old one{why}",
+                      name=session.name, why=why)
         session.conn.close(envelope("ERROR", {
             "code": "BAD_REQUEST", "fatal": True,
-            "message": "replaced by a newer connection for agent %s (%s)"
-                       % (session.name, reason)}))
+            "message": "replaced by a newer connection for agent %s%s" % (session.name, why)}))
         self.connection_lost(session.conn)
 
     def welcome(self, session):
@@ -387,43 +386,6 @@ class Router(SendPolicy):
             self.events.post("acked", ack_id, session.name, None, self.clock.seconds())
             return True
         return False
-
-    # -- flow control --------------------------------------------------------
-
-    def backpressure(self, session, on):
-        """
-        The outbox of C{session} crossed a water mark.
-        """
-        if not on:
-            self._release(session)
-            if not session.live and not session.closed:
-                self.replay.catch_up(session)
-
-    def _block(self, sender, target):
-        conn = sender.conn
-        if conn in target.blocked or sender is target:
-            return
-        target.blocked.add(conn)
-        first = not conn.pause_reasons
-        conn.pause_reading(("queue", target.name))
-        if first:
-            self.counters["busy"] += 1
-            conn.send_frame(envelope("BUSY", {
-                "retry_after_ms": max(50, int(self.ack_timeout * 100)),
-                "queue_depth": target.conn.outbox.depth()}))
-
-    def _release(self, session):
-        blocked, session.blocked = session.blocked, set()
-        for conn in blocked:
-            conn.resume_reading(("queue", session.name))
-
-    def _store_overload(self, over):
-        self.store_paused = over
-        for conn in list(self.connections):
-            if over:
-                conn.pause_reading("store")
-            else:
-                conn.resume_reading("store")
 
     # -- status --------------------------------------------------------------
 
