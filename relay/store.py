@@ -18,12 +18,13 @@ from zope.interface import implementer
 from relay.batcher import Batcher
 from relay.streams import StreamSeqs
 from relay.interfaces import IMessageStore, ISyncSource
+from relay.storereads import (_get_meta, _read_messages_after, _read_open, _scalar,
+                               connect_readonly)
 from relay.storesql import (
     D_ATTEMPTS, D_STATUS, D_UPDATED, ROW_ERRORS, SCHEMA_DIR, SQL, STATEMENTS, STATUS_ACKED,
     STATUS_DELIVERED, STATUS_EXPIRED, STATUS_PENDING, STATUS_REMOTE, SYNCHRONOUS, StoreError, _expire,
-    _get_meta, _load_state, _open_connection, _read_messages_after, _read_open,
-    _recent_sends, _scalar, _synchronous, _write_rows, _write_rows_isolated, connect_readonly,
-    schema_scripts, schema_version, upgrade)
+    _load_state, _open_connection, _recent_sends, _synchronous, _write_rows,
+    _write_rows_isolated, schema_scripts, schema_version, upgrade)
 
 # The store's names, wherever they are defined (callers import them from here).
 __all__ = ["Store", "StoreError", "STREAM_CACHE", "STATUS_PENDING", "STATUS_DELIVERED",
@@ -212,10 +213,18 @@ class Store:
         """
         row = [recipient, message_seq, stream_seq, status, 0, now_ms]
         batch = self.batcher.current
-        self.batcher.note(stream_key, stream_seq)
-        self.streams.given(stream_key, stream_seq)
-        self.batcher.add("delivery", row, 48)
+        self.queue("delivery", row, 48, (stream_key, stream_seq))
         return batch, row
+
+    def queue(self, statement, row, nbytes, stream=None):
+        """
+        Queue C{row} for C{statement} of L{SQL}; C{stream}, a C{(key, seq)}
+        the row gives, is that stream's new last seq (in the same batch).
+        """
+        if stream is not None:
+            self.batcher.note(*stream)
+            self.streams.given(*stream)
+        self.batcher.add(statement, row, nbytes)
 
     def add_remote(self, recipient, message_seq, now_ms):
         """

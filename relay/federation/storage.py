@@ -99,23 +99,21 @@ class FederationStorage:
         Queue: C{name}'s open deliveries wait for their hand-over (its
         home is another daemon now).
         """
-        self.store.batcher.add("rehome", (self._now_ms(), name), 32 + len(name))
+        self.store.queue("rehome", (self._now_ms(), name), 32 + len(name))
 
     def handed(self, recipient, message_seq):
         """
         Queue: the ingest has this delivery (unless it came back meanwhile).
         """
-        self.store.batcher.add("handed", (self._now_ms(), recipient, message_seq), 48)
+        self.store.queue("handed", (self._now_ms(), recipient, message_seq), 48)
 
     def reopen(self, recipient, message_seq, stream_key, stream_seq):
         """
         Queue: a delivery handed over came back (its agent's home is here
         again): pending, with a new stream seq.
         """
-        store = self.store
-        store.batcher.note(stream_key, stream_seq)
-        store.streams.given(stream_key, stream_seq)
-        store.batcher.add("reopen", (stream_seq, self._now_ms(), recipient, message_seq), 48)
+        self.store.queue("reopen", (stream_seq, self._now_ms(), recipient, message_seq), 48,
+                         (stream_key, stream_seq))
 
     def flush(self):
         return self.store.flush()
