@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from relay.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, fail, printable
+from relay.cli import EXIT_FAILED, EXIT_OK, fail, printable
 
 EPILOG = """\
 examples:
@@ -79,7 +79,7 @@ def main(args):
 
 
 def _agents(reactor, args, endpoint):
-    from relay.client import ConnectFailed, ProtocolViolation, fetch_status
+    from relay.cli.status import fetch_and_show
 
     def shown(status):
         fed = status.get("federation")
@@ -93,13 +93,4 @@ def _agents(reactor, args, endpoint):
             sys.stdout.write("\n".join(format_agents(fed, reactor.seconds())) + "\n")
         sys.stdout.flush()
         return EXIT_OK
-
-    def failed(failure):
-        if failure.check(ConnectFailed):
-            return fail("agents", EXIT_USAGE if failure.value.reason == "endpoint" else
-                        EXIT_UNREACHABLE, failure.getErrorMessage())
-        if failure.check(ProtocolViolation):
-            return fail("agents", EXIT_FAILED, failure.getErrorMessage())
-        return failure
-    return fetch_status(reactor, endpoint, timeout=args.timeout,
-                        trust_uid=args.trust_uid).addCallbacks(shown, failed)
+    return fetch_and_show(reactor, args, endpoint, "agents", shown)

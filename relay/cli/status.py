@@ -180,8 +180,6 @@ def main(args):
 
 
 def _status(reactor, args, endpoint):
-    from relay.client import ConnectFailed, ProtocolViolation, fetch_status
-
     def shown(status):
         if args.json:
             sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
@@ -189,13 +187,23 @@ def _status(reactor, args, endpoint):
             sys.stdout.write("\n".join(format_status(status, endpoint, reactor.seconds())) + "\n")
         sys.stdout.flush()
         return EXIT_OK
+    return fetch_and_show(reactor, args, endpoint, "status", shown)
+
+
+def fetch_and_show(reactor, args, endpoint, command, shown):
+    """
+    Ask the daemon at C{endpoint} for its STATUS and hand the reply to
+    C{shown} (which returns the exit code); an unreachable daemon or a
+    reply of the wrong kind is the usual one line and exit code.
+    """
+    from relay.client import ConnectFailed, ProtocolViolation, fetch_status
 
     def failed(failure):
         if failure.check(ConnectFailed):
-            return _fail(EXIT_USAGE if failure.value.reason == "endpoint" else
-                         EXIT_UNREACHABLE, failure.getErrorMessage())
+            return fail(command, EXIT_USAGE if failure.value.reason == "endpoint" else
+                        EXIT_UNREACHABLE, failure.getErrorMessage())
         if failure.check(ProtocolViolation):
-            return _fail(EXIT_FAILED, failure.getErrorMessage())
+            return fail(command, EXIT_FAILED, failure.getErrorMessage())
         return failure
     return fetch_status(reactor, endpoint, timeout=args.timeout,
                         trust_uid=args.trust_uid).addCallbacks(shown, failed)
